@@ -1,0 +1,208 @@
+"""The one place that saves and loads stage outputs.
+
+An artifact is a ``torch.save`` file holding a plain dict::
+
+    {"kind": str, "format": 1, "provenance": {...}, "payload": {...}}
+
+with only tensors, numbers, strings, lists and dicts inside, so it loads with
+``torch.load(..., weights_only=True)``. Beside it a ``<name>.json`` sidecar repeats the
+provenance and the file's sha256 for people and for provenance look-ups.
+
+Provenance records the stage, a hash of the config that made it, the sha256 of every artifact
+it was made from, the package version and the time. Writes go to a temporary file in the same
+folder and are renamed into place, so an interrupted write never leaves a half-written artifact
+and never destroys the previous one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from geovq import __version__
+from geovq.errors import ArtifactError
+
+FORMAT_VERSION = 1
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@dataclass
+class Artifact:
+    """A loaded (or just written) artifact."""
+
+    path: Path
+    kind: str
+    payload: dict
+    provenance: dict
+    sha256: str = field(default="")
+
+    def ref(self) -> dict:
+        """What a downstream artifact records about this one."""
+        return {"kind": self.kind, "sha256": self.sha256, "path": str(self.path)}
+
+
+def config_hash(config: Mapping[str, Any] | None) -> str:
+    """A stable short hash of a (resolved, plain) config mapping."""
+    text = json.dumps(config or {}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def save_artifact(
+    path: str | os.PathLike,
+    kind: str,
+    payload: dict,
+    *,
+    stage: str,
+    config: Mapping[str, Any] | None = None,
+    inputs: Mapping[str, Artifact] | None = None,
+) -> Artifact:
+    """Atomically write an artifact with its provenance and return it (with its sha256)."""
+    path = Path(path)
+    provenance = {
+        "stage": stage,
+        "config_hash": config_hash(config),
+        "inputs": {name: art.ref() for name, art in (inputs or {}).items()},
+        "geovq_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    record = {"kind": kind, "format": FORMAT_VERSION, "provenance": provenance, "payload": payload}
+    buffer = io.BytesIO()
+    torch.save(record, buffer)
+    data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    atomic_write_bytes(path, data)
+    sidecar = {"kind": kind, "sha256": digest, "provenance": provenance}
+    atomic_write_text(sidecar_path(path), json.dumps(sidecar, indent=2) + "\n")
+    return Artifact(path=path, kind=kind, payload=payload, provenance=provenance, sha256=digest)
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def load_artifact(path: str | os.PathLike, kind: str | None = None) -> Artifact:
+    """Load an artifact safely (``weights_only=True``), checking its kind when given."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(
+            f"artifact not found: {path}. Run the stage that writes it first, "
+            "or point the config at an existing file."
+        )
+    data = path.read_bytes()
+    try:
+        record = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupted file, foreign pickle, ...
+        raise ArtifactError(
+            f"cannot read artifact {path} ({type(err).__name__}: {err}). "
+            "It is not a geovq artifact or it is damaged; rerun the stage that writes it."
+        ) from None
+    if not isinstance(record, dict) or "kind" not in record or "payload" not in record:
+        raise ArtifactError(
+            f"{path} is not a geovq artifact (no kind/payload). Rerun the stage that writes it."
+        )
+    if kind is not None and record["kind"] != kind:
+        raise ArtifactError(
+            f"{path} holds a '{record['kind']}' artifact, expected '{kind}'. "
+            "Point the config at the right file."
+        )
+    return Artifact(
+        path=path,
+        kind=record["kind"],
+        payload=record["payload"],
+        provenance=record.get("provenance", {}),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+def require_made_from(artifact: Artifact, input_name: str, upstream: Artifact) -> None:
+    """Refuse ``artifact`` unless its provenance says it was made from ``upstream``."""
+    recorded = artifact.provenance.get("inputs", {}).get(input_name)
+    if recorded is None:
+        raise ArtifactError(
+            f"{artifact.path} records no '{input_name}' input; cannot check it matches "
+            f"{upstream.path}. Rerun the stage that wrote {artifact.path.name}."
+        )
+    if recorded["sha256"] != upstream.sha256:
+        raise ArtifactError(
+            f"mismatched artifacts: {artifact.path} was made from the {input_name} at "
+            f"{recorded['path']} (sha256 {recorded['sha256'][:12]}), not from {upstream.path} "
+            f"(sha256 {upstream.sha256[:12]}). Use the {input_name} it was made from, or rerun "
+            f"the stage that wrote {artifact.path.name} on this one."
+        )
+
+
+def read_sidecar(path: str | os.PathLike) -> dict | None:
+    """The JSON sidecar of an artifact, or None when absent or unreadable."""
+    try:
+        return json.loads(sidecar_path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# -- trained models ---------------------------------------------------------------------------
+# A model artifact holds the constructor arguments and the weights, never pickled code, so it
+# loads with weights_only=True and rebuilds the module from its class.
+MODEL_CLASSES = {
+    "grid_vae": "geovq.models.grid_vae.GridVAE",
+    "vqvae": "geovq.models.vqvae.VQVAE",
+}
+
+
+def _model_class(kind: str):
+    import importlib
+
+    module_name, _, class_name = MODEL_CLASSES[kind].rpartition(".")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def save_model(path, model, kind: str, **provenance) -> Artifact:
+    """Save a trained model's hparams and weights as a ``kind`` artifact."""
+    hparams = {key: value for key, value in dict(model.hparams).items() if key not in ("optimizer", "scheduler")}
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    return save_artifact(path, kind, {"hparams": hparams, "state_dict": state}, **provenance)
+
+
+def load_model(path, kind: str):
+    """Rebuild a model from its artifact (eval mode, on CPU) and return ``(model, artifact)``."""
+    try:
+        artifact = load_artifact(path, kind=kind)
+    except ArtifactError as err:
+        raise ArtifactError(f"{err} A '{kind}' model is written by its training stage (model.pt).") from None
+    model = _model_class(kind)(**artifact.payload["hparams"])
+    try:
+        model.load_state_dict(artifact.payload["state_dict"])
+    except RuntimeError as err:
+        raise ArtifactError(f"{path}: weights do not fit a {kind} with its recorded settings ({err}).") from None
+    return model.eval(), artifact

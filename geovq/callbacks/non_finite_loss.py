@@ -1,0 +1,43 @@
+"""Stop training with a clear message when the loss stops being a finite number."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from geovq.errors import TrainingError
+
+
+class StopOnNonFiniteLoss(Callback):
+    """Raise :class:`TrainingError` naming the step when the training loss is NaN or infinite.
+
+    Raising before the next checkpoint is written keeps the last good checkpoint untouched.
+    """
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        value = float(loss.detach())
+        if math.isfinite(value):
+            return
+        kept = _last_checkpoint(trainer)
+        raise TrainingError(
+            f"the training loss became {value} at global step {trainer.global_step} "
+            f"(epoch {trainer.current_epoch}, batch {batch_idx}). "
+            + (f"The last good checkpoint is kept at {kept}. " if kept else "No checkpoint was written yet. ")
+            + "Lower the learning rate (model.optimizer.lr=...), or use trainer.gradient_clip_val=1.0, "
+            "and resume with ckpt_path=last."
+        )
+
+
+def _last_checkpoint(trainer: L.Trainer) -> str | None:
+    for callback in trainer.callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            path = callback.last_model_path or callback.best_model_path
+            if path and Path(path).exists():
+                return path
+    return None

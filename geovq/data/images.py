@@ -1,0 +1,135 @@
+"""Image data: torchvision's MNIST-style datasets held in memory as one float tensor.
+
+Any torchvision dataset with MNIST's layout (``.data`` uint8 N x H x W, ``.targets``) works:
+MNIST, FashionMNIST, KMNIST are each one config file (``data.dataset_class``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import get_class
+from torch.utils.data import DataLoader, TensorDataset
+
+from geovq.errors import ConfigError, DataError
+
+DATA_ROOT_ENV = "GEOVQ_DATA_ROOT"
+
+
+def load_split(dataset_class: str, root: str | os.PathLike, train: bool, download: bool):
+    """Images as float32 N x 1 x H x W in [0, 1] and labels as int64, or a DataError."""
+    cls = get_class(dataset_class)
+    root = Path(root).expanduser()
+    try:
+        dataset = cls(root=str(root), train=train, download=False)
+    except (RuntimeError, OSError) as missing:
+        if not download:
+            raise DataError(_missing_message(cls.__name__, root, missing)) from None
+        try:
+            dataset = cls(root=str(root), train=train, download=True)
+        except Exception as failed:  # no network, mirror down, unwritable folder, ...
+            raise DataError(_missing_message(cls.__name__, root, failed)) from None
+    images = dataset.data
+    if not isinstance(images, torch.Tensor):
+        images = torch.as_tensor(images)
+    images = images.to(torch.float32).div_(255.0).unsqueeze(1)
+    return images, torch.as_tensor(dataset.targets, dtype=torch.int64)
+
+
+def _missing_message(name: str, root: Path, err: Exception) -> str:
+    return (
+        f"{name} not found under {root.resolve()}/{name}/raw and it could not be downloaded "
+        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no detail'}). "
+        f"Point data.root (or the {DATA_ROOT_ENV} environment variable) at a folder that holds "
+        f"{name}/raw/, e.g. data.root=../shared/data."
+    )
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Seeded train/val split of the training images; test = the official test images.
+
+    ``subset`` keeps a seeded random ``subset`` of the training pool (split in the same
+    proportion as the full one) and the first ``test_subset`` test images, for quick runs.
+    """
+
+    def __init__(
+        self,
+        root: str = "data",
+        dataset_class: str = "torchvision.datasets.MNIST",
+        val_size: int = 5000,
+        batch_size: int = 128,
+        eval_batch_size: int = 512,
+        num_workers: int = 0,
+        subset: int | None = None,
+        test_subset: int | None = None,
+        download: bool = True,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}.")
+        if subset is not None and subset < 2:
+            raise ConfigError(f"data.subset must be >= 2 images (or null for all), got {subset}.")
+        if val_size < 1:
+            raise ConfigError(f"data.val_size must be >= 1, got {val_size}.")
+        self.save_hyperparameters()
+        self.splits: dict[str, TensorDataset] = {}
+
+    def prepare_data(self) -> None:
+        # Fails fast, before any training, when the files are missing and cannot be fetched.
+        for train in (True, False):
+            load_split(self.hparams.dataset_class, self.hparams.root, train, self.hparams.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        hp = self.hparams
+        images, labels = load_split(hp.dataset_class, hp.root, True, hp.download)
+        generator = torch.Generator().manual_seed(hp.seed)
+        order = torch.randperm(len(images), generator=generator)
+        val_size = hp.val_size
+        if hp.subset is not None and hp.subset < len(images):
+            val_size = max(1, round(hp.subset * hp.val_size / len(images)))
+            order = order[: hp.subset]
+        if val_size >= len(order):
+            raise ConfigError(
+                f"data.val_size={val_size} leaves no training images out of {len(order)}."
+            )
+        val_idx, train_idx = order[:val_size].sort().values, order[val_size:].sort().values
+        self.splits["train"] = TensorDataset(images[train_idx], labels[train_idx])
+        self.splits["val"] = TensorDataset(images[val_idx], labels[val_idx])
+        test_images, test_labels = load_split(hp.dataset_class, hp.root, False, hp.download)
+        n_test = hp.test_subset if hp.test_subset is not None else hp.subset
+        if n_test is not None:
+            test_images, test_labels = test_images[:n_test], test_labels[:n_test]
+        self.splits["test"] = TensorDataset(test_images, test_labels)
+
+    def split(self, name: str) -> TensorDataset:
+        self.setup()
+        return self.splits[name]
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        batch_size = self.hparams.batch_size if shuffle else self.hparams.eval_batch_size
+        return DataLoader(
+            self.split(name),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def ordered_dataloader(self, name: str) -> DataLoader:
+        """All images of a split in their stored order (for latent extraction)."""
+        return self._loader(name, shuffle=False)

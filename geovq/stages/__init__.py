@@ -1,0 +1,16 @@
+"""One small module per stage; each exposes ``run(cfg) -> dict of metrics``."""
+
+import importlib
+
+STAGES = {
+    "vae": "geovq.stages.vae",
+}
+
+
+def get_stage(name: str):
+    """The ``run`` function of a stage, or a clear error listing the known stages."""
+    from geovq.errors import ConfigError
+
+    if name not in STAGES:
+        raise ConfigError(f"unknown stage '{name}'. Choose one of: {', '.join(STAGES)} (stage=<name>).")
+    return importlib.import_module(STAGES[name]).run

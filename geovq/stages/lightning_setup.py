@@ -1,0 +1,98 @@
+"""What every training stage needs: trainer, loggers, callbacks, resume, run-folder outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from geovq.artifacts import atomic_write_text
+from geovq.errors import ConfigError
+
+# Config sections that do not change what a stage computes: left out of the config hash.
+NON_RESULT_KEYS = ("paths", "logger", "callbacks", "hydra", "figures", "ckpt_path")
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.output_dir)
+
+
+def resolved_config(cfg: DictConfig) -> dict:
+    """The config as plain, resolved data, without Hydra's own section (present in tests)."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def result_config(cfg: DictConfig) -> dict:
+    """The resolved config minus the parts that do not change results (for provenance)."""
+    plain = resolved_config(cfg)
+    for key in NON_RESULT_KEYS:
+        plain.pop(key, None)
+    trainer = plain.get("trainer", {})
+    for key in ("default_root_dir", "devices", "strategy", "accelerator", "log_every_n_steps"):
+        trainer.pop(key, None)
+    return plain
+
+
+def check_trainer_config(cfg: DictConfig) -> None:
+    epochs = cfg.trainer.get("max_epochs")
+    steps = cfg.trainer.get("max_steps", -1)
+    if epochs is not None and epochs < 1 and (steps is None or steps < 1):
+        raise ConfigError(
+            f"trainer.max_epochs must be a positive number of epochs, got {epochs}. "
+            "Set e.g. trainer.max_epochs=10."
+        )
+
+
+def instantiate_list(section: DictConfig | None) -> list:
+    """Instantiate every entry with a _target_ of a config section (callbacks, loggers)."""
+    if not section:
+        return []
+    return [instantiate(entry) for entry in section.values() if entry is not None and "_target_" in entry]
+
+
+def build_trainer(cfg: DictConfig, extra_callbacks: Iterable[Callback] = ()) -> L.Trainer:
+    check_trainer_config(cfg)
+    callbacks = instantiate_list(cfg.get("callbacks")) + list(extra_callbacks)
+    loggers = instantiate_list(cfg.get("logger"))
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """``ckpt_path=last`` -> this run folder's last checkpoint, with a clear error if absent."""
+    requested = cfg.get("ckpt_path")
+    if not requested:
+        return None
+    path = output_dir(cfg) / "checkpoints" / "last.ckpt" if requested == "last" else Path(requested)
+    if not path.is_file():
+        raise ConfigError(
+            f"cannot resume: no checkpoint at {path}. To resume an interrupted run, pass its folder: "
+            "hydra.run.dir=<that run folder> ckpt_path=last (or ckpt_path=<a .ckpt file>)."
+        )
+    return str(path)
+
+
+def best_checkpoint(trainer: L.Trainer) -> str | None:
+    for callback in trainer.callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.best_model_path:
+            return callback.best_model_path
+    return None
+
+
+def write_run_files(cfg: DictConfig, metrics: dict) -> None:
+    """The resolved config and the stage's final metrics, beside the stage's artifacts."""
+    folder = output_dir(cfg)
+    atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(resolved_config(cfg)))
+    clean = {key: float(value) for key, value in metrics.items()}
+    atomic_write_text(folder / "metrics.json", json.dumps(clean, indent=2, sort_keys=True) + "\n")
+
+
+def as_floats(metrics: dict) -> dict:
+    return {key: float(value) for key, value in metrics.items()}

@@ -1,0 +1,51 @@
+"""Command-line entry point: ``python -m geovq.train stage=<name> [overrides]``.
+
+Composes the Hydra config, dispatches to one stage, and turns errors a user can fix into one
+clear line on stderr (exit code 1) instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from geovq.errors import GeovqError
+
+log = logging.getLogger("geovq")
+
+
+def run_stage(cfg: DictConfig) -> dict:
+    """Run the stage named by ``cfg.stage.name`` and return its metrics."""
+    from geovq.stages import get_stage
+
+    return get_stage(cfg.stage.name)(cfg)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        return run_stage(cfg)
+    except Exception as err:
+        user_error = find_user_error(err)
+        if user_error is None:
+            raise
+        print(f"error: {user_error}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def find_user_error(err: BaseException) -> GeovqError | None:
+    """The GeovqError behind ``err``, also when Hydra's instantiate or Lightning wrapped it."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, GeovqError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Shared fixtures: the local MNIST copy and Hydra configs composed for a temporary run folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
+DATA_ROOT = Path(os.environ.get("GEOVQ_DATA_ROOT", REPO.parent / "shared" / "data")).resolve()
+
+
+def tiny_overrides(**extra) -> list[str]:
+    """Overrides for a CPU run of a few steps on a tiny MNIST subset."""
+    base = {
+        "data.root": str(DATA_ROOT),
+        "data.subset": 256,
+        "data.test_subset": 200,
+        "data.batch_size": 64,
+        "data.download": "false",
+        "trainer.max_epochs": 1,
+        "trainer.log_every_n_steps": 1,
+        "trainer.enable_model_summary": "false",
+        "callbacks.progress_bar.refresh_rate": 0,
+        "model.hidden_channels": 16,
+        "model.n_res_blocks": 1,
+        "model.latent_dim": 8,
+    }
+    base.update(extra)
+    return [f"{key}={value}" for key, value in base.items()]
+
+
+def compose_config(output_dir: Path, overrides: list[str]):
+    """Compose conf/train.yaml as `python -m geovq.train` would, writing into output_dir."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.log_dir = str(output_dir.parent)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    def _make(*overrides: str, output_dir: Path | None = None, tiny: bool = True, **tiny_extra):
+        all_overrides = (tiny_overrides(**tiny_extra) if tiny else []) + list(overrides)
+        return compose_config(output_dir or tmp_path / "run", all_overrides)
+
+    yield _make
+    GlobalHydra.instance().clear()
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300, env: dict | None = None):
+    """Run `python -m geovq.train ARGS` as a user would; returns the CompletedProcess."""
+    full_env = {**os.environ, "HYDRA_FULL_ERROR": "", "WANDB_SILENT": "true", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR")
+    return subprocess.run(
+        [sys.executable, "-m", "geovq.train", *args],
+        cwd=cwd or REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    if not (DATA_ROOT / "MNIST" / "raw").is_dir():
+        pytest.fail(f"MNIST not found at {DATA_ROOT}; set GEOVQ_DATA_ROOT to a folder holding MNIST/raw")
+    return DATA_ROOT

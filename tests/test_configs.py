@@ -1,0 +1,50 @@
+"""Every config in conf/ composes, and every object it describes instantiates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from conftest import CONF_DIR
+from geovq.stages.lightning_setup import instantiate_list
+
+GROUPS = ["data", "model", "trainer", "logger", "callbacks", "stage", "experiment", "paths"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_config_composes_and_instantiates(make_cfg, group, option, tmp_path):
+    if group == "trainer" and option == "gpu" and not torch.cuda.is_available():
+        pytest.skip("no GPU here; the gpu trainer config only composes")
+    cfg = make_cfg(f"{group}={option}", tiny=False)
+    assert cfg.stage.name
+    if group == "data":
+        datamodule = instantiate(cfg.data)
+        assert datamodule.hparams.batch_size > 0
+    elif group == "model":
+        assert isinstance(instantiate(cfg.model), torch.nn.Module)
+    elif group == "trainer":
+        trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+        assert trainer.max_epochs >= 1
+    elif group in ("logger", "callbacks"):
+        objects = instantiate_list(cfg[group])
+        assert all(obj is not None for obj in objects)
+    elif group == "paths":
+        assert Path(cfg.paths.output_dir).is_dir()
+
+
+def test_every_group_has_an_option():
+    for group in GROUPS:
+        assert options(group), f"conf/{group} is empty"
+
+
+def test_precision_is_a_plain_override(make_cfg):
+    cfg = make_cfg("trainer.precision=bf16-mixed")
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    assert "bf16" in str(trainer.precision)

@@ -1,0 +1,93 @@
+"""stage=vae end to end: run folder contents, resume, DDP on CPU, mixed precision, W&B offline."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from conftest import run_cli, tiny_overrides
+from geovq.artifacts import load_model
+from geovq.models.grid_vae import GridVAE
+from geovq.train import run_stage
+
+
+def read_metrics_csv(folder, version=0):
+    with open(folder / "csv" / f"version_{version}" / "metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_stage_vae_writes_checkpoints_metrics_figure_and_model(make_cfg, tmp_path):
+    cfg = make_cfg("stage=vae")
+    metrics = run_stage(cfg)
+    out = tmp_path / "run"
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert list((out / "checkpoints").glob("best-*.ckpt"))
+    assert (out / "reconstructions.png").stat().st_size > 1000
+    assert (out / "config.yaml").read_text().count("root:") >= 1
+    saved = json.loads((out / "metrics.json").read_text())
+    assert 0 < saved["test/mse"] < 0.3 and saved["test/mse"] == pytest.approx(metrics["test/mse"])
+    rows = read_metrics_csv(out)
+    assert any(row.get("val/mse") for row in rows) and any(row.get("test/mse") for row in rows)
+    model, artifact = load_model(out / "model.pt", "grid_vae")
+    assert isinstance(model, GridVAE) and artifact.provenance["stage"] == "vae"
+    assert model.encode(torch.rand(2, 1, 28, 28))[0].shape == (2, 8, 7, 7)
+
+
+def test_same_seed_same_model(make_cfg, tmp_path):
+    first = run_stage(make_cfg("stage=vae", "figures=false", output_dir=tmp_path / "a"))
+    second = run_stage(make_cfg("stage=vae", "figures=false", output_dir=tmp_path / "b"))
+    assert first["test/mse"] == pytest.approx(second["test/mse"], abs=1e-7)
+
+
+def test_resume_continues_the_global_step(make_cfg, tmp_path):
+    out = tmp_path / "run"
+    run_stage(make_cfg("stage=vae", "figures=false", output_dir=out))
+    first_rows = read_metrics_csv(out)
+    last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] > 0
+    run_stage(make_cfg("stage=vae", "figures=false", "ckpt_path=last", output_dir=out, **{"trainer.max_epochs": 2}))
+    resumed = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 2 * last["global_step"]
+    # The interrupted run's metrics are kept; the resumed run's steps continue after them.
+    assert read_metrics_csv(out) == first_rows
+    resumed_steps = [int(row["step"]) for row in read_metrics_csv(out, version=1) if row.get("val/loss")]
+    assert resumed_steps and min(resumed_steps) >= last["global_step"]
+
+
+def test_bf16_mixed_precision_runs_on_cpu(make_cfg):
+    metrics = run_stage(make_cfg("stage=vae", "figures=false", "trainer.precision=bf16-mixed"))
+    assert torch.isfinite(torch.tensor(metrics["test/loss"]))
+
+
+def test_wandb_logger_works_offline_without_account(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc, no stored login
+    run_stage(make_cfg("stage=vae", "logger=wandb", "figures=false"))
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert runs, "no offline W&B run folder written"
+    assert (tmp_path / "run" / "csv" / "version_0" / "metrics.csv").is_file()
+
+
+def test_ddp_on_cpu_with_two_processes(tmp_path):
+    out = tmp_path / "ddp"
+    result = run_cli(
+        "stage=vae",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "figures=false",
+        f"hydra.run.dir={out}",
+        *tiny_overrides(),
+        timeout=400,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test/mse"] > 0
+    assert "world_size=2" in result.stderr + result.stdout or "Initializing distributed: GLOBAL_RANK: 1" in (
+        result.stderr + result.stdout
+    )
