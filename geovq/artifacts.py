@@ -206,3 +206,28 @@ def load_model(path, kind: str):
     except RuntimeError as err:
         raise ArtifactError(f"{path}: weights do not fit a {kind} with its recorded settings ({err}).") from None
     return model.eval(), artifact
+
+
+# -- code grids -------------------------------------------------------------------------------
+# Both pipelines hand the prior the same thing: for each split, N x H x W integer codes in [0, K).
+CODE_GRIDS = "code_grids"
+
+
+def save_code_grids(path, grids: Mapping[str, torch.Tensor], n_codes: int, **provenance) -> Artifact:
+    """Save the code grids of each split (train/val/test) with the codebook size K."""
+    splits = {}
+    for name, grid in grids.items():
+        grid = torch.as_tensor(grid)
+        if grid.ndim != 3 or grid.is_floating_point():
+            raise ArtifactError(f"code grids of split '{name}' must be N x H x W integers, got {tuple(grid.shape)} {grid.dtype}.")
+        if grid.numel() and (int(grid.min()) < 0 or int(grid.max()) >= n_codes):
+            raise ArtifactError(f"codes of split '{name}' lie outside [0, {n_codes}).")
+        splits[name] = grid.to(torch.int16 if n_codes <= 32767 else torch.int32)
+    return save_artifact(path, CODE_GRIDS, {"n_codes": int(n_codes), "splits": splits}, **provenance)
+
+
+def load_code_grids(path) -> Artifact:
+    """Load code grids; ``payload["splits"][name]`` comes back as int64."""
+    artifact = load_artifact(path, kind=CODE_GRIDS)
+    artifact.payload["splits"] = {k: v.to(torch.int64) for k, v in artifact.payload["splits"].items()}
+    return artifact

@@ -38,3 +38,15 @@ def _check_writable(folder: str) -> None:
     if not os.access(path, os.W_OK):  # pragma: no cover - root can write anyway
         print(f"error: the output folder {path} is not writable; set paths.log_dir.", file=sys.stderr)
         raise SystemExit(2)
+
+
+class SweepSummary(Callback):
+    """At the end of a multirun, write summary.csv / summary.md in the sweep folder."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from geovq.sweeps import write_summary
+
+        path = write_summary(config.hydra.sweep.dir)
+        if path is not None:
+            print(f"sweep summary: {path}")
+            print(path.read_text())

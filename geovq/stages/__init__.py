@@ -4,6 +4,7 @@ import importlib
 
 STAGES = {
     "vae": "geovq.stages.vae",
+    "vqvae": "geovq.stages.vqvae",
 }
 
 

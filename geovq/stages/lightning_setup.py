@@ -86,6 +86,26 @@ def best_checkpoint(trainer: L.Trainer) -> str | None:
     return None
 
 
+def train_and_test(cfg: DictConfig, model_class: type, extra_callbacks: Iterable[Callback] = ()):
+    """Seed, build data/model/trainer from the config, fit (or resume), test the best weights.
+
+    Returns ``(model, datamodule, trainer, test_metrics)``; the model holds the best weights.
+    """
+    L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()  # fail before training when the data is missing
+    model = instantiate(cfg.model)
+    if not isinstance(model, model_class):
+        raise ConfigError(
+            f"stage={cfg.stage.name} trains a {model_class.__name__} but model= builds a "
+            f"{type(model).__name__}; pick a {model_class.__name__} config for model=."
+        )
+    trainer = build_trainer(cfg, extra_callbacks)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
+    results = trainer.test(model, datamodule=datamodule, ckpt_path=best_checkpoint(trainer), verbose=False)
+    return model, datamodule, trainer, as_floats(results[0]) if results else {}
+
+
 def write_run_files(cfg: DictConfig, metrics: dict) -> None:
     """The resolved config and the stage's final metrics, beside the stage's artifacts."""
     folder = output_dir(cfg)

@@ -1,0 +1,234 @@
+"""VQVAE: the end-to-end baseline (paper, section 3.2): conv encoder -> vector quantizer -> conv decoder.
+
+Same encoder/decoder family and 7x7 latent grid as the GridVAE, so that the comparison is about
+quantization alone.
+
+Loss scale (per image, averaged over the batch)::
+
+    loss = rec + vq_loss
+    rec     = BCE(logits, x) summed over the pixels of an image                (as in the GridVAE)
+    vq_loss = sum over the 7x7 cells and D dims of
+              ||sg[z_e] - e||^2 + commitment_cost * ||z_e - sg[e]||^2
+
+i.e. the van den Oord et al. objective for one data point, both terms summed over their own
+elements. The quantizer returns its losses as means over latent elements; they are multiplied by
+H*W*D here. Why: the paper's code summed the reconstruction over the whole batch but averaged the
+VQ loss over all latent elements, which weighted the VQ terms B*H*W*D times (about 4e5 for
+batches of 128 and D=64) less than a per-image objective does. Adam rescales the codebook's own
+gradients, so the codebook still learned; but the encoder receives both the reconstruction and
+the commitment gradients, and the commitment part was drowned, so ``commitment_cost`` had next to
+no effect (consistent with the appendix: raising it from 0.25 to 2.5 barely changed utilization).
+With both terms per image, the VQ term starts at the same order as the reconstruction term and
+the commitment gradient on the encoder is comparable to the reconstruction gradient, so
+``commitment_cost`` keeps a real effect. ``rec`` is also directly comparable with the GridVAE's.
+
+Reported alongside: per-pixel MSE of the [0, 1] reconstructions (through the VQ layer) over the
+full validation/test split, and codebook usage over each epoch: ``{split}/utilization``
+(fraction of codes used), ``{split}/code_perplexity`` (exp of the usage entropy) and
+``{split}/dead_codes`` (codes never chosen during the epoch). The epoch's per-code counts are kept
+in ``epoch_code_counts[split]`` for callbacks (e.g. a usage histogram).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import MeanSquaredError
+
+from geovq.metrics.codebook import usage_summary
+from geovq.models.grid_vae import build_optimizers
+from geovq.nn.conv import ConvDecoder, ConvEncoder
+from geovq.nn.vector_quantizer import VectorQuantizer, reset_optimizer_state_rows
+
+SPLITS = ("train", "val", "test")
+
+
+class VQVAE(L.LightningModule):
+    def __init__(
+        self,
+        latent_dim: int = 64,
+        n_codes: int = 128,
+        hidden_channels: int = 64,
+        n_res_blocks: int = 2,
+        in_channels: int = 1,
+        commitment_cost: float = 0.5,
+        ema: bool = False,
+        decay: float = 0.99,
+        eps: float = 1e-5,
+        kmeans_init: bool = False,
+        kmeans_iters: int = 10,
+        restart_dead_codes: bool = False,
+        dead_code_window: int = 100,
+        optimizer: Any = None,
+        scheduler: Any = None,
+    ):
+        super().__init__()
+        # The optimizer/scheduler are Hydra partials: kept out of the checkpoint's hparams so the
+        # checkpoint stays loadable with weights_only=True.
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.encoder = ConvEncoder(in_channels, hidden_channels, latent_dim, n_res_blocks)
+        self.quantizer = VectorQuantizer(
+            n_codes,
+            latent_dim,
+            commitment_cost=commitment_cost,
+            ema=ema,
+            decay=decay,
+            eps=eps,
+            kmeans_init=kmeans_init,
+            kmeans_iters=kmeans_iters,
+            restart_dead_codes=restart_dead_codes,
+            dead_code_window=dead_code_window,
+        )
+        self.decoder = ConvDecoder(latent_dim, hidden_channels, in_channels, n_res_blocks)
+        self.mse = torch.nn.ModuleDict({s: MeanSquaredError() for s in ("val", "test")})
+        # Per-code counts of the current (or last finished) epoch of each split, on the model's
+        # device while accumulating; read them through ``epoch_code_counts``.
+        self._code_counts: dict[str, Tensor] = {s: torch.zeros(n_codes, dtype=torch.int64) for s in SPLITS}
+        self._pending_restarts: list[Tensor] = []
+
+    # -- the model --------------------------------------------------------------------------
+    @property
+    def codebook(self) -> Tensor:
+        """The K x D codebook (detached)."""
+        return self.quantizer.codebook
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Encoder outputs z_e, B x D x 7 x 7 (before quantization)."""
+        return self.encoder(x)
+
+    def quantize(self, z_e: Tensor) -> tuple[Tensor, Tensor]:
+        """(z_q B x D x 7 x 7, codes B x 7 x 7 int64): nearest codes, no gradient trick, no side effects."""
+        codes = self.quantizer.nearest(z_e)
+        return self.quantizer.lookup(codes), codes
+
+    def codes(self, x: Tensor) -> Tensor:
+        """The code grid of each image, B x 7 x 7 int64 in [0, n_codes)."""
+        return self.quantizer.nearest(self.encode(x))
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Pixel logits B x C x 28 x 28 for latents B x D x 7 x 7."""
+        return self.decoder(z)
+
+    def decode_codes(self, codes: Tensor) -> Tensor:
+        """Pixel logits B x C x 28 x 28 for code grids B x 7 x 7 (e.g. sampled by the prior)."""
+        return self.decode(self.quantizer.lookup(codes))
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Images in [0, 1] decoded from the quantized encoder outputs."""
+        return torch.sigmoid(self.decode(self.quantize(self.encode(x))[0]))
+
+    def loss_terms(self, x: Tensor) -> dict[str, Tensor]:
+        z_e = self.encode(x)
+        vq = self.quantizer(z_e)
+        logits = self.decode(vq.quantized)
+        batch = x.shape[0]
+        per_image = z_e[0].numel()  # H * W * D: the quantizer's means -> sums per image
+        rec = F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / batch
+        vq_loss = vq.loss * per_image
+        return {
+            "loss": rec + vq_loss,
+            "rec": rec,
+            "vq_loss": vq_loss,
+            "codebook_loss": vq.codebook_loss * per_image,
+            "commitment_loss": vq.commitment_loss * per_image,
+            "logits": logits,
+            "codes": vq.codes,
+            "counts": vq.counts,
+            "restarted": vq.restarted,
+        }
+
+    # -- code usage over an epoch -----------------------------------------------------------------
+    @property
+    def epoch_code_counts(self) -> dict[str, np.ndarray]:
+        """Per-code counts (int64 arrays of length n_codes) of each split's current epoch.
+
+        Complete once the epoch's last batch has run, i.e. from ``on_{split}_epoch_end`` (callbacks
+        included) until the next epoch of that split starts. Per process under data parallelism.
+        """
+        return {s: c.detach().cpu().numpy().copy() for s, c in self._code_counts.items()}
+
+    def _reset_counts(self, split: str) -> None:
+        self._code_counts[split] = torch.zeros(self.hparams.n_codes, dtype=torch.int64, device=self.device)
+
+    def _log_usage(self, split: str) -> None:
+        counts = self._code_counts[split]
+        if self.trainer is not None and self.trainer.world_size > 1:
+            counts = self.all_gather(counts).reshape(-1, counts.shape[0]).sum(0)
+        summary = usage_summary(counts.cpu().numpy())
+        n_codes = summary["n_codes"]
+        self.log(f"{split}/utilization", summary["utilization"], on_step=False, on_epoch=True, sync_dist=False)
+        self.log(f"{split}/code_perplexity", summary["perplexity"], on_step=False, on_epoch=True, sync_dist=False)
+        self.log(f"{split}/dead_codes", float(n_codes - summary["codes_used"]), on_step=False, on_epoch=True,
+                 sync_dist=False)
+
+    # -- Lightning ----------------------------------------------------------------------------
+    def _step(self, batch, split: str) -> Tensor:
+        x = batch[0]
+        terms = self.loss_terms(x)
+        counts = terms["counts"]
+        self._code_counts[split] = self._code_counts[split].to(counts.device) + counts
+        on_step = split == "train"
+        if not on_step:
+            # Outside training the quantizer has no side effects; these logits are the
+            # reconstruction (through the VQ layer) whose MSE the paper compares.
+            self.mse[split](torch.sigmoid(terms["logits"]), x)
+            self.log(f"{split}/mse", self.mse[split], prog_bar=True, on_step=False, on_epoch=True)
+        log = dict(on_step=False, on_epoch=True, batch_size=len(x))
+        self.log(f"{split}/loss", terms["loss"], prog_bar=True, on_step=on_step, on_epoch=True, batch_size=len(x))
+        self.log(f"{split}/rec", terms["rec"], **log)
+        self.log(f"{split}/vq_loss", terms["vq_loss"], **log)
+        self.log(f"{split}/commitment_loss", terms["commitment_loss"], **log)
+        if not self.hparams.ema:
+            self.log(f"{split}/codebook_loss", terms["codebook_loss"], **log)
+        if split == "train" and terms["restarted"].numel():
+            self._pending_restarts.append(terms["restarted"])
+        return terms["loss"]
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Codes re-seeded during this step's forward(s) (several with gradient accumulation) start
+        # with fresh Adam moments: the step below must not push a new vector with the moments of
+        # the dead one it replaced.
+        if self._pending_restarts:
+            rows = torch.unique(torch.cat(self._pending_restarts))
+            self._pending_restarts = []
+            if not self.hparams.ema:
+                reset_optimizer_state_rows(optimizer, self.quantizer.embedding, rows)
+            self.log("train/restarted_codes", float(rows.numel()), on_step=False, on_epoch=True, reduce_fx="sum")
+
+    def on_train_epoch_start(self) -> None:
+        self._reset_counts("train")
+        self.quantizer.reset_usage()
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset_counts("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_counts("test")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_usage("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_usage("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_usage("test")
+
+    def configure_optimizers(self):
+        return build_optimizers(self, self.optimizer_factory, self.scheduler_factory)

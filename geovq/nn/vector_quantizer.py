@@ -1,0 +1,405 @@
+"""Vector quantization layer of the VQ-VAE (van den Oord et al., 2017), with anti-collapse options.
+
+Input: encoder outputs ``z_e`` of shape B x D x H x W (channel-first, as ``ConvEncoder`` emits).
+Each of the B*H*W vectors is replaced by its nearest code (squared Euclidean distance, computed
+as ||z||^2 - 2 z.e + ||e||^2 with one matmul), and the gradient is copied straight through from
+the quantized vectors to ``z_e``.
+
+Losses, each a MEAN over the B*H*W*D latent elements (so the numbers do not depend on the batch
+size, the grid size or D; a model that wants a per-image sum multiplies by H*W*D, as
+``geovq.models.vqvae.VQVAE`` does):
+
+- ``codebook_loss``   = mean ||sg[z_e] - e||^2   (moves the codes; dropped, i.e. 0, with ``ema``)
+- ``commitment_loss`` = mean ||z_e - sg[e]||^2   (moves the encoder; reported *unscaled*)
+- ``loss`` = codebook_loss + commitment_cost * commitment_loss
+
+Anti-collapse options, all off by default (the paper's configuration), as plain constructor
+arguments in the spirit of lucidrains/vector-quantize-pytorch:
+
+- ``ema``: the codebook is a buffer updated from exponential moving averages of the cluster sizes
+  and of the sums of the vectors assigned to each code (Laplace-smoothed by ``eps``). Only codes
+  used in a batch move; unused codes keep their vector exactly.
+- ``kmeans_init``: the first training batch's encoder outputs initialise the codebook with
+  k-means++ seeding (distinct seeds: a vector identical to a chosen one has zero weight) and
+  ``kmeans_iters`` Lloyd iterations.
+- ``restart_dead_codes``: a code unused for ``dead_code_window`` consecutive training steps is
+  re-seeded from a small random buffer of recent encoder outputs (favouring the ones the codebook
+  represents worst), plus a little noise. The paper's appendix reports that its resampling made
+  the reconstruction loss explode. Here the code's optimisation state is kept consistent with its
+  new vector: with ``ema`` its cluster size and embedding sum are reset to describe the new
+  vector; with a learned codebook the restarted indices are returned (``QuantizerOutput.restarted``)
+  so that the training loop resets those rows of the optimizer state with
+  ``reset_optimizer_state_rows`` before its next step (the VQVAE LightningModule does that).
+  Restarts happen at the start of a training forward, before the codebook is used, so the new
+  codes already compete for this batch's vectors.
+
+Usage statistics: every forward returns the batch's per-code counts (training and evaluation
+alike, for per-epoch accumulation); in training mode they are also added to the ``usage_counts``
+buffer (``reset_usage()`` clears it), which ``utilization()``, ``perplexity()`` and
+``dead_codes()`` summarise through ``geovq.metrics.codebook``.
+
+Randomness (initial codebook, k-means seeding, restarts) comes from torch's global generator, so
+``torch.manual_seed`` makes the layer deterministic. Under data-parallel training the statistics
+are per process (not all-reduced).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from geovq.errors import ConfigError
+from geovq.metrics.codebook import perplexity as _perplexity
+from geovq.metrics.codebook import usage_summary as _usage_summary
+from geovq.metrics.codebook import utilization as _utilization
+
+
+class QuantizerOutput(NamedTuple):
+    """What ``VectorQuantizer.forward`` returns."""
+
+    quantized: Tensor  # B x D x H x W, the codes with the straight-through gradient to z_e
+    codes: Tensor  # B x H x W, int64 in [0, K)
+    loss: Tensor  # codebook_loss + commitment_cost * commitment_loss (scalar)
+    codebook_loss: Tensor  # mean ||sg[z_e] - e||^2 (0 with EMA)
+    commitment_loss: Tensor  # mean ||z_e - sg[e]||^2, unscaled
+    counts: Tensor  # K int64: how often each code was chosen in this batch
+    restarted: Tensor  # int64 indices of the codes re-seeded in this call (empty unless restarting)
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-code quantization of B x D x H x W inputs against a K x D codebook.
+
+    Args:
+        n_codes: K, the number of codes.
+        code_dim: D, the dimension of each code; must equal the encoder's output channels.
+        commitment_cost: beta, the weight of the commitment loss.
+        ema: update the codebook by exponential moving averages instead of gradients.
+        decay: EMA decay in (0, 1).
+        eps: Laplace smoothing of the EMA cluster sizes (> 0).
+        kmeans_init: initialise the codebook by k-means on the first training batch.
+        kmeans_iters: Lloyd iterations of that initialisation.
+        restart_dead_codes: re-seed codes unused for ``dead_code_window`` training steps.
+        dead_code_window: training steps without use after which a code counts as dead.
+        restart_buffer_size: how many recent encoder outputs are kept to seed restarts.
+        restart_noise: std of the noise added to a re-seeded code, relative to the std of the
+            buffered encoder outputs.
+    """
+
+    def __init__(
+        self,
+        n_codes: int,
+        code_dim: int,
+        commitment_cost: float = 0.25,
+        ema: bool = False,
+        decay: float = 0.99,
+        eps: float = 1e-5,
+        kmeans_init: bool = False,
+        kmeans_iters: int = 10,
+        restart_dead_codes: bool = False,
+        dead_code_window: int = 100,
+        restart_buffer_size: int = 4096,
+        restart_noise: float = 0.01,
+    ):
+        super().__init__()
+        _validate(n_codes, code_dim, commitment_cost, decay, eps, kmeans_iters, dead_code_window,
+                  restart_buffer_size, restart_noise)
+        self.n_codes = int(n_codes)
+        self.code_dim = int(code_dim)
+        self.commitment_cost = float(commitment_cost)
+        self.ema = bool(ema)
+        self.decay = float(decay)
+        self.eps = float(eps)
+        self.kmeans_init = bool(kmeans_init)
+        self.kmeans_iters = int(kmeans_iters)
+        self.restart_dead_codes = bool(restart_dead_codes)
+        self.dead_code_window = int(dead_code_window)
+        self.restart_buffer_size = int(restart_buffer_size)
+        self.restart_noise = float(restart_noise)
+
+        # The usual VQ-VAE initialisation (Sonnet, most PyTorch ports): small uniform codes.
+        initial = torch.empty(self.n_codes, self.code_dim).uniform_(-1.0 / self.n_codes, 1.0 / self.n_codes)
+        if self.ema:
+            self.register_buffer("embedding", initial)
+            # Statistics consistent with "each code has seen one vector: itself", so that
+            # embed_sum / cluster_size == embedding from the start.
+            self.register_buffer("cluster_size", torch.ones(self.n_codes))
+            self.register_buffer("embed_sum", initial.clone())
+        else:
+            self.embedding = nn.Parameter(initial)
+        self.register_buffer("initialized", torch.tensor(not self.kmeans_init))
+        self.register_buffer("usage_counts", torch.zeros(self.n_codes, dtype=torch.int64))
+        self.register_buffer("steps_since_used", torch.zeros(self.n_codes, dtype=torch.int64))
+        # Recent encoder outputs (a ring buffer); not worth a place in checkpoints.
+        self.register_buffer("recent_latents", torch.zeros(0, self.code_dim), persistent=False)
+        self._recent_next = 0
+        self._initialized_seen = not self.kmeans_init
+
+    def extra_repr(self) -> str:
+        return (f"n_codes={self.n_codes}, code_dim={self.code_dim}, commitment_cost={self.commitment_cost}, "
+                f"ema={self.ema}, kmeans_init={self.kmeans_init}, restart_dead_codes={self.restart_dead_codes}")
+
+    # -- the codebook ---------------------------------------------------------------------------
+    @property
+    def codebook(self) -> Tensor:
+        """The K x D codebook (detached)."""
+        return self.embedding.detach()
+
+    def nearest(self, z_e: Tensor) -> Tensor:
+        """Codes B x H x W (int64) of the nearest codebook vectors; no side effects."""
+        return self._nearest_flat(self._flatten(z_e)).view(z_e.shape[0], *z_e.shape[2:])
+
+    def lookup(self, codes: Tensor) -> Tensor:
+        """Codebook vectors B x D x H x W for codes B x H x W."""
+        codes = torch.as_tensor(codes, device=self.embedding.device).long()
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.n_codes):
+            raise ConfigError(
+                f"codes must lie in [0, {self.n_codes}) for this codebook, got [{int(codes.min())}, "
+                f"{int(codes.max())}]; were they made with a model that has a different n_codes?"
+            )
+        return F.embedding(codes, self.embedding).movedim(-1, 1)
+
+    # -- forward ----------------------------------------------------------------------------------
+    def forward(self, z_e: Tensor) -> QuantizerOutput:
+        flat = self._flatten(z_e)  # N x D, N = B*H*W
+        if flat.dtype != self.embedding.dtype:  # e.g. bf16 encoder outputs under autocast
+            flat = flat.to(self.embedding.dtype)
+        restarted = torch.zeros(0, dtype=torch.int64, device=flat.device)
+        if self.training:
+            if not self._initialized_seen and not bool(self.initialized):  # one host sync at most
+                self._kmeans_initialise(flat.detach())
+            self._initialized_seen = True
+            if self.restart_dead_codes:
+                self._remember(flat.detach())
+                restarted = self._restart_dead()
+
+        codes_flat = self._nearest_flat(flat)
+        counts = torch.bincount(codes_flat, minlength=self.n_codes)
+        quantized_flat = F.embedding(codes_flat, self.embedding)
+
+        commitment_loss = F.mse_loss(flat, quantized_flat.detach())
+        if self.ema:
+            codebook_loss = torch.zeros((), device=flat.device, dtype=flat.dtype)
+        else:
+            codebook_loss = F.mse_loss(quantized_flat, flat.detach())
+        loss = codebook_loss + self.commitment_cost * commitment_loss
+
+        if self.training:
+            with torch.no_grad():
+                self.usage_counts += counts
+                self.steps_since_used += 1
+                self.steps_since_used[counts > 0] = 0
+                if self.ema:
+                    self._ema_update(flat.detach(), codes_flat, counts)
+
+        # Straight-through estimator: forward value = codes, gradient w.r.t. z_e = identity.
+        quantized_st = flat + (quantized_flat - flat).detach()
+        batch, _, *grid = z_e.shape
+        quantized_st = quantized_st.view(batch, *grid, self.code_dim).movedim(-1, 1)
+        return QuantizerOutput(
+            quantized=quantized_st,
+            codes=codes_flat.view(batch, *grid),
+            loss=loss,
+            codebook_loss=codebook_loss,
+            commitment_loss=commitment_loss,
+            counts=counts,
+            restarted=restarted,
+        )
+
+    # -- usage statistics ---------------------------------------------------------------------
+    def reset_usage(self) -> None:
+        """Forget the usage counted so far (``usage_counts``)."""
+        self.usage_counts.zero_()
+
+    def utilization(self) -> float:
+        """Fraction of codes used at least once since the last ``reset_usage()``."""
+        return _utilization(self.usage_counts.cpu().numpy())
+
+    def perplexity(self) -> float:
+        """exp(entropy) of code usage since the last ``reset_usage()``, in [1, K] (0 if nothing seen)."""
+        return _perplexity(self.usage_counts.cpu().numpy())
+
+    def dead_codes(self) -> Tensor:
+        """Indices (int64) of the codes not used since the last ``reset_usage()``."""
+        return torch.nonzero(self.usage_counts == 0).flatten()
+
+    def usage_summary(self) -> dict:
+        return _usage_summary(self.usage_counts.cpu().numpy())
+
+    # -- internals ------------------------------------------------------------------------------
+    def _flatten(self, z_e: Tensor) -> Tensor:
+        if z_e.dim() < 3:
+            raise ConfigError(
+                f"the vector quantizer expects channel-first inputs B x D x H x W, got shape "
+                f"{tuple(z_e.shape)}; pass the encoder's output grid, not flattened vectors."
+            )
+        if z_e.shape[1] != self.code_dim:
+            raise ConfigError(
+                f"the encoder emits {z_e.shape[1]} channels but the codebook has D={self.code_dim}; "
+                f"set model.latent_dim consistently (encoder output channels = code dimension)."
+            )
+        return z_e.movedim(1, -1).reshape(-1, self.code_dim)
+
+    @torch.no_grad()
+    def _nearest_flat(self, flat: Tensor) -> Tensor:
+        # In float32 at least: low-precision distances would pick the wrong nearest code.
+        dtype = torch.promote_types(flat.dtype, torch.float32)
+        return _squared_distances(flat.to(dtype), self.embedding.to(dtype)).argmin(dim=1)
+
+    @torch.no_grad()
+    def _ema_update(self, flat: Tensor, codes: Tensor, counts: Tensor) -> None:
+        sums = torch.zeros_like(self.embed_sum).index_add_(0, codes, flat.to(self.embed_sum.dtype))
+        self.cluster_size.mul_(self.decay).add_(counts.to(self.cluster_size.dtype), alpha=1 - self.decay)
+        self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        total = self.cluster_size.sum()
+        smoothed = (self.cluster_size + self.eps) / (total + self.n_codes * self.eps) * total
+        # Unused codes are left exactly where they are: their sum and size decayed by the same
+        # factor, so only the smoothing would move them (towards the origin), which is noise.
+        used = counts > 0
+        self.embedding[used] = self.embed_sum[used] / smoothed[used].unsqueeze(1)
+
+    @torch.no_grad()
+    def _kmeans_initialise(self, flat: Tensor) -> None:
+        centers = kmeans(flat.float(), self.n_codes, self.kmeans_iters)
+        self.embedding.data.copy_(centers.to(self.embedding.dtype))
+        if self.ema:
+            # Sizes of the k-means clusters on this batch, so that the EMA update on this same
+            # batch leaves the statistics as they are (decay * c + (1 - decay) * c = c).
+            sizes = torch.bincount(_squared_distances(flat, self.embedding).argmin(1), minlength=self.n_codes)
+            self.cluster_size.copy_(sizes.clamp(min=1).to(self.cluster_size.dtype))
+            self.embed_sum.copy_(self.embedding * self.cluster_size.unsqueeze(1))
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _remember(self, flat: Tensor) -> None:
+        """Add a random sample of this batch's vectors to the ring buffer of recent outputs."""
+        take = min(flat.shape[0], max(1, self.restart_buffer_size // 4))
+        sample = flat[torch.randperm(flat.shape[0], device=flat.device)[:take]].to(self.embedding.dtype)
+        buf = self.recent_latents
+        if buf.shape[0] < self.restart_buffer_size:
+            room = self.restart_buffer_size - buf.shape[0]
+            self.recent_latents = torch.cat([buf, sample[:room]])
+            sample = sample[room:]
+        if sample.shape[0]:
+            idx = (self._recent_next + torch.arange(sample.shape[0], device=flat.device)) % self.restart_buffer_size
+            self.recent_latents[idx] = sample
+            self._recent_next = int((self._recent_next + sample.shape[0]) % self.restart_buffer_size)
+
+    @torch.no_grad()
+    def _restart_dead(self) -> Tensor:
+        dead = torch.nonzero(self.steps_since_used >= self.dead_code_window).flatten()
+        if dead.numel() == 0 or self.recent_latents.shape[0] == 0:
+            return dead[:0]
+        pool = self.recent_latents
+        alive = torch.ones(self.n_codes, dtype=torch.bool, device=pool.device)
+        alive[dead] = False
+        # Favour the vectors the living codes represent worst (k-means++ style weights).
+        if alive.any():
+            weights = _squared_distances(pool, self.embedding[alive]).min(dim=1).values.clamp(min=0)
+        else:
+            weights = torch.ones(pool.shape[0], device=pool.device)
+        n = dead.numel()
+        if int((weights > 0).sum()) >= n:
+            chosen = torch.multinomial(weights, n, replacement=False)
+        else:
+            chosen = torch.randint(pool.shape[0], (n,), device=pool.device)
+        scale = self.restart_noise * float(pool.std()) if pool.shape[0] > 1 else self.restart_noise
+        seeds = pool[chosen] + torch.randn(n, self.code_dim, device=pool.device) * max(scale, 1e-6)
+        self.embedding.data[dead] = seeds.to(self.embedding.dtype)
+        if self.ema:
+            # The new code starts as "one vector seen: itself"; its old statistics would drag it
+            # straight back to where it died.
+            self.cluster_size[dead] = 1.0
+            self.embed_sum[dead] = self.embedding[dead]
+        self.steps_since_used[dead] = 0
+        return dead
+
+
+def _squared_distances(x: Tensor, codebook: Tensor) -> Tensor:
+    """N x K squared Euclidean distances, via one matmul."""
+    return (
+        x.pow(2).sum(1, keepdim=True)
+        - 2.0 * x @ codebook.t().to(x.dtype)
+        + codebook.pow(2).sum(1).to(x.dtype).unsqueeze(0)
+    )
+
+
+@torch.no_grad()
+def kmeans(x: Tensor, k: int, iters: int = 10) -> Tensor:
+    """k x D centers: k-means++ seeding then ``iters`` Lloyd iterations (torch's global RNG).
+
+    Seeds are distinct data vectors (a vector equal to a chosen seed has zero weight); if ``x``
+    holds fewer than ``k`` distinct vectors, the remaining seeds are data vectors plus small noise.
+    An empty cluster keeps its previous center, so centers stay distinct.
+    """
+    n, dim = x.shape
+    if n == 0:
+        raise ConfigError("k-means initialisation of the codebook needs at least one encoder output.")
+    first = int(torch.randint(n, (1,)))
+    centers = [x[first]]
+    closest = (x - x[first]).pow(2).sum(1)
+    noise_scale = 1e-3 * float(x.std()) if n > 1 else 1e-3
+    for _ in range(1, k):
+        if float(closest.sum()) > 0:
+            pick = int(torch.multinomial(closest, 1))
+            center = x[pick]
+        else:  # no distinct vector left
+            center = x[int(torch.randint(n, (1,)))] + torch.randn(dim, device=x.device) * max(noise_scale, 1e-6)
+        centers.append(center)
+        closest = torch.minimum(closest, (x - center).pow(2).sum(1))
+    centers = torch.stack(centers)
+    for _ in range(iters):
+        assign = _squared_distances(x, centers).argmin(1)
+        sizes = torch.bincount(assign, minlength=k)
+        sums = torch.zeros_like(centers).index_add_(0, assign, x)
+        nonempty = sizes > 0
+        centers[nonempty] = sums[nonempty] / sizes[nonempty].unsqueeze(1).to(x.dtype)
+    return centers
+
+
+def reset_optimizer_state_rows(optimizer, param: Tensor, rows) -> int:
+    """Zero the per-element optimizer state of ``param`` at the given first-axis ``rows``.
+
+    For Adam/AdamW that is ``exp_avg`` and ``exp_avg_sq`` (and ``max_exp_avg_sq`` with amsgrad),
+    for SGD the momentum buffer: every state tensor shaped like ``param``. A restarted code then
+    starts its optimisation afresh instead of inheriting the moments of the vector it replaced.
+    Works with a plain torch optimizer or Lightning's wrapper; a parameter without state yet (no
+    step taken) is left alone. Returns how many state tensors were touched.
+    """
+    optimizer = getattr(optimizer, "_optimizer", optimizer)  # LightningOptimizer -> torch optimizer
+    rows = torch.as_tensor(rows, dtype=torch.int64)
+    if rows.numel() == 0:
+        return 0
+    state = optimizer.state.get(param)
+    if not state:
+        return 0
+    touched = 0
+    for value in state.values():
+        if isinstance(value, Tensor) and value.shape == param.shape:
+            value[rows.to(value.device)] = 0
+            touched += 1
+    return touched
+
+
+def _validate(n_codes, code_dim, commitment_cost, decay, eps, kmeans_iters, dead_code_window,
+              restart_buffer_size, restart_noise) -> None:
+    if n_codes < 1:
+        raise ConfigError(f"the codebook needs at least one code: n_codes (K) must be >= 1, got {n_codes}.")
+    if code_dim < 1:
+        raise ConfigError(f"the code dimension D (model.latent_dim) must be >= 1, got {code_dim}.")
+    if commitment_cost < 0:
+        raise ConfigError(f"commitment_cost must be >= 0, got {commitment_cost}.")
+    if not 0.0 < decay < 1.0:
+        raise ConfigError(f"the EMA decay must lie strictly between 0 and 1 (e.g. 0.99), got {decay}.")
+    if eps <= 0:
+        raise ConfigError(f"the EMA Laplace smoothing eps must be > 0 (e.g. 1e-5), got {eps}.")
+    if kmeans_iters < 0:
+        raise ConfigError(f"kmeans_iters must be >= 0, got {kmeans_iters}.")
+    if dead_code_window < 1:
+        raise ConfigError(f"dead_code_window must be >= 1 training step, got {dead_code_window}.")
+    if restart_buffer_size < 1:
+        raise ConfigError(f"restart_buffer_size must be >= 1, got {restart_buffer_size}.")
+    if restart_noise < 0:
+        raise ConfigError(f"restart_noise must be >= 0, got {restart_noise}.")

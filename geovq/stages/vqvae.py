@@ -1,0 +1,42 @@
+"""stage=vqvae: train the end-to-end VQ-VAE (pipeline B), write its model and code grids.
+
+Writes to the run folder: checkpoints/, csv/, code_usage.csv (per-code counts every epoch),
+model.pt (kind ``vqvae``), codes.pt (kind ``code_grids``: train/val/test N x 7 x 7, the same
+format as the quantize stage's), reconstructions.png, metrics.json, config.yaml.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from geovq.artifacts import save_code_grids, save_model
+from geovq.callbacks.codebook_usage import CodebookUsageLogger
+from geovq.metrics.codebook import code_counts, usage_summary
+from geovq.models.vqvae import VQVAE
+from geovq.stages.extraction import map_images
+from geovq.stages.lightning_setup import output_dir, result_config, train_and_test, write_run_files
+from geovq.stages.vae import MODEL_FILE, save_reconstructions
+
+CODES_FILE = "codes.pt"
+
+
+def run(cfg: DictConfig) -> dict:
+    usage_logger = CodebookUsageLogger(output_dir(cfg) / "code_usage.csv")
+    model, datamodule, trainer, metrics = train_and_test(cfg, VQVAE, extra_callbacks=[usage_logger])
+    grids = {
+        split: map_images(model, datamodule.split(split).tensors[0], model.codes, trainer, desc=f"codes ({split})")
+        for split in ("train", "val", "test")
+    }
+    # Usage of the final codebook over all training images (the paper's utilization figure).
+    for key, value in usage_summary(code_counts(grids["train"], model.hparams.n_codes)).items():
+        metrics[f"codes/train_{key}"] = value
+    if trainer.is_global_zero:
+        provenance = {"stage": "vqvae", "config": result_config(cfg)}
+        model_artifact = save_model(output_dir(cfg) / MODEL_FILE, model, "vqvae", **provenance)
+        save_code_grids(
+            output_dir(cfg) / CODES_FILE, grids, model.hparams.n_codes, inputs={"vqvae": model_artifact}, **provenance
+        )
+        if cfg.figures:
+            save_reconstructions({"VQ-VAE": model}, datamodule, output_dir(cfg) / "reconstructions.png")
+        write_run_files(cfg, metrics)
+    return metrics

@@ -1,0 +1,79 @@
+"""Summaries of a Hydra multirun: one row per run, the swept values and the run's metrics."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import yaml
+
+from geovq.artifacts import atomic_write_text
+
+# Shown first in the Markdown table when present; every metric goes to the CSV.
+HEADLINE_METRICS = (
+    "test/mse",
+    "codes/train_codes_used",
+    "codes/train_utilization",
+    "codes/train_perplexity",
+    "test/utilization",
+    "test/code_perplexity",
+    "quantized/test_mse",
+    "test/nll",
+    "test/perplexity",
+)
+
+
+def collect_runs(sweep_dir: str | Path) -> list[dict]:
+    """``{"job": n, "overrides": {key: value}, "metrics": {...}}`` for every finished run."""
+    runs = []
+    for metrics_file in sorted(Path(sweep_dir).glob("*/metrics.json"), key=lambda p: _job_number(p.parent)):
+        overrides_file = metrics_file.parent / ".hydra" / "overrides.yaml"
+        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
+        pairs = dict(item.split("=", 1) for item in overrides if "=" in item)
+        runs.append({"job": metrics_file.parent.name, "overrides": pairs, "metrics": json.loads(metrics_file.read_text())})
+    return runs
+
+
+def _job_number(folder: Path):
+    return (0, int(folder.name)) if folder.name.isdigit() else (1, folder.name)
+
+
+def swept_keys(runs: list[dict]) -> list[str]:
+    """Override keys whose value differs between runs (the axes of the sweep)."""
+    keys = sorted({key for run in runs for key in run["overrides"]})
+    return [key for key in keys if len({run["overrides"].get(key) for run in runs}) > 1]
+
+
+def write_summary(sweep_dir: str | Path) -> Path | None:
+    """Write summary.csv (all metrics) and summary.md (headline metrics) in the sweep folder."""
+    runs = collect_runs(sweep_dir)
+    if not runs:
+        return None
+    axes = swept_keys(runs)
+    metric_keys = sorted({key for run in runs for key in run["metrics"]})
+    headline = [key for key in HEADLINE_METRICS if key in metric_keys] or metric_keys
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["job", *axes, *metric_keys])
+    for run in runs:
+        writer.writerow([run["job"], *(run["overrides"].get(a, "") for a in axes), *(run["metrics"].get(m, "") for m in metric_keys)])
+    atomic_write_text(Path(sweep_dir) / "summary.csv", buffer.getvalue())
+
+    lines = ["| " + " | ".join(["job", *axes, *headline]) + " |", "|" + "---|" * (1 + len(axes) + len(headline))]
+    for run in runs:
+        values = [_fmt(run["metrics"].get(m)) for m in headline]
+        lines.append("| " + " | ".join([run["job"], *(run["overrides"].get(a, "") for a in axes), *values]) + " |")
+    path = Path(sweep_dir) / "summary.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and abs(value) < 1:
+        return f"{value:.5f}"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

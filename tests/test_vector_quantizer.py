@@ -1,0 +1,331 @@
+"""VectorQuantizer: lookup, losses, straight-through gradient, EMA, k-means init, dead-code restarts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geovq.errors import ConfigError
+from geovq.nn.conv import ConvDecoder, ConvEncoder
+from geovq.nn.vector_quantizer import VectorQuantizer, kmeans, reset_optimizer_state_rows
+
+MNIST_ROOT = "/work/shared/data"
+
+
+def clustered_grid(n_images=8, dim=4, n_clusters=6, hw=5, spread=0.05, seed=0):
+    """B x D x H x W latents drawn around ``n_clusters`` well separated centers."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(n_clusters, dim, generator=g) * 3
+    which = torch.randint(n_clusters, (n_images, hw, hw), generator=g)
+    z = centers[which] + spread * torch.randn(n_images, hw, hw, dim, generator=g)
+    return z.movedim(-1, 1).contiguous(), centers
+
+
+# -- lookup and losses -------------------------------------------------------------------------
+def test_nearest_code_lookup_and_shapes():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(n_codes=10, code_dim=3)
+    vq.embedding.data = torch.randn(10, 3)
+    z = torch.randn(2, 3, 4, 5)
+    out = vq(z)
+    assert out.quantized.shape == z.shape
+    assert out.codes.shape == (2, 4, 5) and out.codes.dtype == torch.int64
+    flat = z.movedim(1, -1).reshape(-1, 3)
+    expected = torch.cdist(flat, vq.embedding.detach()).argmin(1).view(2, 4, 5)
+    assert torch.equal(out.codes, expected)
+    # Forward value of the straight-through output is the code itself.
+    assert torch.allclose(out.quantized, vq.lookup(out.codes))
+    assert torch.allclose(out.quantized.movedim(1, -1), vq.codebook[out.codes])
+    assert out.counts.sum() == 2 * 4 * 5 and out.counts.shape == (10,)
+    assert torch.equal(vq.nearest(z), out.codes)
+    assert out.restarted.numel() == 0
+
+
+def test_losses_are_means_per_element_and_route_gradients():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(n_codes=6, code_dim=4, commitment_cost=0.7)
+    z = torch.randn(3, 4, 2, 2, requires_grad=True)
+    out = vq(z)
+    q = vq.lookup(out.codes).detach()
+    mse = ((z.detach() - q) ** 2).mean()
+    assert torch.allclose(out.codebook_loss, mse)
+    assert torch.allclose(out.commitment_loss, mse)  # reported unscaled
+    assert torch.allclose(out.loss, out.codebook_loss + 0.7 * out.commitment_loss)
+    # The codebook loss moves only the codebook, the commitment loss only the encoder output.
+    g_codebook = torch.autograd.grad(out.codebook_loss, [vq.embedding, z], allow_unused=True, retain_graph=True)
+    assert g_codebook[0].abs().sum() > 0 and (g_codebook[1] is None or g_codebook[1].abs().sum() == 0)
+    g_commit = torch.autograd.grad(out.commitment_loss, [vq.embedding, z], allow_unused=True)
+    assert (g_commit[0] is None or g_commit[0].abs().sum() == 0) and g_commit[1].abs().sum() > 0
+
+
+def test_straight_through_gradient_reaches_encoder():
+    torch.manual_seed(0)
+    encoder = ConvEncoder(1, 16, 4, n_res_blocks=1)
+    vq = VectorQuantizer(n_codes=8, code_dim=4)
+    decoder = ConvDecoder(4, 16, 1, n_res_blocks=1)
+    x = torch.rand(4, 1, 28, 28)
+    z_e = encoder(x)
+    with torch.no_grad():  # codes spread over the encoder's outputs, so the decoder sees variety
+        vq.embedding.copy_(z_e.movedim(1, -1).reshape(-1, 4)[torch.randperm(196)[:8]])
+    out = vq(z_e)
+    assert (out.counts > 0).sum() > 1
+    rec = F.binary_cross_entropy_with_logits(decoder(out.quantized), x)  # reconstruction alone
+    rec.backward()
+    grads = [p.grad for p in encoder.parameters()]
+    assert all(g is not None for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+    # The codebook gets no gradient from the reconstruction (it only learns from its own loss).
+    assert vq.embedding.grad is None or vq.embedding.grad.abs().sum() == 0
+
+
+def test_straight_through_gradient_is_identity():
+    vq = VectorQuantizer(n_codes=5, code_dim=2)
+    z = torch.randn(1, 2, 3, 3, requires_grad=True)
+    upstream = torch.randn(1, 2, 3, 3)
+    (vq(z).quantized * upstream).sum().backward()
+    assert torch.allclose(z.grad, upstream)
+
+
+# -- usage statistics ------------------------------------------------------------------------
+def test_usage_metrics_on_hand_made_counts():
+    vq = VectorQuantizer(n_codes=4, code_dim=2)
+    vq.usage_counts.copy_(torch.tensor([5, 5, 0, 0]))
+    assert vq.utilization() == pytest.approx(0.5)
+    assert vq.perplexity() == pytest.approx(2.0)
+    assert vq.dead_codes().tolist() == [2, 3]
+    vq.usage_counts.copy_(torch.tensor([1, 1, 1, 1]))
+    assert vq.perplexity() == pytest.approx(4.0) and vq.utilization() == 1.0
+    vq.reset_usage()
+    assert vq.usage_counts.sum() == 0 and vq.perplexity() == 0.0
+
+
+def test_usage_counted_in_training_only():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(n_codes=6, code_dim=3)
+    z = torch.randn(2, 3, 4, 4)
+    vq.eval()
+    out = vq(z)
+    assert vq.usage_counts.sum() == 0 and out.counts.sum() == 32
+    vq.train()
+    out = vq(z)
+    vq(z)
+    assert torch.equal(vq.usage_counts, 2 * out.counts)
+
+
+# -- EMA ----------------------------------------------------------------------------------------
+def test_ema_moves_used_codes_toward_inputs_and_leaves_unused_ones():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(n_codes=4, code_dim=2, ema=True, decay=0.9)
+    assert len(list(vq.parameters())) == 0  # the codebook is a buffer
+    start = torch.tensor([[0.0, 0.0], [10.0, 10.0], [-10.0, 10.0], [10.0, -10.0]])
+    vq.embedding.copy_(start)
+    vq.embed_sum.copy_(start)  # cluster_size is 1: statistics consistent with the codebook
+    target = torch.tensor([1.0, 2.0])
+    z = (target + 0.01 * torch.randn(2, 3, 3, 2)).movedim(-1, 1)  # all nearest to code 0
+    out = vq(z)
+    assert out.counts.tolist() == [18, 0, 0, 0]
+    assert out.codebook_loss == 0
+    assert torch.allclose(out.loss, vq.commitment_cost * out.commitment_loss)
+    mean = z.movedim(1, -1).reshape(-1, 2).mean(0)
+    assert (vq.embedding[0] - mean).norm() < (start[0] - mean).norm() * 0.5
+    assert torch.equal(vq.embedding[1:], start[1:])
+    for _ in range(50):
+        vq(z)
+    assert torch.allclose(vq.embedding[0], mean, atol=1e-3)
+    assert torch.equal(vq.embedding[1:], start[1:])
+    # Evaluation mode does not update.
+    vq.eval()
+    before = vq.embedding.clone()
+    vq(z + 5)
+    assert torch.equal(vq.embedding, before)
+
+
+# -- k-means init ---------------------------------------------------------------------------------
+def test_kmeans_init_gives_distinct_codes_within_data_range():
+    torch.manual_seed(0)
+    z, _ = clustered_grid(n_images=16, dim=4, n_clusters=6)
+    # Many exact duplicates (like MNIST's blank background cells) must not give duplicate codes.
+    z[:8, :, :3, :] = 0.0
+    vq = VectorQuantizer(n_codes=16, code_dim=4, kmeans_init=True)
+    assert not bool(vq.initialized)
+    vq(z)
+    assert bool(vq.initialized)
+    codebook = vq.codebook
+    assert torch.unique(codebook, dim=0).shape[0] == 16
+    assert torch.cdist(codebook, codebook).add(torch.eye(16) * 1e9).min() > 1e-6
+    flat = z.movedim(1, -1).reshape(-1, 4)
+    assert (codebook >= flat.min(0).values - 1e-5).all() and (codebook <= flat.max(0).values + 1e-5).all()
+    # Initialised once: a second batch does not re-run k-means (a learned codebook only moves
+    # through the optimizer).
+    after_first = codebook.clone()
+    vq(z * 2 + 1)
+    assert torch.equal(vq.codebook, after_first)
+
+
+def test_kmeans_recovers_clusters():
+    torch.manual_seed(0)
+    z, centers = clustered_grid(n_images=16, dim=3, n_clusters=5, spread=0.01)
+    found = kmeans(z.movedim(1, -1).reshape(-1, 3), 5, iters=10)
+    assert torch.cdist(centers, found).min(1).values.max() < 0.05
+
+
+def test_kmeans_init_with_ema_keeps_statistics_consistent():
+    torch.manual_seed(0)
+    z, _ = clustered_grid(n_images=8, dim=4, n_clusters=6)
+    vq = VectorQuantizer(n_codes=8, code_dim=4, ema=True, kmeans_init=True)
+    vq(z)
+    assert torch.allclose(vq.embed_sum / vq.cluster_size.unsqueeze(1), vq.embedding, atol=1e-4)
+
+
+# -- dead-code restarts ----------------------------------------------------------------------------
+def _fit_codebook_only(restart: bool, steps=60, seed=0):
+    """Fixed latents from 12 clusters, a learned codebook initialised as usual (collapses)."""
+    torch.manual_seed(seed)
+    z, _ = clustered_grid(n_images=16, dim=4, n_clusters=12, seed=seed)
+    vq = VectorQuantizer(n_codes=16, code_dim=4, restart_dead_codes=restart, dead_code_window=5)
+    opt = torch.optim.Adam(vq.parameters(), lr=1e-2)
+    n_restarted = 0
+    for step in range(steps):
+        if step == steps - 10:
+            vq.reset_usage()
+        out = vq(z)
+        opt.zero_grad()
+        out.loss.backward()
+        n_restarted += reset_optimizer_state_rows(opt, vq.embedding, out.restarted) > 0
+        opt.step()
+    return vq, n_restarted
+
+
+def test_dead_code_restart_revives_codes():
+    plain, _ = _fit_codebook_only(restart=False)
+    revived, n_restarts = _fit_codebook_only(restart=True)
+    assert n_restarts > 0
+    assert plain.utilization() < 0.7  # partial collapse: several of the 16 codes never win
+    assert revived.utilization() >= 0.9 and revived.utilization() > plain.utilization() + 0.25
+    assert revived.perplexity() > plain.perplexity() * 1.5
+
+
+def test_restart_with_ema_resets_statistics_to_the_new_vector():
+    torch.manual_seed(0)
+    z, _ = clustered_grid(n_images=4, dim=4, n_clusters=3)
+    vq = VectorQuantizer(n_codes=8, code_dim=4, ema=True, restart_dead_codes=True, dead_code_window=2)
+    restarted = []
+    for _ in range(6):
+        out = vq(z)
+        restarted.append(out.restarted)
+    restarted = torch.unique(torch.cat(restarted))
+    assert restarted.numel() > 0
+    assert torch.isfinite(vq.embedding).all()
+    ratio = vq.embed_sum / vq.cluster_size.unsqueeze(1)
+    assert torch.allclose(ratio, vq.embedding, atol=1e-3)
+
+
+def test_restart_training_stays_finite_and_loss_falls():
+    """The appendix's failure: restarts made the reconstruction loss explode. Ours must not."""
+    import torchvision
+
+    torch.manual_seed(0)
+    images = torchvision.datasets.MNIST(root=MNIST_ROOT, train=True, download=False).data[:256]
+    x_all = images.float().div(255).unsqueeze(1)
+    encoder = ConvEncoder(1, 8, 4, n_res_blocks=0)
+    vq = VectorQuantizer(n_codes=16, code_dim=4, commitment_cost=0.5, restart_dead_codes=True, dead_code_window=5)
+    decoder = ConvDecoder(4, 8, 1, n_res_blocks=0)
+    params = [*encoder.parameters(), *vq.parameters(), *decoder.parameters()]
+    opt = torch.optim.Adam(params, lr=2e-3)
+    losses, n_restarts, checked_reset = [], 0, False
+    for step in range(150):
+        x = x_all[torch.randint(len(x_all), (32,))]
+        z_e = encoder(x)
+        out = vq(z_e)
+        rec = F.binary_cross_entropy_with_logits(decoder(out.quantized), x, reduction="sum") / len(x)
+        loss = rec + out.loss * z_e[0].numel()
+        assert torch.isfinite(loss), f"loss became {loss.item()} at step {step}"
+        opt.zero_grad()
+        loss.backward()
+        if out.restarted.numel():
+            n_restarts += 1
+            touched = reset_optimizer_state_rows(opt, vq.embedding, out.restarted)
+            if touched:
+                state = opt.state[vq.embedding]
+                rows = out.restarted
+                assert touched == 2
+                assert state["exp_avg"][rows].abs().sum() == 0 and state["exp_avg_sq"][rows].abs().sum() == 0
+                others = torch.ones(16, dtype=torch.bool)
+                others[rows] = False
+                if others.any():
+                    assert state["exp_avg_sq"][others].abs().sum() > 0
+                checked_reset = True
+        opt.step()
+        losses.append(float(rec.detach()))
+    assert n_restarts > 0 and checked_reset
+    start, end = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert end < 0.6 * start, (start, end)
+    assert max(losses[20:]) < losses[0]  # no explosion after restarts kicked in
+
+
+def test_reset_optimizer_state_rows():
+    p = nn.Parameter(torch.randn(4, 3))
+    opt = torch.optim.Adam([p], lr=0.1)
+    assert reset_optimizer_state_rows(opt, p, torch.tensor([1])) == 0  # no state yet
+    (p ** 2).sum().backward()
+    opt.step()
+    step_before = opt.state[p]["step"].clone()
+    assert reset_optimizer_state_rows(opt, p, torch.tensor([1, 3])) == 2
+    st = opt.state[p]
+    assert st["exp_avg"][[1, 3]].abs().sum() == 0 and st["exp_avg_sq"][[1, 3]].abs().sum() == 0
+    assert st["exp_avg"][[0, 2]].abs().sum() > 0 and st["exp_avg_sq"][[0, 2]].abs().sum() > 0
+    assert torch.equal(st["step"], step_before)
+    assert reset_optimizer_state_rows(opt, p, torch.tensor([], dtype=torch.int64)) == 0
+    # SGD's momentum buffer too.
+    q = nn.Parameter(torch.randn(3, 2))
+    sgd = torch.optim.SGD([q], lr=0.1, momentum=0.9)
+    (q ** 2).sum().backward()
+    sgd.step()
+    assert reset_optimizer_state_rows(sgd, q, [0]) == 1
+    assert sgd.state[q]["momentum_buffer"][0].abs().sum() == 0
+
+
+# -- validation and determinism ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        (dict(n_codes=0, code_dim=4), "n_codes"),
+        (dict(n_codes=8, code_dim=0), "latent_dim"),
+        (dict(n_codes=8, code_dim=4, commitment_cost=-0.1), "commitment_cost"),
+        (dict(n_codes=8, code_dim=4, decay=0.0), "decay"),
+        (dict(n_codes=8, code_dim=4, decay=1.0), "decay"),
+        (dict(n_codes=8, code_dim=4, ema=True, decay=1.5), "decay"),
+        (dict(n_codes=8, code_dim=4, eps=0.0), "eps"),
+        (dict(n_codes=8, code_dim=4, dead_code_window=0), "dead_code_window"),
+    ],
+)
+def test_bad_settings_raise_config_error(kwargs, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        VectorQuantizer(**kwargs)
+
+
+def test_channel_mismatch_names_the_fix():
+    vq = VectorQuantizer(n_codes=8, code_dim=64)
+    with pytest.raises(ConfigError, match=r"emits 32 channels but the codebook has D=64; set model.latent_dim"):
+        vq(torch.randn(2, 32, 7, 7))
+    with pytest.raises(ConfigError, match="B x D x H x W"):
+        vq(torch.randn(10, 64))
+    with pytest.raises(ConfigError, match=r"\[0, 8\)"):
+        vq.lookup(torch.tensor([[0, 8]]))
+
+
+def test_deterministic_under_manual_seed():
+    def run():
+        torch.manual_seed(123)
+        z, _ = clustered_grid(n_images=4, dim=4, n_clusters=5)
+        vq = VectorQuantizer(n_codes=12, code_dim=4, kmeans_init=True, restart_dead_codes=True, dead_code_window=2)
+        codes = [vq(z + 0.1 * torch.randn_like(z)).codes for _ in range(5)]
+        return vq.codebook.clone(), torch.stack(codes)
+
+    (a_cb, a_codes), (b_cb, b_codes) = run(), run()
+    assert torch.equal(a_cb, b_cb) and torch.equal(a_codes, b_codes)
+    assert not math.isnan(float(a_cb.sum()))
