@@ -14,20 +14,18 @@ from geovq.errors import TrainingError
 class StopOnNonFiniteLoss(Callback):
     """Raise :class:`TrainingError` naming the step when the training loss is NaN or infinite.
 
-    Raising before the next checkpoint is written keeps the last good checkpoint untouched.
+    Checked before the backward pass, so the bad step never reaches the weights, and before the
+    next checkpoint is written, so the last good checkpoint stays untouched.
     """
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if loss is None:
-            return
+    def on_before_backward(self, trainer: L.Trainer, pl_module, loss) -> None:
         value = float(loss.detach())
         if math.isfinite(value):
             return
         kept = _last_checkpoint(trainer)
         raise TrainingError(
             f"the training loss became {value} at global step {trainer.global_step} "
-            f"(epoch {trainer.current_epoch}, batch {batch_idx}). "
+            f"(epoch {trainer.current_epoch}), before its optimizer step. "
             + (f"The last good checkpoint is kept at {kept}. " if kept else "No checkpoint was written yet. ")
             + "Lower the learning rate (model.optimizer.lr=...), or use trainer.gradient_clip_val=1.0, "
             "and resume with ckpt_path=last."
