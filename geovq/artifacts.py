@@ -9,7 +9,7 @@ with only tensors, numbers, strings, lists and dicts inside, so it loads with
 provenance and the file's sha256 for people and for provenance look-ups.
 
 Provenance records the stage, a hash of the config that made it, the sha256 of every artifact
-it was made from, the package version and the time. Writes go to a temporary file in the same
+it was made from and the package version (the sidecar adds the time and the input paths). Writes go to a temporary file in the same
 folder and are renamed into place, so an interrupted write never leaves a half-written artifact
 and never destroys the previous one.
 """
@@ -92,17 +92,24 @@ def save_artifact(
     provenance = {
         "stage": stage,
         "config_hash": config_hash(config),
-        "inputs": {name: art.ref() for name, art in (inputs or {}).items()},
+        "inputs": {name: {k: v for k, v in art.ref().items() if k != "path"} for name, art in (inputs or {}).items()},
         "geovq_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    # The file holds no time stamp or path, so the same inputs, config and result give the same
+    # bytes and sha256 (what lets a rerun recognise a finished stage); the sidecar has the time.
     record = {"kind": kind, "format": FORMAT_VERSION, "provenance": provenance, "payload": payload}
     buffer = io.BytesIO()
     torch.save(record, buffer)
     data = buffer.getvalue()
     digest = hashlib.sha256(data).hexdigest()
     atomic_write_bytes(path, data)
-    sidecar = {"kind": kind, "sha256": digest, "provenance": provenance}
+    sidecar = {
+        "kind": kind,
+        "sha256": digest,
+        "provenance": provenance,
+        "input_paths": {name: str(art.path) for name, art in (inputs or {}).items()},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
     atomic_write_text(sidecar_path(path), json.dumps(sidecar, indent=2) + "\n")
     return Artifact(path=path, kind=kind, payload=payload, provenance=provenance, sha256=digest)
 
@@ -156,8 +163,8 @@ def require_made_from(artifact: Artifact, input_name: str, upstream: Artifact) -
         )
     if recorded["sha256"] != upstream.sha256:
         raise ArtifactError(
-            f"mismatched artifacts: {artifact.path} was made from the {input_name} at "
-            f"{recorded['path']} (sha256 {recorded['sha256'][:12]}), not from {upstream.path} "
+            f"mismatched artifacts: {artifact.path} was made from another {input_name} "
+            f"(sha256 {recorded['sha256'][:12]}), not from {upstream.path} "
             f"(sha256 {upstream.sha256[:12]}). Use the {input_name} it was made from, or rerun "
             f"the stage that wrote {artifact.path.name} on this one."
         )
@@ -231,3 +238,14 @@ def load_code_grids(path) -> Artifact:
     artifact = load_artifact(path, kind=CODE_GRIDS)
     artifact.payload["splits"] = {k: v.to(torch.int64) for k, v in artifact.payload["splits"].items()}
     return artifact
+
+
+def find_latest(log_dir, stage: str, filename: str) -> Path:
+    """The newest ``filename`` written by ``stage`` under ``log_dir`` (runs and multiruns)."""
+    candidates = sorted(Path(log_dir).glob(f"{stage}/**/{filename}"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise ArtifactError(
+            f"no {filename} from stage={stage} under {Path(log_dir).resolve()}/{stage}. Run "
+            f"`python -m geovq.train stage={stage}` first, or give the file's path explicitly."
+        )
+    return candidates[-1]

@@ -75,3 +75,20 @@ def test_loading_refuses_pickled_code(tmp_path):
 
 class Smuggled:
     """Stands for any class a malicious or foreign pickle would carry."""
+
+
+def test_same_content_gives_the_same_sha256(tmp_path):
+    first = save_artifact(tmp_path / "a.pt", "codes", {"v": torch.arange(5)}, stage="s", config={"k": 1})
+    again = save_artifact(tmp_path / "b.pt", "codes", {"v": torch.arange(5)}, stage="s", config={"k": 1})
+    other = save_artifact(tmp_path / "c.pt", "codes", {"v": torch.arange(5)}, stage="s", config={"k": 2})
+    assert first.sha256 == again.sha256 != other.sha256
+    assert artifacts.read_sidecar(tmp_path / "a.pt")["created"]
+
+
+def test_find_latest_picks_the_newest_run(tmp_path):
+    old = save_artifact(tmp_path / "vae" / "runs" / "1" / "model.pt", "grid_vae", {}, stage="vae")
+    new = save_artifact(tmp_path / "vae" / "multiruns" / "x" / "0" / "model.pt", "grid_vae", {"n": 1}, stage="vae")
+    os.utime(old.path, (1, 1))
+    assert artifacts.find_latest(tmp_path, "vae", "model.pt") == new.path
+    with pytest.raises(ArtifactError, match="stage=prior"):
+        artifacts.find_latest(tmp_path, "prior", "model.pt")

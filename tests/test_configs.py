@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from conftest import CONF_DIR
 from geovq.stages.lightning_setup import instantiate_list
 
-GROUPS = ["data", "model", "trainer", "logger", "callbacks", "stage", "experiment", "paths"]
+GROUPS = ["data", "model", "trainer", "logger", "callbacks", "stage", "experiment", "paths", "quantizer"]
 
 
 def options(group: str) -> list[str]:
@@ -35,6 +35,8 @@ def test_config_composes_and_instantiates(make_cfg, group, option, tmp_path):
     elif group in ("logger", "callbacks"):
         objects = instantiate_list(cfg[group])
         assert all(obj is not None for obj in objects)
+    elif group == "quantizer":
+        assert hasattr(instantiate(cfg.quantizer), "fit")
     elif group == "paths":
         assert Path(cfg.paths.output_dir).is_dir()
 

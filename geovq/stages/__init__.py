@@ -5,6 +5,7 @@ import importlib
 STAGES = {
     "vae": "geovq.stages.vae",
     "vqvae": "geovq.stages.vqvae",
+    "quantize": "geovq.stages.quantize",
 }
 
 

@@ -101,6 +101,9 @@ def train_and_test(cfg: DictConfig, model_class: type, extra_callbacks: Iterable
             f"{type(model).__name__}; pick a {model_class.__name__} config for model=."
         )
     trainer = build_trainer(cfg, extra_callbacks)
+    for callback in trainer.callbacks:
+        if hasattr(callback, "bind_run_config"):  # callbacks that write artifacts record provenance
+            callback.bind_run_config(result_config(cfg))
     trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
     results = trainer.test(model, datamodule=datamodule, ckpt_path=best_checkpoint(trainer), verbose=False)
     return model, datamodule, trainer, as_floats(results[0]) if results else {}
@@ -110,8 +113,7 @@ def write_run_files(cfg: DictConfig, metrics: dict) -> None:
     """The resolved config and the stage's final metrics, beside the stage's artifacts."""
     folder = output_dir(cfg)
     atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(resolved_config(cfg)))
-    clean = {key: float(value) for key, value in metrics.items()}
-    atomic_write_text(folder / "metrics.json", json.dumps(clean, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(folder / "metrics.json", json.dumps(as_floats(metrics), indent=2, sort_keys=True) + "\n")
 
 
 def as_floats(metrics: dict) -> dict:

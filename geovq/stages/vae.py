@@ -19,6 +19,8 @@ MODEL_FILE = "model.pt"
 
 def run(cfg: DictConfig) -> dict:
     model, datamodule, trainer, metrics = train_and_test(cfg, GridVAE)
+    for callback in trainer.callbacks:
+        metrics.update(getattr(callback, "metrics", {}))  # e.g. QuantizeOnFitEnd's
     if trainer.is_global_zero:
         save_model(output_dir(cfg) / MODEL_FILE, model, "grid_vae", stage="vae", config=result_config(cfg))
         if cfg.figures:

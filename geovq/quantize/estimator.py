@@ -1,0 +1,281 @@
+"""Geodesic K-Medoids: the a posteriori codebook of the paper (section 3.1), as an estimator.
+
+fit:  landmarks -> k-NN graph over the distinct landmarks -> join its components ->
+      all-pairs shortest paths (float32) -> K-Medoids on that matrix -> codebook = medoids.
+predict: every vector to a cluster by one of the rules of :mod:`geovq.quantize.assignment`.
+
+Duplicate landmarks (uniform sampling on MNIST draws the same background vector thousands of
+times) are one node of the graph: identical vectors are the same point of the manifold, at
+geodesic distance 0, with identical rows in the distance matrix. The graph, the shortest paths and
+the nearest-landmark search run on the distinct landmarks; K-Medoids still runs on all
+``n_landmarks`` (the matrix is expanded), so the objective weighs each landmark once, as in the paper.
+Compared with a k-NN graph built on the multiset, each node gets ``n_neighbors`` *distinct*
+neighbours instead of spending them on its own copies.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from geovq.errors import ConfigError
+from geovq.quantize.assignment import (
+    ASSIGNMENTS,
+    assign_by_geodesic,
+    assign_to_nearest_landmark,
+    assign_to_nearest_medoid,
+)
+from geovq.quantize.connectivity import connect_components
+from geovq.quantize.dedup import unique_rows
+from geovq.quantize.geodesic import geodesic_distances, _CHUNK_BYTES
+from geovq.quantize.inputs import (
+    EDGE_WEIGHTS,
+    as_vectors,
+    check_choice,
+    check_positive_int,
+    geometry_features,
+    resolve_n_jobs,
+)
+from geovq.quantize.knn_graph import knn_graph
+from geovq.quantize.landmarks import LANDMARK_SELECTIONS, select_landmarks
+from geovq.quantize.medoids import KMEDOIDS_BACKENDS, kmedoids
+from geovq.quantize.nearest import NN_BACKENDS
+from geovq.quantize.resources import StepRecorder
+
+log = logging.getLogger(__name__)
+
+_SETTINGS = (
+    "n_clusters", "n_landmarks", "n_neighbors", "landmark_selection", "edge_weight", "assignment",
+    "backend", "random_state", "n_jobs", "progress", "n_candidates", "duplicate_tolerance",
+    "max_iter", "nn_backend", "store_distances",
+)
+
+
+class GeodesicKMedoids:
+    """K-Medoids on geodesic distances of a k-NN graph over landmarks.
+
+    Parameters
+    ----------
+    n_clusters: codebook size K.
+    n_landmarks: number of landmarks N (the paper: 10,000). Memory grows as 4 N^2 bytes.
+    n_neighbors: k of the k-NN graph.
+    landmark_selection: ``"uniform"`` (paper), ``"unique"`` or ``"maxmin"``; see
+        :mod:`geovq.quantize.landmarks`.
+    edge_weight: ``"euclidean"`` between means, or ``"wasserstein"``: the 2-Wasserstein distance
+        between the diagonal posterior Gaussians (fit/predict then need ``variances``).
+    assignment: default rule of :meth:`predict`: ``"landmark"`` (paper), ``"medoid"``, ``"geodesic"``.
+    backend: K-Medoids backend, ``"fasterpam"`` or ``"sklearn_extra"``.
+    random_state: seed of the landmark draw and of K-Medoids; same seed, same codebook.
+    n_jobs: cores to use (-1: all).
+    progress: show tqdm bars for the long steps.
+    n_candidates: nearby landmarks tried as graph entry points by the ``"geodesic"`` rule.
+    duplicate_tolerance: grid size under which vectors count as duplicates for
+        ``landmark_selection="unique"``/``"maxmin"`` (0: bit-identical only).
+    max_iter: K-Medoids iteration limit.
+    nn_backend: exact neighbour search, ``"auto"``, ``"kdtree"`` or ``"brute"``.
+    store_distances: keep the landmark geodesic matrix as ``geodesic_distances_`` (4 N^2 bytes).
+
+    Fitted attributes
+    -----------------
+    cluster_centers_ (K, D) float32: the medoid vectors (means), the codebook.
+    cluster_center_variances_ (K, D): their variances (``edge_weight="wasserstein"`` only).
+    medoid_indices_ (K,): indices into the landmarks; landmark_indices_ (N,): indices into X.
+    landmarks_ (N, D) float32: the landmark vectors.
+    labels_ (N,): cluster of each landmark. inertia_: sum of geodesic distances of the landmarks
+        to their medoid (the K-Medoids objective).
+    landmark_geodesic_to_medoids_ (N, K) float32: what the ``"geodesic"`` rule needs.
+    n_components_: connected components of the k-NN graph before joining them;
+        connection_report_: dict of what was done to connect it (see ConnectionReport).
+    n_unique_landmarks_: distinct landmark vectors (= graph nodes).
+    timings_: seconds per step (landmarks, knn_graph, connect, shortest_paths, kmedoids, and
+        assignment for the latest predict). peak_memory_: bytes per step, the peak resident
+        memory of this process during the step minus that at its start (see
+        :mod:`geovq.quantize.resources`); for shortest_paths the shared result matrix and the
+        workers' float64 chunks, which live outside this process's RSS, are added by size.
+    """
+
+    def __init__(
+        self,
+        n_clusters: int = 128,
+        n_landmarks: int = 10000,
+        n_neighbors: int = 15,
+        landmark_selection: str = "uniform",
+        edge_weight: str = "euclidean",
+        assignment: str = "landmark",
+        backend: str = "fasterpam",
+        random_state: int | None = 0,
+        n_jobs: int = -1,
+        progress: bool = False,
+        n_candidates: int = 5,
+        duplicate_tolerance: float = 0.0,
+        max_iter: int = 300,
+        nn_backend: str = "auto",
+        store_distances: bool = False,
+    ):
+        self.n_clusters = n_clusters
+        self.n_landmarks = n_landmarks
+        self.n_neighbors = n_neighbors
+        self.landmark_selection = landmark_selection
+        self.edge_weight = edge_weight
+        self.assignment = assignment
+        self.backend = backend
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+        self.progress = progress
+        self.n_candidates = n_candidates
+        self.duplicate_tolerance = duplicate_tolerance
+        self.max_iter = max_iter
+        self.nn_backend = nn_backend
+        self.store_distances = store_distances
+
+    # -- parameters ---------------------------------------------------------------------------
+
+    def settings(self) -> dict:
+        """Constructor arguments, for recording next to the artifacts."""
+        return {name: getattr(self, name) for name in _SETTINGS}
+
+    def get_params(self, deep: bool = True) -> dict:
+        return self.settings()
+
+    def _check_params(self) -> int:
+        k = check_positive_int(self.n_clusters, "n_clusters")
+        n = check_positive_int(self.n_landmarks, "n_landmarks", 2)
+        nn = self.n_neighbors
+        if isinstance(nn, bool) or not isinstance(nn, (int, np.integer)) or not 1 <= nn < n:
+            raise ConfigError(
+                f"n_neighbors must be an integer in [1, n_landmarks - 1] = [1, {n - 1}], got {nn!r}; "
+                "the paper's graphs use 10-15."
+            )
+        if k > n:
+            raise ConfigError(
+                f"n_clusters={k} is more than n_landmarks={n}: the medoids are chosen among the "
+                "landmarks; raise n_landmarks or lower n_clusters."
+            )
+        check_choice(self.landmark_selection, "landmark_selection", LANDMARK_SELECTIONS)
+        check_choice(self.edge_weight, "edge_weight", EDGE_WEIGHTS)
+        check_choice(self.assignment, "assignment", ASSIGNMENTS)
+        check_choice(self.backend, "backend", KMEDOIDS_BACKENDS)
+        check_choice(self.nn_backend, "nn_backend", NN_BACKENDS)
+        check_positive_int(self.n_candidates, "n_candidates")
+        check_positive_int(self.max_iter, "max_iter")
+        return resolve_n_jobs(self.n_jobs)
+
+    # -- fit ----------------------------------------------------------------------------------
+
+    def fit(self, X, variances=None) -> "GeodesicKMedoids":
+        """Build the codebook from the vectors ``X`` (n, D) (and their variances, for W2)."""
+        n_jobs = self._check_params()
+        X = as_vectors(X)
+        features = geometry_features(X, variances, self.edge_weight)
+        rec = StepRecorder()
+        common = dict(n_jobs=n_jobs, progress=self.progress)
+
+        with rec.step("landmarks"):
+            idx = select_landmarks(
+                features, self.n_landmarks, self.landmark_selection, self.random_state,
+                duplicate_tolerance=self.duplicate_tolerance, **common,
+            )
+            nodes = unique_rows(features[idx])  # duplicate landmarks -> one graph node
+            node_points = features[idx][nodes.first_index]
+        self._check_distinct(nodes.n_unique)
+
+        with rec.step("knn_graph"):
+            graph = knn_graph(node_points, self.n_neighbors, backend=self.nn_backend, **common)
+        with rec.step("connect"):
+            graph, report = connect_components(graph, node_points, n_jobs=n_jobs)
+        with rec.step("shortest_paths"):
+            node_dist = geodesic_distances(graph, **common)
+        rows_per_chunk = max(1, _CHUNK_BYTES // (8 * node_dist.shape[0]))
+        rec.peak_memory["shortest_paths"] += node_dist.nbytes + n_jobs * rows_per_chunk * 8 * node_dist.shape[0]
+
+        with rec.step("kmedoids"):
+            D = _expand(node_dist, nodes.inverse)
+            result = kmedoids(D, self.n_clusters, backend=self.backend, random_state=self.random_state,
+                              max_iter=self.max_iter, n_jobs=n_jobs)
+        medoid_nodes = nodes.inverse[result.medoids]
+
+        self.landmark_indices_ = idx
+        self.landmarks_ = X[idx]
+        self.medoid_indices_ = result.medoids
+        self.cluster_centers_ = X[idx[result.medoids]].copy()
+        if self.edge_weight == "wasserstein":
+            self.cluster_center_variances_ = np.square(features[idx[result.medoids], X.shape[1]:])
+        self.labels_ = result.labels
+        self.inertia_ = result.inertia
+        self.kmedoids_n_iter_ = result.n_iter
+        self.landmark_geodesic_to_medoids_ = np.ascontiguousarray(node_dist[:, medoid_nodes][nodes.inverse])
+        self.n_unique_landmarks_ = nodes.n_unique
+        self.n_components_ = report.n_components_before
+        self.connection_report_ = report.as_dict()
+        self.n_features_in_ = X.shape[1]
+        if self.store_distances:
+            self.geodesic_distances_ = D
+        # The graph side of predict: distinct landmarks, their labels and medoid distances.
+        self._node_points = node_points
+        self._node_labels = result.labels[nodes.first_index]
+        self._node_to_medoids = np.ascontiguousarray(node_dist[:, medoid_nodes])
+        self._medoid_points = features[idx[result.medoids]]
+        del D, node_dist
+        self.timings_, self.peak_memory_ = rec.timings, rec.peak_memory
+        log.info("geodesic k-medoids: %d landmarks (%d distinct), K=%d, objective %.6g, %s",
+                 len(idx), nodes.n_unique, self.n_clusters, self.inertia_,
+                 ", ".join(f"{k} {v:.2f}s" for k, v in rec.timings.items()))
+        return self
+
+    def _check_distinct(self, n_distinct: int) -> None:
+        if n_distinct < self.n_clusters:
+            raise ConfigError(
+                f"only {n_distinct} of the {self.n_landmarks} landmarks are distinct vectors, fewer than "
+                f"n_clusters={self.n_clusters}; use landmark_selection='unique', more landmarks, or fewer clusters."
+            )
+        if self.n_neighbors >= n_distinct:
+            raise ConfigError(
+                f"n_neighbors={self.n_neighbors} but only {n_distinct} landmarks are distinct vectors; "
+                f"lower n_neighbors below {n_distinct} or use landmark_selection='unique'."
+            )
+
+    # -- predict ------------------------------------------------------------------------------
+
+    def predict(self, X, variances=None, assignment: str | None = None) -> np.ndarray:
+        """Cluster index of every row of ``X`` by the rule ``assignment`` (default: the
+        constructor's). ``variances`` are used only with ``edge_weight="wasserstein"``."""
+        if not hasattr(self, "cluster_centers_"):
+            raise ConfigError("this GeodesicKMedoids is not fitted yet; call fit(X) first.")
+        mode = check_choice(assignment or self.assignment, "assignment", ASSIGNMENTS)
+        n_jobs = resolve_n_jobs(self.n_jobs)
+        X = as_vectors(X)
+        if X.shape[1] != self.n_features_in_:
+            raise ConfigError(
+                f"X has dimension {X.shape[1]} but the codebook was fitted on dimension "
+                f"{self.n_features_in_}; pass latents from the same model."
+            )
+        features = geometry_features(X, variances, self.edge_weight)
+        common = dict(backend=self.nn_backend, n_jobs=n_jobs, progress=self.progress)
+        rec = StepRecorder()
+        with rec.step("assignment"):
+            if mode == "landmark":
+                labels = assign_to_nearest_landmark(features, self._node_points, self._node_labels, **common)
+            elif mode == "medoid":
+                labels = assign_to_nearest_medoid(features, self._medoid_points, **common)
+            else:
+                labels = assign_by_geodesic(features, self._node_points, self._node_to_medoids,
+                                            self.n_candidates, **common)
+        self.timings_.update(rec.timings)
+        self.peak_memory_.update(rec.peak_memory)
+        return labels
+
+    def fit_predict(self, X, variances=None, assignment: str | None = None) -> np.ndarray:
+        return self.fit(X, variances).predict(X, variances, assignment)
+
+
+def _expand(node_dist: np.ndarray, inverse: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """The landmark x landmark matrix from the distinct-node matrix (rows of duplicates are
+    equal). Filled in row blocks so no (N x n_nodes) intermediate is made."""
+    n = inverse.size
+    if node_dist.shape[0] == n and np.array_equal(inverse, np.arange(n)):
+        return node_dist
+    out = np.empty((n, n), dtype=np.float32)
+    for s in range(0, n, chunk):
+        out[s : s + chunk] = node_dist[inverse[s : s + chunk]][:, inverse]
+    return out

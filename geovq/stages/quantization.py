@@ -1,0 +1,178 @@
+"""Quantize a trained GridVAE's latent space: shared by stage=quantize and the fit-end callback.
+
+1. Posterior means (and variances) of every image of each split, through the Trainer's devices.
+2. The quantizer (geodesic K-Medoids or Euclidean K-Means, from geovq.quantize) is fitted once,
+   on the training split's vectors, on rank zero.
+3. Every vector of every split gets a code; the code grids and the codebook are written as
+   artifacts, with metrics: utilization and code perplexity on the training codes, quantized test
+   MSE (decoding the codebook vectors), the continuous test MSE for reference, the K-Medoids
+   objective, and the time and peak memory of each step.
+
+Artifacts: ``codebook.pt`` (kind ``codebook``: K x D vectors, medoid ids, timings, settings,
+metrics) and ``codes.pt`` (kind ``code_grids``), both recording the GridVAE they came from.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from geovq.artifacts import Artifact, save_artifact, save_code_grids
+from geovq.errors import ConfigError
+from geovq.metrics.codebook import code_counts, usage_summary
+from geovq.stages.extraction import map_images
+
+log = logging.getLogger(__name__)
+
+CODEBOOK_FILE = "codebook.pt"
+CODES_FILE = "codes.pt"
+SPLITS = ("train", "val", "test")
+
+
+def latent_grids(model, images: Tensor, trainer=None, split: str = "") -> tuple[Tensor, Tensor]:
+    """Posterior means and variances, each N x D x H x W."""
+    both = map_images(model, images, lambda x: torch.cat(model.encode(x), dim=1), trainer, desc=f"latents ({split})")
+    mu, logvar = both.chunk(2, dim=1)
+    return mu, logvar.exp()
+
+
+def as_vectors(grid: Tensor) -> np.ndarray:
+    """N x D x H x W -> (N*H*W) x D float32, rows in (image, row, column) order."""
+    return grid.permute(0, 2, 3, 1).reshape(-1, grid.shape[1]).numpy().astype(np.float32, copy=False)
+
+
+def uses_variances(quantizer) -> bool:
+    return getattr(quantizer, "edge_weight", "euclidean") == "wasserstein"
+
+
+@torch.no_grad()
+def quantized_mse(model, codebook: np.ndarray, codes: Tensor, images: Tensor, batch_size: int = 1000) -> float:
+    """Per-pixel MSE of images decoded from their codebook vectors, over the whole split."""
+    vectors = torch.as_tensor(codebook, dtype=torch.float32, device=model.device)
+    total, count = 0.0, 0
+    for start in range(0, len(images), batch_size):
+        grid = vectors[codes[start : start + batch_size].to(model.device)].permute(0, 3, 1, 2)
+        decoded = torch.sigmoid(model.decode(grid)).cpu()
+        total += float(((decoded - images[start : start + batch_size]) ** 2).sum())
+        count += decoded.numel()
+    return total / count
+
+
+@torch.no_grad()
+def continuous_mse(model, mu: Tensor, images: Tensor, batch_size: int = 1000) -> float:
+    total = 0.0
+    for start in range(0, len(images), batch_size):
+        decoded = torch.sigmoid(model.decode(mu[start : start + batch_size].to(model.device))).cpu()
+        total += float(((decoded - images[start : start + batch_size]) ** 2).sum())
+    return total / images.numel()
+
+
+def quantize_vae(
+    model,
+    images: dict[str, Tensor],
+    quantizer,
+    out_dir: str | Path,
+    *,
+    vae_artifact: Artifact | None,
+    config: dict | None,
+    trainer=None,
+    compare_assignments: bool = False,
+) -> dict:
+    """Fit ``quantizer`` on the training latents of ``model`` and write codebook and code grids.
+
+    Every rank extracts latents (so DDP shards the work); only rank zero fits and writes.
+    Returns the metrics (empty on other ranks).
+    """
+    model.eval()
+    latents = {split: latent_grids(model, images[split], trainer, split) for split in SPLITS}
+    if trainer is not None and not trainer.is_global_zero:
+        return {}
+    grid_shape = latents["train"][0].shape[2:]
+    vectors = {split: as_vectors(mu) for split, (mu, _) in latents.items()}
+    variances = {split: as_vectors(var) for split, (_, var) in latents.items()} if uses_variances(quantizer) else {}
+
+    log.info("fitting %s on %d vectors of dimension %d", type(quantizer).__name__, *vectors["train"].shape)
+    started = time.perf_counter()
+    quantizer.fit(vectors["train"], variances.get("train"))
+    fit_seconds = time.perf_counter() - started
+
+    def codes_of(split: str, **kwargs) -> Tensor:
+        labels = quantizer.predict(vectors[split], variances.get(split), **kwargs)
+        return torch.as_tensor(np.asarray(labels), dtype=torch.int64).reshape(-1, *grid_shape)
+
+    grids = {split: codes_of(split) for split in SPLITS}
+    assignment_seconds = quantizer.timings_.get("assignment", float("nan"))
+    codebook = np.asarray(quantizer.cluster_centers_, dtype=np.float32)
+    n_codes = len(codebook)
+    metrics = code_metrics(model, codebook, grids, images, "quantized")
+    metrics["continuous/test_mse"] = continuous_mse(model, latents["test"][0], images["test"])
+    metrics["quantized/objective"] = float(quantizer.inertia_)
+    metrics["time/fit"] = fit_seconds
+    for step, seconds in quantizer.timings_.items():
+        metrics[f"time/{step}"] = float(seconds)
+    metrics["time/assignment"] = float(assignment_seconds)
+    for step, nbytes in getattr(quantizer, "peak_memory_", {}).items():
+        metrics[f"memory_mb/{step}"] = float(nbytes) / 2**20
+
+    if compare_assignments and hasattr(quantizer, "assignment"):
+        for mode in ("landmark", "medoid", "geodesic"):
+            if mode == quantizer.assignment:
+                continue
+            other = {split: codes_of(split, assignment=mode) for split in ("train", "test")}
+            for key, value in code_metrics(model, codebook, other, images, f"assign_{mode}").items():
+                metrics[key] = value
+
+    out_dir = Path(out_dir)
+    inputs = {"vae": vae_artifact} if vae_artifact is not None else {}
+    payload = {
+        "vectors": torch.from_numpy(codebook),
+        "method": type(quantizer).__name__,
+        "settings": {k: v for k, v in quantizer.settings().items() if v is None or isinstance(v, (int, float, str, bool))},
+        "metrics": dict(metrics),
+        "timings": {k: float(v) for k, v in quantizer.timings_.items()},
+    }
+    for attribute in ("medoid_indices_", "landmark_indices_"):
+        if hasattr(quantizer, attribute):
+            payload[attribute.rstrip("_")] = torch.as_tensor(np.asarray(getattr(quantizer, attribute)), dtype=torch.int64)
+    if "medoid_indices" in payload and "landmark_indices" in payload:
+        # Which training image and grid cell each medoid came from.
+        payload["medoid_vector_indices"] = payload["landmark_indices"][payload["medoid_indices"]]
+    if hasattr(quantizer, "connection_report_"):
+        payload["connection_report"] = {k: _plain(v) for k, v in quantizer.connection_report_.items()}
+    codebook_artifact = save_artifact(out_dir / CODEBOOK_FILE, "codebook", payload, stage="quantize", config=config, inputs=inputs)
+    save_code_grids(
+        out_dir / CODES_FILE, grids, n_codes, stage="quantize", config=config,
+        inputs={**inputs, "codebook": codebook_artifact},
+    )
+    return metrics
+
+
+def code_metrics(model, codebook: np.ndarray, grids: dict[str, Tensor], images: dict[str, Tensor], prefix: str) -> dict:
+    summary = usage_summary(code_counts(grids["train"], len(codebook)))
+    metrics = {f"{prefix}/train_{key}": value for key, value in summary.items()}
+    metrics[f"{prefix}/test_mse"] = quantized_mse(model, codebook, grids["test"], images["test"])
+    return metrics
+
+
+def _plain(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def check_quantizer(quantizer) -> None:
+    for method in ("fit", "predict", "settings"):
+        if not hasattr(quantizer, method):
+            raise ConfigError(
+                f"quantizer= builds a {type(quantizer).__name__}, which has no {method}(); "
+                "use quantizer=geodesic or quantizer=kmeans."
+            )

@@ -1,0 +1,42 @@
+"""stage=quantize: a posteriori quantization of a saved GridVAE (pipeline A, step 2).
+
+Reads the GridVAE ``model.pt`` named by ``stage.vae`` (default: the newest one under
+``outputs/vae``), so that ``-m stage=quantize quantizer.n_clusters=64,128,256`` reuses one trained
+VAE. Writes codebook.pt, codes.pt, metrics.json and config.yaml in its run folder.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from geovq.artifacts import find_latest, load_model
+from geovq.stages.lightning_setup import output_dir, result_config, write_run_files
+from geovq.stages.quantization import SPLITS, check_quantizer, quantize_vae
+from geovq.stages.vae import MODEL_FILE
+
+
+def run(cfg: DictConfig) -> dict:
+    L.seed_everything(cfg.seed, workers=True)
+    vae_path = cfg.stage.vae or find_latest(cfg.paths.log_dir, "vae", MODEL_FILE)
+    model, vae_artifact = load_model(vae_path, "grid_vae")
+    quantizer = instantiate(cfg.quantizer)
+    check_quantizer(quantizer)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    images = {split: datamodule.split(split).tensors[0] for split in SPLITS}
+    if torch.cuda.is_available() and cfg.trainer.accelerator in ("gpu", "cuda", "auto"):
+        model = model.to("cuda")
+    metrics = quantize_vae(
+        model,
+        images,
+        quantizer,
+        output_dir(cfg),
+        vae_artifact=vae_artifact,
+        config=result_config(cfg),
+        compare_assignments=cfg.stage.compare_assignments,
+    )
+    write_run_files(cfg, metrics)
+    return metrics

@@ -1,0 +1,113 @@
+"""The quantization stage: as a fit-end callback, alone on a saved GridVAE, and swept over K."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from conftest import run_cli, tiny_overrides
+from geovq.artifacts import load_artifact, load_code_grids, load_model, require_made_from
+from geovq.errors import ArtifactError, ConfigError
+from geovq.train import run_stage
+
+SMALL_QUANTIZER = ["quantizer.n_landmarks=300", "quantizer.n_neighbors=6", "quantizer.n_clusters=8", "quantizer.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def trained_vae(tmp_path_factory):
+    """A tiny GridVAE trained with the quantization callback attached."""
+    from conftest import compose_config
+
+    out = tmp_path_factory.mktemp("vae") / "run"
+    cfg = compose_config(out, tiny_overrides() + ["stage=vae", "callbacks=quantize", "figures=false", *SMALL_QUANTIZER])
+    metrics = run_stage(cfg)
+    return out, metrics
+
+
+def test_callback_writes_codebook_and_code_grids_at_fit_end(trained_vae):
+    out, metrics = trained_vae
+    vae, vae_art = load_model(out / "model.pt", "grid_vae")
+    codebook = load_artifact(out / "codebook.pt", kind="codebook")
+    codes = load_code_grids(out / "codes.pt")
+    require_made_from(codebook, "vae", vae_art)
+    require_made_from(codes, "codebook", codebook)
+    vectors = codebook.payload["vectors"]
+    assert vectors.shape == (8, 8) and codes.payload["n_codes"] == 8
+    assert codes.payload["splits"]["train"].shape == (235, 7, 7)
+    assert codes.payload["splits"]["test"].shape == (200, 7, 7)
+    assert codebook.payload["medoid_indices"].shape == (8,)
+    assert {"landmarks", "knn_graph", "shortest_paths", "kmedoids"} <= set(codebook.payload["timings"])
+    assert 0 < metrics["quantized/train_utilization"] <= 1
+    assert metrics["quantized/test_mse"] > 0 and metrics["continuous/test_mse"] > 0
+    # The medoids are real training latents: each codebook vector is one cell's posterior mean.
+    from geovq.data.images import ImageDataModule
+    from conftest import DATA_ROOT
+
+    dm = ImageDataModule(root=str(DATA_ROOT), subset=256, test_subset=200, download=False)
+    with torch.no_grad():
+        mu = vae.encode(dm.split("train").tensors[0])[0].permute(0, 2, 3, 1).reshape(-1, 8)
+    assert torch.allclose(mu[codebook.payload["medoid_vector_indices"]], vectors, atol=1e-5)
+    assert metrics["time/shortest_paths"] >= 0 and "memory_mb/shortest_paths" in metrics
+
+
+def test_stage_quantize_reuses_a_saved_vae(trained_vae, make_cfg, tmp_path):
+    vae_dir, _ = trained_vae
+    cfg = make_cfg("stage=quantize", f"stage.vae={vae_dir / 'model.pt'}", *SMALL_QUANTIZER, "quantizer.assignment=geodesic")
+    metrics = run_stage(cfg)
+    out = tmp_path / "run"
+    codes = load_code_grids(out / "codes.pt")
+    require_made_from(codes, "vae", load_artifact(vae_dir / "model.pt"))
+    assert set(codes.payload["splits"]) == {"train", "val", "test"}
+    for mode in ("landmark", "medoid"):
+        assert 0 < metrics[f"assign_{mode}/train_utilization"] <= 1
+        assert metrics[f"assign_{mode}/test_mse"] > 0
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["quantized/objective"] == pytest.approx(metrics["quantized/objective"])
+
+
+def test_same_seed_same_codebook(trained_vae, make_cfg, tmp_path):
+    vae_dir, _ = trained_vae
+    books = []
+    for name in ("a", "b"):
+        run_stage(make_cfg("stage=quantize", f"stage.vae={vae_dir / 'model.pt'}", *SMALL_QUANTIZER, output_dir=tmp_path / name))
+        books.append(load_artifact(tmp_path / name / "codebook.pt").payload["vectors"])
+    assert torch.equal(books[0], books[1])
+
+
+def test_kmeans_quantizer(trained_vae, make_cfg, tmp_path):
+    vae_dir, _ = trained_vae
+    metrics = run_stage(make_cfg("stage=quantize", "quantizer=kmeans", f"stage.vae={vae_dir / 'model.pt'}",
+                                 "quantizer.n_landmarks=300", "quantizer.n_clusters=8", "quantizer.progress=false"))
+    assert load_artifact(tmp_path / "run" / "codebook.pt").payload["method"] == "EuclideanKMeans"
+    assert metrics["quantized/test_mse"] > 0
+
+
+def test_a_vqvae_is_not_a_gridvae(tmp_path, make_cfg):
+    run_stage(make_cfg("stage=vqvae", "model.n_codes=8", "figures=false", output_dir=tmp_path / "vq"))
+    with pytest.raises(ArtifactError, match="expected 'grid_vae'"):
+        run_stage(make_cfg("stage=quantize", f"stage.vae={tmp_path / 'vq' / 'model.pt'}", *SMALL_QUANTIZER))
+
+
+def test_more_clusters_than_landmarks_is_refused(trained_vae, make_cfg):
+    vae_dir, _ = trained_vae
+    with pytest.raises(ConfigError, match="n_clusters"):
+        run_stage(make_cfg("stage=quantize", f"stage.vae={vae_dir / 'model.pt'}", "quantizer.n_landmarks=50",
+                           "quantizer.n_clusters=64", "quantizer.n_neighbors=5"))
+
+
+def test_cluster_count_sweep_through_multirun(trained_vae, tmp_path):
+    vae_dir, _ = trained_vae
+    result = run_cli(
+        "-m", "stage=quantize", f"stage.vae={vae_dir / 'model.pt'}", "quantizer.n_clusters=4,8",
+        "quantizer.n_landmarks=300", "quantizer.n_neighbors=6", "quantizer.progress=false",
+        "stage.compare_assignments=false", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        *tiny_overrides(), timeout=400,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "sweep" / "summary.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["quantizer.n_clusters"] for row in rows] == ["4", "8"]
+    assert [int(float(row["quantized/train_n_codes"])) for row in rows] == [4, 8]
