@@ -184,6 +184,7 @@ def read_sidecar(path: str | os.PathLike) -> dict | None:
 MODEL_CLASSES = {
     "grid_vae": "geovq.models.grid_vae.GridVAE",
     "vqvae": "geovq.models.vqvae.VQVAE",
+    "prior": "geovq.models.prior.TransformerPrior",
 }
 
 
@@ -207,12 +208,20 @@ def load_model(path, kind: str):
         artifact = load_artifact(path, kind=kind)
     except ArtifactError as err:
         raise ArtifactError(f"{err} A '{kind}' model is written by its training stage (model.pt).") from None
+    return model_from_artifact(artifact), artifact
+
+
+def model_from_artifact(artifact: Artifact):
+    """The model a model artifact describes, in eval mode on the CPU."""
+    kind, path = artifact.kind, artifact.path
+    if kind not in MODEL_CLASSES:
+        raise ArtifactError(f"{path} holds a '{kind}' artifact, not a model ({', '.join(MODEL_CLASSES)}).")
     model = _model_class(kind)(**artifact.payload["hparams"])
     try:
         model.load_state_dict(artifact.payload["state_dict"])
     except RuntimeError as err:
         raise ArtifactError(f"{path}: weights do not fit a {kind} with its recorded settings ({err}).") from None
-    return model.eval(), artifact
+    return model.eval()
 
 
 # -- code grids -------------------------------------------------------------------------------
@@ -249,3 +258,21 @@ def find_latest(log_dir, stage: str, filename: str) -> Path:
             f"`python -m geovq.train stage={stage}` first, or give the file's path explicitly."
         )
     return candidates[-1]
+
+
+def load_input(artifact: Artifact, name: str, kind: str | None = None, path=None) -> Artifact:
+    """The input ``name`` an artifact was made from, checked against its recorded sha256.
+
+    ``path`` points at the input explicitly; by default it is the path recorded in the
+    artifact's sidecar when it was written.
+    """
+    if path is None:
+        recorded = (read_sidecar(artifact.path) or {}).get("input_paths", {}).get(name)
+        if recorded is None:
+            raise ArtifactError(
+                f"{artifact.path} does not record where its '{name}' input is; give its path explicitly."
+            )
+        path = recorded
+    upstream = load_artifact(path, kind=kind)
+    require_made_from(artifact, name, upstream)
+    return upstream

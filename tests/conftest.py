@@ -46,7 +46,8 @@ def compose_config(output_dir: Path, overrides: list[str]):
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
-        cfg.paths.log_dir = str(output_dir.parent)
+        if not any(item.startswith("paths.log_dir=") for item in overrides):
+            cfg.paths.log_dir = str(output_dir.parent)
     output_dir.mkdir(parents=True, exist_ok=True)
     return cfg
 

@@ -6,6 +6,8 @@ STAGES = {
     "vae": "geovq.stages.vae",
     "vqvae": "geovq.stages.vqvae",
     "quantize": "geovq.stages.quantize",
+    "prior": "geovq.stages.prior",
+    "sample": "geovq.stages.sample",
 }
 
 

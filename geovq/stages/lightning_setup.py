@@ -86,15 +86,23 @@ def best_checkpoint(trainer: L.Trainer) -> str | None:
     return None
 
 
-def train_and_test(cfg: DictConfig, model_class: type, extra_callbacks: Iterable[Callback] = ()):
+def train_and_test(
+    cfg: DictConfig,
+    model_class: type,
+    extra_callbacks: Iterable[Callback] = (),
+    data_kwargs: dict | None = None,
+    model_kwargs: dict | None = None,
+):
     """Seed, build data/model/trainer from the config, fit (or resume), test the best weights.
 
-    Returns ``(model, datamodule, trainer, test_metrics)``; the model holds the best weights.
+    ``data_kwargs``/``model_kwargs`` fill in what the stage resolved at run time (an input path,
+    the vocabulary size). Returns ``(model, datamodule, trainer, test_metrics)``; the model
+    holds the best weights.
     """
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, **(data_kwargs or {}))
     datamodule.prepare_data()  # fail before training when the data is missing
-    model = instantiate(cfg.model)
+    model = instantiate(cfg.model, **(model_kwargs or {}))
     if not isinstance(model, model_class):
         raise ConfigError(
             f"stage={cfg.stage.name} trains a {model_class.__name__} but model= builds a "
@@ -105,8 +113,13 @@ def train_and_test(cfg: DictConfig, model_class: type, extra_callbacks: Iterable
         if hasattr(callback, "bind_run_config"):  # callbacks that write artifacts record provenance
             callback.bind_run_config(result_config(cfg))
     trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
+    # The last epoch's train/val figures, then the test figures of the best weights.
+    metrics = {k: v for k, v in as_floats(trainer.callback_metrics).items() if not k.endswith("_step")}
+    metrics = {k.removesuffix("_epoch"): v for k, v in metrics.items()}
     results = trainer.test(model, datamodule=datamodule, ckpt_path=best_checkpoint(trainer), verbose=False)
-    return model, datamodule, trainer, as_floats(results[0]) if results else {}
+    metrics.update(as_floats(results[0]) if results else {})
+    metrics["epochs"] = float(trainer.current_epoch)
+    return model, datamodule, trainer, metrics
 
 
 def write_run_files(cfg: DictConfig, metrics: dict) -> None:

@@ -1,0 +1,66 @@
+"""stage=prior: train the Transformer prior on the code grids of either pipeline.
+
+``stage.codes`` names the code grids: ``geodesic`` (the newest codes.pt of stage=quantize, or of
+a GridVAE run with the quantization callback), ``vqvae`` (the newest of stage=vqvae), or a path.
+Reports per-token NLL (nats), perplexity and bits per image on train, val and the held-out test
+grids, and the unigram baseline (entropy of the training codes' marginal): perplexity alone
+rewards a collapsed codebook. Writes model.pt (kind ``prior``), metrics.json, config.yaml.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from geovq.artifacts import find_latest, load_code_grids, save_model
+from geovq.errors import ArtifactError
+from geovq.metrics.prior import unigram_entropy
+from geovq.models.prior import TransformerPrior
+from geovq.stages.lightning_setup import output_dir, result_config, train_and_test, write_run_files
+from geovq.stages.quantization import CODES_FILE
+
+# Where each pipeline's code grids come from.
+CODE_SOURCES = {"geodesic": ("quantize", "vae"), "vqvae": ("vqvae",)}
+PRIOR_FILE = "model.pt"
+
+
+def resolve_codes(cfg: DictConfig) -> Path:
+    """The code-grid file named by ``stage.codes`` (a pipeline name or a path)."""
+    choice = str(cfg.stage.codes)
+    if choice not in CODE_SOURCES:
+        return Path(choice)
+    found = []
+    for stage in CODE_SOURCES[choice]:
+        try:
+            found.append(find_latest(cfg.paths.log_dir, stage, CODES_FILE))
+        except ArtifactError:
+            continue
+    if not found:
+        first = CODE_SOURCES[choice][0]
+        return find_latest(cfg.paths.log_dir, first, CODES_FILE)  # raises the clear error
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def run(cfg: DictConfig) -> dict:
+    codes_path = resolve_codes(cfg)
+    # model.n_codes=null: the vocabulary is the codebook size recorded with the codes; a number
+    # is checked against it by the data module.
+    n_codes = cfg.model.n_codes or int(load_code_grids(codes_path).payload["n_codes"])
+    model, datamodule, trainer, metrics = train_and_test(
+        cfg,
+        TransformerPrior,
+        data_kwargs={"path": str(codes_path), "n_codes": n_codes},
+        model_kwargs={"n_codes": n_codes},
+    )
+    baseline = unigram_entropy(datamodule.split("train"), datamodule.n_codes)
+    metrics["unigram/nll"] = baseline
+    metrics["unigram/perplexity"] = math.exp(baseline)
+    if trainer.is_global_zero:
+        save_model(
+            output_dir(cfg) / PRIOR_FILE, model, "prior", stage="prior", config=result_config(cfg),
+            inputs={"codes": datamodule.artifact},
+        )
+        write_run_files(cfg, metrics)
+    return metrics

@@ -1,0 +1,87 @@
+"""stage=sample: draw code grids from a trained prior, decode them into images.
+
+The prior's provenance leads to everything else: its code grids, and from them the codebook
+and GridVAE decoder (pipeline A) or the VQ-VAE (pipeline B). ``stage.decoder`` /
+``stage.codebook`` may point at those files explicitly; a file from another run is refused.
+Writes samples.png (the first 64), samples.pt (kind ``samples``: uint8 images and the codes,
+with provenance tying them to prior, codebook and decoder), metrics.json and config.yaml.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from geovq.artifacts import Artifact, find_latest, load_input, load_model, model_from_artifact, save_artifact
+from geovq.errors import ArtifactError, ConfigError
+from geovq.metrics.codebook import code_counts, usage_summary
+from geovq.stages.lightning_setup import output_dir, result_config, write_run_files
+from geovq.stages.prior import PRIOR_FILE
+from geovq.viz.images import image_grid_figure, save_figure
+
+SAMPLES_FILE = "samples.pt"
+
+
+def code_decoder(codes: Artifact, decoder_path=None, codebook_path=None) -> tuple[Callable[[Tensor], Tensor], dict, str]:
+    """``(codes -> pixel logits, the artifacts used, a label)`` for the pipeline of ``codes``."""
+    inputs = codes.provenance.get("inputs", {})
+    if "vqvae" in inputs:
+        vqvae_art = load_input(codes, "vqvae", kind="vqvae", path=decoder_path)
+        vqvae = model_from_artifact(vqvae_art)
+        return vqvae.decode_codes, {"vqvae": vqvae_art}, "VQ-VAE"
+    if "codebook" in inputs and "vae" in inputs:
+        codebook_art = load_input(codes, "codebook", kind="codebook", path=codebook_path)
+        vae_art = load_input(codes, "vae", kind="grid_vae", path=decoder_path)
+        vae = model_from_artifact(vae_art)
+        vectors = codebook_art.payload["vectors"]
+
+        def decode(grids: Tensor) -> Tensor:
+            return vae.decode(vectors[grids].permute(0, 3, 1, 2))
+
+        return decode, {"codebook": codebook_art, "vae": vae_art}, f"GridVAE + {codebook_art.payload['method']}"
+    raise ArtifactError(f"{codes.path} records neither a VQ-VAE nor a codebook and GridVAE; rerun the stage that wrote it.")
+
+
+@torch.no_grad()
+def run(cfg: DictConfig) -> dict:
+    options = cfg.stage
+    if options.n_samples < 1 or options.batch_size < 1:
+        raise ConfigError(f"stage.n_samples and stage.batch_size must be >= 1, got {options.n_samples} and {options.batch_size}.")
+    prior_path = options.prior or find_latest(cfg.paths.log_dir, "prior", PRIOR_FILE)
+    prior, prior_art = load_model(prior_path, "prior")
+    codes_art = load_input(prior_art, "codes", kind="code_grids", path=options.codes)
+    decode, decoder_inputs, label = code_decoder(codes_art, options.decoder, options.codebook)
+
+    started = time.perf_counter()
+    grids = prior.sample(options.n_samples, options.temperature, options.top_k, seed=cfg.seed, batch_size=options.batch_size)
+    sample_seconds = time.perf_counter() - started
+    images = torch.cat([torch.sigmoid(decode(grids[s : s + options.batch_size])) for s in range(0, len(grids), options.batch_size)])
+    decode_seconds = time.perf_counter() - started - sample_seconds
+
+    usage = usage_summary(code_counts(grids, prior.hparams.n_codes))
+    metrics = {
+        "sample/n": len(grids),
+        "sample/seconds": sample_seconds,
+        "sample/decode_seconds": decode_seconds,
+        "sample/grids_per_second": len(grids) / max(sample_seconds, 1e-9),
+        "sample/codes_used": usage["codes_used"],
+        "sample/code_perplexity": usage["perplexity"],
+    }
+    payload = {
+        "images": (images * 255).round().to(torch.uint8),
+        "codes": grids.to(torch.int16),
+        "settings": {"temperature": float(options.temperature), "top_k": options.top_k, "seed": int(cfg.seed)},
+    }
+    save_artifact(
+        output_dir(cfg) / SAMPLES_FILE, "samples", payload, stage="sample", config=result_config(cfg),
+        inputs={"prior": prior_art, "codes": codes_art, **decoder_inputs},
+    )
+    if cfg.figures:
+        fig = image_grid_figure(images[:64], title=f"samples: {label}, T={options.temperature}, top-k={options.top_k}")
+        save_figure(fig, output_dir(cfg) / "samples.png")
+    write_run_files(cfg, metrics)
+    return metrics
