@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanSquaredError
 
 from geovq.errors import ConfigError
+from geovq.models.base import GeovqModule
 from geovq.nn.conv import ConvDecoder, ConvEncoder
 
 
-class GridVAE(L.LightningModule):
+class GridVAE(GeovqModule):
     def __init__(
         self,
         latent_dim: int = 64,
@@ -30,14 +30,10 @@ class GridVAE(L.LightningModule):
         optimizer: Any = None,
         scheduler: Any = None,
     ):
-        super().__init__()
+        super().__init__(optimizer, scheduler)
         if beta < 0:
             raise ConfigError(f"model.beta must be >= 0, got {beta}.")
-        # The optimizer/scheduler are Hydra partials: kept out of the checkpoint's hparams so the
-        # checkpoint stays loadable with weights_only=True.
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
         self.encoder = ConvEncoder(in_channels, hidden_channels, 2 * latent_dim, n_res_blocks)
         self.decoder = ConvDecoder(latent_dim, hidden_channels, in_channels, n_res_blocks)
         self.mse = torch.nn.ModuleDict({s: MeanSquaredError() for s in ("val", "test")})
@@ -80,27 +76,3 @@ class GridVAE(L.LightningModule):
         self.log(f"{split}/rec", terms["rec"], on_step=False, on_epoch=True, batch_size=len(x))
         self.log(f"{split}/kl", terms["kl"], on_step=False, on_epoch=True, batch_size=len(x))
         return terms["loss"]
-
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
-
-    def configure_optimizers(self):
-        return build_optimizers(self, self.optimizer_factory, self.scheduler_factory)
-
-
-def build_optimizers(module: L.LightningModule, optimizer_factory, scheduler_factory):
-    """Optimizer (and optional scheduler) from Hydra partials; Adam(1e-3) when none given."""
-    if optimizer_factory is None:
-        optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
-    else:
-        optimizer = optimizer_factory(params=module.parameters())
-    if scheduler_factory is None:
-        return optimizer
-    scheduler = scheduler_factory(optimizer=optimizer)
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -30,13 +29,13 @@ from torchmetrics import MeanMetric
 
 from geovq.errors import ConfigError
 from geovq.metrics.prior import nll_summary, unigram_entropy  # noqa: F401  (unigram_entropy re-exported)
-from geovq.models.grid_vae import build_optimizers
+from geovq.models.base import GeovqModule
 from geovq.nn.transformer import GPT
 
 SPLITS = ("train", "val", "test")
 
 
-class TransformerPrior(L.LightningModule):
+class TransformerPrior(GeovqModule):
     def __init__(
         self,
         n_codes: int = 128,
@@ -48,14 +47,10 @@ class TransformerPrior(L.LightningModule):
         optimizer: Any = None,
         scheduler: Any = None,
     ):
-        super().__init__()
+        super().__init__(optimizer, scheduler)
         if grid_size < 1:
             raise ConfigError(f"model.grid_size must be >= 1, got {grid_size}.")
-        # The optimizer/scheduler are Hydra partials: kept out of the checkpoint's hparams so the
-        # checkpoint stays loadable with weights_only=True.
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
         self.gpt = GPT(n_codes, grid_size * grid_size, n_layer, n_head, d_model, dropout)
         # nan_strategy="disable": a NaN loss must show in the NLL, not be dropped from the mean.
         # (keys carry a suffix: a ModuleDict key may not shadow Module.train)
@@ -132,15 +127,6 @@ class TransformerPrior(L.LightningModule):
             self.log(f"{split}/{name}", value, prog_bar=name == "perplexity", on_step=False, on_epoch=True,
                      sync_dist=False)
 
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
-
     def on_train_epoch_start(self) -> None:
         self.nll["train_nll"].reset()
 
@@ -158,6 +144,3 @@ class TransformerPrior(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_nll("test")
-
-    def configure_optimizers(self):
-        return build_optimizers(self, self.optimizer_factory, self.scheduler_factory)

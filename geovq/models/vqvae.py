@@ -33,7 +33,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -41,14 +40,14 @@ from torch import Tensor
 from torchmetrics import MeanSquaredError
 
 from geovq.metrics.codebook import usage_summary
-from geovq.models.grid_vae import build_optimizers
+from geovq.models.base import GeovqModule
 from geovq.nn.conv import ConvDecoder, ConvEncoder
 from geovq.nn.vector_quantizer import VectorQuantizer, reset_optimizer_state_rows
 
 SPLITS = ("train", "val", "test")
 
 
-class VQVAE(L.LightningModule):
+class VQVAE(GeovqModule):
     def __init__(
         self,
         latent_dim: int = 64,
@@ -67,12 +66,8 @@ class VQVAE(L.LightningModule):
         optimizer: Any = None,
         scheduler: Any = None,
     ):
-        super().__init__()
-        # The optimizer/scheduler are Hydra partials: kept out of the checkpoint's hparams so the
-        # checkpoint stays loadable with weights_only=True.
+        super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
         self.encoder = ConvEncoder(in_channels, hidden_channels, latent_dim, n_res_blocks)
         self.quantizer = VectorQuantizer(
             n_codes,
@@ -191,15 +186,6 @@ class VQVAE(L.LightningModule):
             self._pending_restarts.append(terms["restarted"])
         return terms["loss"]
 
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
-
     def on_before_optimizer_step(self, optimizer) -> None:
         # Codes re-seeded during this step's forward(s) (several with gradient accumulation) start
         # with fresh Adam moments: the step below must not push a new vector with the moments of
@@ -229,6 +215,3 @@ class VQVAE(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_usage("test")
-
-    def configure_optimizers(self):
-        return build_optimizers(self, self.optimizer_factory, self.scheduler_factory)

@@ -1,0 +1,45 @@
+"""What the geovq LightningModules share: optimizers from Hydra partials, one step per split.
+
+A subclass implements ``_step(batch, split) -> loss`` for split in train/val/test and calls
+``self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)`` in its own
+``__init__`` (Lightning reads the constructor arguments from that frame). The optimizer and
+scheduler partials stay out of the hparams so checkpoints load with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+
+class GeovqModule(L.LightningModule):
+    def __init__(self, optimizer: Any = None, scheduler: Any = None):
+        super().__init__()
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+
+    def _step(self, batch, split: str) -> Tensor:
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def configure_optimizers(self):
+        """The configured optimizer (Adam(1e-3) when none) and, if configured, an epoch scheduler."""
+        if self.optimizer_factory is None:
+            optimizer = torch.optim.Adam(self.parameters(), lr=1e-3)
+        else:
+            optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
