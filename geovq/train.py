@@ -9,12 +9,28 @@ from __future__ import annotations
 import logging
 import sys
 
+from pathlib import Path
+
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from geovq.errors import GeovqError
 
 log = logging.getLogger("geovq")
+
+
+def run_group(stage_name: str) -> str:
+    """The W&B group of a run: its stage, plus the sweep folder's name in a multirun, so the
+    runs of one sweep land in one group of the dashboard."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return f"{stage_name}-sweep-{Path(HydraConfig.get().sweep.dir).name}"
+    return stage_name
+
+
+OmegaConf.register_new_resolver("geovq_run_group", run_group, replace=True)
 
 
 def run_stage(cfg: DictConfig) -> dict:

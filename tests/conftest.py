@@ -13,6 +13,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
+import geovq.train  # noqa: F401  (registers the config resolvers)
+
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 DATA_ROOT = Path(os.environ.get("GEOVQ_DATA_ROOT", REPO.parent / "shared" / "data")).resolve()

@@ -50,3 +50,9 @@ def test_precision_is_a_plain_override(make_cfg):
     cfg = make_cfg("trainer.precision=bf16-mixed")
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
     assert "bf16" in str(trainer.precision)
+
+
+def test_wandb_groups_the_runs_of_a_sweep(make_cfg):
+    assert make_cfg("logger=wandb", "stage=vqvae").logger.wandb.group == "vqvae"
+    cfg = make_cfg("logger=wandb", "stage=vqvae", "hydra.mode=MULTIRUN", "hydra.sweep.dir=/tmp/sweeps/commitment")
+    assert cfg.logger.wandb.group == "vqvae-sweep-commitment"
