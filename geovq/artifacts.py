@@ -185,6 +185,7 @@ MODEL_CLASSES = {
     "grid_vae": "geovq.models.grid_vae.GridVAE",
     "vqvae": "geovq.models.vqvae.VQVAE",
     "prior": "geovq.models.prior.TransformerPrior",
+    "classifier": "geovq.models.classifier.MNISTClassifier",
 }
 
 

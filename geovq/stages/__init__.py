@@ -8,6 +8,9 @@ STAGES = {
     "quantize": "geovq.stages.quantize",
     "prior": "geovq.stages.prior",
     "sample": "geovq.stages.sample",
+    "classifier": "geovq.stages.classifier",
+    "evaluate": "geovq.stages.evaluate",
+    "pipeline": "geovq.stages.pipeline",
 }
 
 

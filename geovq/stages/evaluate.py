@@ -1,0 +1,107 @@
+"""stage=evaluate: the comparison figures of one pipeline, all on held-out data.
+
+From a ``samples.pt`` the provenance leads to the prior, its code grids, and the codebook and
+decoder (pipeline A: GridVAE + geodesic codebook; B: VQ-VAE). Measured:
+
+- reconstruction MSE per pixel over the whole test split, through the codes (A: decoding the
+  codebook vectors; B: the VQ layer), and for A the continuous GridVAE (posterior mean);
+- codebook utilization and code perplexity of the training codes;
+- prior test NLL (nats per token), perplexity, bits per image, and the unigram baseline;
+- sample fidelity with the project's MNIST classifier: Fréchet distance of its features between
+  the samples and the test images, the same distance between training and test images (the
+  floor to read it against), mean confidence and entropy of the predicted digits.
+
+Writes evaluation.json and metrics.json in the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from geovq.artifacts import atomic_write_text, find_latest, load_artifact, load_input, load_model, model_from_artifact
+from geovq.errors import ConfigError
+from geovq.metrics.codebook import code_counts, usage_summary
+from geovq.metrics.fidelity import fidelity_report
+from geovq.metrics.prior import unigram_entropy
+from geovq.stages.lightning_setup import output_dir, write_run_files
+from geovq.stages.quantization import continuous_mse
+from geovq.stages.sample import SAMPLES_FILE, code_decoder
+
+EVALUATION_FILE = "evaluation.json"
+
+
+@torch.no_grad()
+def decoded_mse(decode, codes: torch.Tensor, images: torch.Tensor, batch_size: int = 1000) -> float:
+    total = 0.0
+    for start in range(0, len(images), batch_size):
+        decoded = torch.sigmoid(decode(codes[start : start + batch_size]))
+        total += float(((decoded - images[start : start + batch_size]) ** 2).sum())
+    return total / images.numel()
+
+
+@torch.no_grad()
+def prior_nll(prior, codes: torch.Tensor, batch_size: int = 1000) -> float:
+    """Mean per-token NLL (nats) of ``codes`` under the prior, over every token of the split."""
+    total = 0.0
+    for start in range(0, len(codes), batch_size):
+        total += float(prior.token_nll(codes[start : start + batch_size]).sum())
+    return total / codes.numel()
+
+
+@torch.no_grad()
+def run(cfg: DictConfig) -> dict:
+    options = cfg.stage
+    samples = load_artifact(options.samples or find_latest(cfg.paths.log_dir, "sample", SAMPLES_FILE), kind="samples")
+    prior_art = load_input(samples, "prior", kind="prior", path=options.prior)
+    codes = load_input(prior_art, "codes", kind="code_grids", path=options.codes)
+    load_input(samples, "codes", kind="code_grids", path=codes.path)  # the samples used these codes too
+    decode, decoder_inputs, label = code_decoder(codes, options.decoder, options.codebook)
+    prior = model_from_artifact(prior_art)
+    classifier, _ = load_model(options.classifier or find_latest(cfg.paths.log_dir, "classifier", "model.pt"), "classifier")
+
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    test_images = datamodule.split("test").tensors[0]
+    grids = {split: grid.to(torch.int64) for split, grid in codes.payload["splits"].items()}
+    if len(grids["test"]) != len(test_images):
+        raise ConfigError(
+            f"the code grids hold {len(grids['test'])} test images but data= gives {len(test_images)}; "
+            "evaluate with the same data settings (data.subset/test_subset) the pipeline used."
+        )
+    n_codes = int(codes.payload["n_codes"])
+    usage = usage_summary(code_counts(grids["train"], n_codes))
+    nll = prior_nll(prior, grids["test"])
+    unigram = unigram_entropy(grids["train"], n_codes)
+    results = {
+        "method": label,
+        "recon/test_mse": decoded_mse(decode, grids["test"], test_images),
+        "codes/n_codes": n_codes,
+        "codes/codes_used": usage["codes_used"],
+        "codes/utilization": usage["utilization"],
+        "codes/perplexity": usage["perplexity"],
+        "prior/test_nll": nll,
+        "prior/test_perplexity": math.exp(nll),
+        "prior/test_bits_per_image": nll * grids["test"][0].numel() / math.log(2),
+        "prior/unigram_nll": unigram,
+        "prior/unigram_perplexity": math.exp(unigram),
+    }
+    if "vae" in decoder_inputs:
+        vae = model_from_artifact(decoder_inputs["vae"])
+        mu = torch.cat([vae.encode(test_images[s : s + 1000])[0] for s in range(0, len(test_images), 1000)])
+        results["recon/continuous_test_mse"] = continuous_mse(vae, mu, test_images)
+    sample_images = samples.payload["images"].to(torch.float32) / 255.0
+    train_images = datamodule.split("train").tensors[0][: len(test_images)]
+    fidelity = fidelity_report(classifier, sample_images, test_images, train_images)
+    for key, value in fidelity.items():
+        results[f"fidelity/{key}"] = value
+    results["fidelity/n_samples"] = len(sample_images)
+
+    atomic_write_text(output_dir(cfg) / EVALUATION_FILE, json.dumps(results, indent=2) + "\n")
+    metrics = {k: v for k, v in results.items() if isinstance(v, (int, float))}
+    write_run_files(cfg, metrics)
+    return metrics

@@ -1,0 +1,147 @@
+"""stage=pipeline (``experiment=paper`` / ``experiment=quick``): the whole study as one command.
+
+Runs, each in a subfolder of one fixed experiment folder:
+
+    classifier                        (for sample fidelity)
+    vae -> quantize_geodesic -> prior_A -> sample_A -> evaluate_A        pipeline A
+           quantize_kmeans                                               (Figure 1's baseline)
+    vqvae -> prior_B -> sample_B -> evaluate_B                           pipeline B (paper config)
+    vqvae_ema -> prior_B_ema -> sample_B_ema -> evaluate_B_ema           B with anti-collapse
+    report.md, report.json, figures
+
+Each step's config is composed like a command line (``stage=<name>``, the experiment's
+overrides for it, then the overrides you gave), so ``experiment=paper data.root=...`` reaches
+every step. A step is skipped when its folder already holds its output made with the same
+config from the same inputs (``step.json`` records the config hash and the sha256 of the
+inputs and the output), so an interrupted run continues where it stopped, and every completed
+step's artifacts stay intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from geovq.artifacts import atomic_write_text, config_hash
+from geovq.stages import get_stage
+from geovq.stages.lightning_setup import output_dir, result_config
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+STEP_FILE = "step.json"
+
+
+@dataclass
+class StepResult:
+    name: str
+    folder: Path
+    output: Path
+    metrics: dict
+    seconds: float
+    reused: bool
+
+
+def user_overrides() -> list[str]:
+    """The command line's overrides, minus those that pick the experiment, the stage or the run folder."""
+    if not HydraConfig.initialized():
+        return []
+    skip = ("experiment=", "stage=", "hydra.", "+experiment=", "pipeline.")
+    return [item for item in HydraConfig.get().overrides.task if not item.startswith(skip)]
+
+
+def compose_step(overrides: list[str]) -> DictConfig:
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name="train", overrides=overrides)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class Pipeline:
+    """Runs named steps in order, skipping those already done with the same config and inputs."""
+
+    def __init__(self, root: Path, base_overrides: list[str]):
+        self.root = root
+        self.base = base_overrides
+        self.results: dict[str, StepResult] = {}
+
+    def step(self, name: str, stage: str, overrides: list[str], output: str, inputs: tuple[str, ...] = ()) -> StepResult:
+        folder = self.root / name
+        overrides = [*overrides, *self.base]
+        if stage == "prior":  # the prior reads code grids (data=codes): image-data settings do not apply
+            overrides = [item for item in overrides if not item.startswith("data.")]
+        cfg = compose_step([f"stage={stage}", *overrides])
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(folder)
+            cfg.paths.log_dir = str(self.root)
+        key = config_hash(
+            {"config": result_config(cfg), "inputs": {i: file_sha256(self.results[i].output) for i in inputs}}
+        )
+        record = folder / STEP_FILE
+        target = folder / output
+        if record.exists() and target.exists():
+            done = json.loads(record.read_text())
+            if done.get("key") == key and done.get("output_sha256") == file_sha256(target):
+                log.info("step %s: reusing %s (same config and inputs)", name, target)
+                result = StepResult(name, folder, target, done["metrics"], done["seconds"], True)
+                self.results[name] = result
+                return result
+        log.info("step %s: running stage=%s in %s", name, stage, folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        metrics = get_stage(stage)(cfg) or {}
+        seconds = time.perf_counter() - started
+        metrics = {k: float(v) for k, v in metrics.items()}
+        done = {"stage": stage, "key": key, "output_sha256": file_sha256(target), "seconds": seconds, "metrics": metrics}
+        atomic_write_text(record, json.dumps(done, indent=2) + "\n")
+        result = StepResult(name, folder, target, metrics, seconds, False)
+        self.results[name] = result
+        return result
+
+
+def run(cfg: DictConfig) -> dict:
+    from geovq.report import write_report
+
+    plan = OmegaConf.to_container(cfg.pipeline, resolve=True)
+    pipe = Pipeline(output_dir(cfg), user_overrides())
+    every = plan.get("all", [])
+    pipe.step("classifier", "classifier", every + plan["classifier"], "model.pt")
+    vae = pipe.step("vae", "vae", every + plan["vae"], "model.pt")
+    pipe.step("quantize_geodesic", "quantize", [f"stage.vae={vae.output}", *every, *plan["quantize"]], "codes.pt", ("vae",))
+    pipe.step("quantize_kmeans", "quantize", [f"stage.vae={vae.output}", "quantizer=kmeans", *every, *plan["kmeans"]], "codes.pt", ("vae",))
+    pipe.step("vqvae", "vqvae", every + plan["vqvae"], "codes.pt")
+    pipe.step("vqvae_ema", "vqvae", ["model=vqvae_ema", *every, *plan["vqvae_ema"]], "codes.pt")
+    methods = {"A_geodesic": "quantize_geodesic", "B_vqvae": "vqvae", "B_vqvae_ema": "vqvae_ema"}
+    for method, codes in methods.items():
+        codes_path = pipe.results[codes].output
+        prior = pipe.step(f"prior_{method}", "prior", [f"stage.codes={codes_path}", *every, *plan["prior"]], "model.pt", (codes,))
+        samples = pipe.step(
+            f"sample_{method}", "sample", [f"stage.prior={prior.output}", *every, *plan["sample"]], "samples.pt", (f"prior_{method}",)
+        )
+        pipe.step(
+            f"evaluate_{method}",
+            "evaluate",
+            [f"stage.samples={samples.output}", f"stage.classifier={pipe.results['classifier'].output}", *every, *plan["evaluate"]],
+            "evaluation.json",
+            (f"sample_{method}", "classifier"),
+        )
+    images = None
+    if plan.get("figures", True):
+        data = instantiate(compose_step(["stage=vae", *every, *pipe.base]).data)
+        images = (data.split("train").tensors[0], data.split("test").tensors[0])
+    report = write_report(pipe, methods, output_dir(cfg), plan.get("figures", True), plan.get("tsne_points", 10000), images)
+    return report["summary"]
