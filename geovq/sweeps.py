@@ -68,7 +68,31 @@ def write_summary(sweep_dir: str | Path) -> Path | None:
         lines.append("| " + " | ".join([run["job"], *(run["overrides"].get(a, "") for a in axes), *values]) + " |")
     path = Path(sweep_dir) / "summary.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
+    write_sweep_plot(runs, axes, Path(sweep_dir) / "summary.png")
     return path
+
+
+# Plotted against the swept value when present: reconstruction and codebook usage.
+PLOTTED_METRICS = ("test/mse", "quantized/test_mse", "codes/train_utilization", "quantized/train_utilization",
+                   "codes/train_perplexity", "quantized/train_perplexity")
+
+
+def write_sweep_plot(runs: list[dict], axes: list[str], path: Path) -> Path | None:
+    """Utilization, perplexity and test MSE against the swept value (one numeric axis only)."""
+    if len(axes) != 1:
+        return None
+    try:
+        values = [float(run["overrides"][axes[0]]) for run in runs]
+    except (KeyError, ValueError):
+        return None
+    from geovq.viz.images import save_figure
+    from geovq.viz.study import sweep_figure
+
+    order = sorted(range(len(runs)), key=values.__getitem__)
+    series = {m: [runs[i]["metrics"][m] for i in order] for m in PLOTTED_METRICS if all(m in r["metrics"] for r in runs)}
+    if not series:
+        return None
+    return save_figure(sweep_figure([values[i] for i in order], series, axes[0]), path)
 
 
 def _fmt(value) -> str:

@@ -111,3 +111,17 @@ def test_cluster_count_sweep_through_multirun(trained_vae, tmp_path):
         rows = list(csv.DictReader(handle))
     assert [row["quantizer.n_clusters"] for row in rows] == ["4", "8"]
     assert [int(float(row["quantized/train_n_codes"])) for row in rows] == [4, 8]
+
+
+def test_quantize_logs_usage_to_wandb_offline(trained_vae, make_cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    vae_dir, _ = trained_vae
+    run_stage(make_cfg("stage=quantize", "logger=wandb", f"stage.vae={vae_dir / 'model.pt'}", *SMALL_QUANTIZER,
+                       "stage.compare_assignments=false"))
+    # The offline run's record file holds the logged keys as plain protobuf strings.
+    records = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(records) == 1, "expected one offline W&B run"
+    data = records[0].read_bytes()
+    for key in (b"quantized/train/code_usage", b"quantized/train/utilization", b"quantized/test_mse"):
+        assert key in data, key

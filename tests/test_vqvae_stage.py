@@ -57,3 +57,4 @@ def test_commitment_cost_sweep_writes_a_summary(tmp_path):
         rows = list(csv.DictReader(handle))
     assert [row["model.commitment_cost"] for row in rows] == ["0.25", "2.5"]
     assert all(float(row["test/mse"]) > 0 and 0 < float(row["codes/train_utilization"]) <= 1 for row in rows)
+    assert (sweep / "summary.png").stat().st_size > 5000

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from geovq.artifacts import save_model
 from geovq.models.classifier import MNISTClassifier
-from geovq.stages.lightning_setup import output_dir, result_config, train_and_test, write_run_files
+from geovq.stages.lightning_setup import log_final_and_finish, output_dir, result_config, train_and_test, write_run_files
 
 MODEL_FILE = "model.pt"
 
@@ -21,4 +21,5 @@ def run(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         save_model(output_dir(cfg) / MODEL_FILE, model, "classifier", stage="classifier", config=result_config(cfg))
         write_run_files(cfg, metrics)
+    log_final_and_finish(trainer, metrics)
     return metrics

@@ -28,7 +28,7 @@ from geovq.errors import ConfigError
 from geovq.metrics.codebook import code_counts, usage_summary
 from geovq.metrics.fidelity import fidelity_report
 from geovq.metrics.prior import unigram_entropy
-from geovq.stages.lightning_setup import output_dir, write_run_files
+from geovq.stages.lightning_setup import log_without_trainer, output_dir, write_run_files
 from geovq.stages.quantization import continuous_mse
 from geovq.stages.sample import SAMPLES_FILE, code_decoder
 
@@ -104,4 +104,5 @@ def run(cfg: DictConfig) -> dict:
     atomic_write_text(output_dir(cfg) / EVALUATION_FILE, json.dumps(results, indent=2) + "\n")
     metrics = {k: v for k, v in results.items() if isinstance(v, (int, float))}
     write_run_files(cfg, metrics)
+    log_without_trainer(cfg, metrics)
     return metrics

@@ -9,6 +9,7 @@ from typing import Iterable
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from geovq.artifacts import atomic_write_text
@@ -122,6 +123,14 @@ def train_and_test(
     return model, datamodule, trainer, metrics
 
 
+def log_final_and_finish(trainer: L.Trainer, metrics: dict) -> None:
+    """Log a training stage's final figures (the test ones and what the stage added) and close
+    its loggers, so that the next stage run in this process gets a W&B run of its own."""
+    for logger in trainer.loggers:
+        logger.log_metrics({f"final/{k}": v for k, v in as_floats(metrics).items()}, step=trainer.global_step)
+    finish_loggers(trainer.loggers)
+
+
 def write_run_files(cfg: DictConfig, metrics: dict) -> None:
     """The resolved config and the stage's final metrics, beside the stage's artifacts."""
     folder = output_dir(cfg)
@@ -131,3 +140,29 @@ def write_run_files(cfg: DictConfig, metrics: dict) -> None:
 
 def as_floats(metrics: dict) -> dict:
     return {key: float(value) for key, value in metrics.items()}
+
+
+def log_without_trainer(cfg: DictConfig, metrics: dict, figures: Iterable[Path] = (), usage: dict | None = None) -> None:
+    """Send a non-training stage's metrics to the configured loggers; W&B also gets the figures
+    and the code-usage histograms (``usage``: name -> per-code counts)."""
+    from geovq.callbacks.codebook_usage import log_to_wandb
+
+    loggers = instantiate_list(cfg.get("logger"))
+    for logger in loggers:
+        logger.log_metrics(as_floats(metrics), step=0)
+        if isinstance(logger, WandbLogger):
+            for figure in figures:
+                if Path(figure).exists():
+                    logger.log_image(key=f"figures/{Path(figure).stem}", images=[str(figure)])
+            for name, counts in (usage or {}).items():
+                log_to_wandb(logger, name, counts, 0)
+        logger.save()
+    finish_loggers(loggers)
+
+
+def finish_loggers(loggers) -> None:
+    """Close each logger; a W&B run is finished so the next stage in this process starts its own."""
+    for logger in loggers:
+        logger.finalize("success")
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish()

@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from geovq.artifacts import atomic_write_text, config_hash
 from geovq.stages import get_stage
-from geovq.stages.lightning_setup import output_dir, result_config
+from geovq.stages.lightning_setup import log_without_trainer, output_dir, result_config
 
 log = logging.getLogger(__name__)
 
@@ -144,4 +144,5 @@ def run(cfg: DictConfig) -> dict:
         data = instantiate(compose_step(["stage=vae", *every, *pipe.base]).data)
         images = (data.split("train").tensors[0], data.split("test").tensors[0])
     report = write_report(pipe, methods, output_dir(cfg), plan.get("figures", True), plan.get("tsne_points", 10000), images)
+    log_without_trainer(cfg, report["summary"], [output_dir(cfg) / name for name in report["figures"]])
     return report["summary"]

@@ -18,7 +18,7 @@ from geovq.artifacts import find_latest, load_code_grids, save_model
 from geovq.errors import ArtifactError
 from geovq.metrics.prior import unigram_entropy
 from geovq.models.prior import TransformerPrior
-from geovq.stages.lightning_setup import output_dir, result_config, train_and_test, write_run_files
+from geovq.stages.lightning_setup import log_final_and_finish, output_dir, result_config, train_and_test, write_run_files
 from geovq.stages.quantization import CODES_FILE
 
 # Where each pipeline's code grids come from.
@@ -63,4 +63,5 @@ def run(cfg: DictConfig) -> dict:
             inputs={"codes": datamodule.artifact},
         )
         write_run_files(cfg, metrics)
+    log_final_and_finish(trainer, metrics)
     return metrics

@@ -134,6 +134,7 @@ def quantize_vae(
         "method": type(quantizer).__name__,
         "settings": {k: v for k, v in quantizer.settings().items() if v is None or isinstance(v, (int, float, str, bool))},
         "metrics": dict(metrics),
+        "train_counts": torch.as_tensor(code_counts(grids["train"], n_codes)),
         "timings": {k: float(v) for k, v in quantizer.timings_.items()},
     }
     for attribute in ("medoid_indices_", "landmark_indices_"):

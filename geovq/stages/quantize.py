@@ -12,9 +12,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from geovq.artifacts import find_latest, load_model
-from geovq.stages.lightning_setup import output_dir, result_config, write_run_files
-from geovq.stages.quantization import SPLITS, check_quantizer, quantize_vae
+from geovq.artifacts import find_latest, load_artifact, load_model
+from geovq.stages.lightning_setup import log_without_trainer, output_dir, result_config, write_run_files
+from geovq.stages.quantization import CODEBOOK_FILE, SPLITS, check_quantizer, quantize_vae
 from geovq.stages.vae import MODEL_FILE
 
 
@@ -39,4 +39,6 @@ def run(cfg: DictConfig) -> dict:
         compare_assignments=cfg.stage.compare_assignments,
     )
     write_run_files(cfg, metrics)
+    counts = load_artifact(output_dir(cfg) / CODEBOOK_FILE).payload["train_counts"].numpy()
+    log_without_trainer(cfg, metrics, usage={"quantized/train": counts})
     return metrics

@@ -19,7 +19,7 @@ from torch import Tensor
 from geovq.artifacts import Artifact, find_latest, load_input, load_model, model_from_artifact, save_artifact
 from geovq.errors import ArtifactError, ConfigError
 from geovq.metrics.codebook import code_counts, usage_summary
-from geovq.stages.lightning_setup import output_dir, result_config, write_run_files
+from geovq.stages.lightning_setup import log_without_trainer, output_dir, result_config, write_run_files
 from geovq.stages.prior import PRIOR_FILE
 from geovq.viz.images import image_grid_figure, save_figure
 
@@ -84,4 +84,5 @@ def run(cfg: DictConfig) -> dict:
         fig = image_grid_figure(images[:64], title=f"samples: {label}, T={options.temperature}, top-k={options.top_k}")
         save_figure(fig, output_dir(cfg) / "samples.png")
     write_run_files(cfg, metrics)
+    log_without_trainer(cfg, metrics, [output_dir(cfg) / "samples.png"])
     return metrics

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from geovq.artifacts import save_model
 from geovq.models.grid_vae import GridVAE
-from geovq.stages.lightning_setup import output_dir, result_config, train_and_test, write_run_files
+from geovq.stages.lightning_setup import log_final_and_finish, output_dir, result_config, train_and_test, write_run_files
 from geovq.viz.images import image_rows_figure, save_figure
 
 MODEL_FILE = "model.pt"
@@ -26,6 +26,7 @@ def run(cfg: DictConfig) -> dict:
         if cfg.figures:
             save_reconstructions({"GridVAE (posterior mean)": model}, datamodule, output_dir(cfg) / "reconstructions.png")
         write_run_files(cfg, metrics)
+    log_final_and_finish(trainer, metrics)
     return metrics
 
 

@@ -14,7 +14,7 @@ from geovq.callbacks.codebook_usage import CodebookUsageLogger
 from geovq.metrics.codebook import code_counts, usage_summary
 from geovq.models.vqvae import VQVAE
 from geovq.stages.extraction import map_images
-from geovq.stages.lightning_setup import output_dir, result_config, train_and_test, write_run_files
+from geovq.stages.lightning_setup import log_final_and_finish, output_dir, result_config, train_and_test, write_run_files
 from geovq.stages.vae import MODEL_FILE, save_reconstructions
 
 CODES_FILE = "codes.pt"
@@ -39,4 +39,5 @@ def run(cfg: DictConfig) -> dict:
         if cfg.figures:
             save_reconstructions({"VQ-VAE": model}, datamodule, output_dir(cfg) / "reconstructions.png")
         write_run_files(cfg, metrics)
+    log_final_and_finish(trainer, metrics)
     return metrics
