@@ -67,6 +67,14 @@ def test_nearest_neighbors_match_sklearn(backend):
     np.testing.assert_allclose(dist, want_d, rtol=1e-5)
 
 
+def test_kdtree_search_with_fewer_reference_points_than_dimensions():
+    ref, queries = gaussian(5, 8, seed=1), gaussian(50, 8, seed=2)
+    dist, idx = nearest_neighbors(queries, ref, 2, backend="kdtree")
+    want_d, want_i = NearestNeighbors(n_neighbors=2).fit(ref).kneighbors(queries)
+    np.testing.assert_array_equal(idx, want_i)
+    np.testing.assert_allclose(dist, want_d, rtol=1e-6)
+
+
 # -- graph, connectivity, geodesic distances ---------------------------------------------------
 
 

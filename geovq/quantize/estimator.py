@@ -28,7 +28,7 @@ from geovq.quantize.assignment import (
 )
 from geovq.quantize.connectivity import connect_components
 from geovq.quantize.dedup import unique_rows
-from geovq.quantize.geodesic import geodesic_distances, _CHUNK_BYTES
+from geovq.quantize.geodesic import geodesic_distances, worker_memory_bytes
 from geovq.quantize.inputs import (
     EDGE_WEIGHTS,
     as_vectors,
@@ -186,19 +186,20 @@ class GeodesicKMedoids:
             graph, report = connect_components(graph, node_points, n_jobs=n_jobs)
         with rec.step("shortest_paths"):
             node_dist = geodesic_distances(graph, **common)
-        rows_per_chunk = max(1, _CHUNK_BYTES // (8 * node_dist.shape[0]))
-        rec.peak_memory["shortest_paths"] += node_dist.nbytes + n_jobs * rows_per_chunk * 8 * node_dist.shape[0]
+        rec.peak_memory["shortest_paths"] += worker_memory_bytes(node_dist.shape[0], n_jobs)
 
         with rec.step("kmedoids"):
             D = _expand(node_dist, nodes.inverse)
             result = kmedoids(D, self.n_clusters, backend=self.backend, random_state=self.random_state,
-                              max_iter=self.max_iter, n_jobs=n_jobs)
+                              max_iter=self.max_iter)
         medoid_nodes = nodes.inverse[result.medoids]
 
         self.landmark_indices_ = idx
         self.landmarks_ = X[idx]
         self.medoid_indices_ = result.medoids
         self.cluster_centers_ = X[idx[result.medoids]].copy()
+        self.__dict__.pop("cluster_center_variances_", None)  # from an earlier fit
+        self.__dict__.pop("geodesic_distances_", None)
         if self.edge_weight == "wasserstein":
             self.cluster_center_variances_ = np.square(features[idx[result.medoids], X.shape[1]:])
         self.labels_ = result.labels
@@ -269,13 +270,19 @@ class GeodesicKMedoids:
         return self.fit(X, variances).predict(X, variances, assignment)
 
 
-def _expand(node_dist: np.ndarray, inverse: np.ndarray, chunk: int = 2048) -> np.ndarray:
-    """The landmark x landmark matrix from the distinct-node matrix (rows of duplicates are
-    equal). Filled in row blocks so no (N x n_nodes) intermediate is made."""
+def _expand(node_dist: np.ndarray, inverse: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """The landmark x landmark matrix from the distinct-node matrix (all copies of a node have
+    its row). Each node row is widened once (a gather within one cached row), then copied to
+    the rows of all its copies (contiguous copies); chunked so the temporary stays small."""
     n = inverse.size
     if node_dist.shape[0] == n and np.array_equal(inverse, np.arange(n)):
         return node_dist
     out = np.empty((n, n), dtype=np.float32)
-    for s in range(0, n, chunk):
-        out[s : s + chunk] = node_dist[inverse[s : s + chunk]][:, inverse]
+    rows_by_node = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[rows_by_node], np.arange(0, node_dist.shape[0] + chunk, chunk))
+    for c, a in enumerate(range(0, node_dist.shape[0], chunk)):
+        wide = np.take(node_dist[a : a + chunk], inverse, axis=1)  # (chunk, n)
+        rows = rows_by_node[bounds[c] : bounds[c + 1]]
+        for r in range(0, rows.size, chunk):  # a node may have thousands of copies: bound the temporary
+            out[rows[r : r + chunk]] = wide[inverse[rows[r : r + chunk]] - a]
     return out

@@ -13,6 +13,7 @@ Where ``fork`` is unavailable (Windows, macOS spawn), a thread pool does the sam
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import multiprocessing as mp
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ _MIN_NODES_FOR_PROCESSES = 1500  # below this, forking costs more than it saves
 
 # Set just before forking; forked workers inherit it instead of receiving pickles.
 _SHARED: dict = {}
+_CALLS = itertools.count()
 
 
 def geodesic_distances(
@@ -49,18 +51,17 @@ def geodesic_distances(
         )
     if graph.nnz and graph.data.min() < 0:
         raise ConfigError("edge weights must be non-negative distances.")
-    if chunk_rows is None:
-        per_worker = max(1, _CHUNK_BYTES // (8 * n))
-        chunk_rows = max(1, min(per_worker, -(-n // (16 * n_jobs))))  # >= 16 chunks per worker to balance
-    bounds = [(s, min(n, s + chunk_rows)) for s in range(0, n, chunk_rows)]
+    chunk_rows = chunk_rows or default_chunk_rows(n, n_jobs)
+    key = next(_CALLS)  # this call's entry in _SHARED (calls from several threads do not mix)
+    bounds = [(key, s, min(n, s + chunk_rows)) for s in range(0, n, chunk_rows)]
 
-    use_fork = n_jobs > 1 and n >= _MIN_NODES_FOR_PROCESSES and "fork" in mp.get_all_start_methods()
+    use_fork = uses_worker_processes(n, n_jobs)
     if use_fork:
         buffer = mmap.mmap(-1, max(1, n * n * 4))  # anonymous and MAP_SHARED: workers write into it
         out = np.frombuffer(buffer, dtype=np.float32, count=n * n).reshape(n, n)
     else:
         out = np.empty((n, n), dtype=np.float32)
-    _SHARED.update(graph=graph, out=out)
+    _SHARED[key] = (graph, out)
     try:
         with progress_bar(n, "shortest paths", progress, unit="src") as bar:
             if use_fork:
@@ -75,12 +76,28 @@ def geodesic_distances(
                 for b in bounds:
                     bar.update(_rows_from(b))
     finally:
-        _SHARED.clear()
+        del _SHARED[key]
     return out
 
 
-def _rows_from(bounds: tuple[int, int]) -> int:
-    start, stop = bounds
-    rows = dijkstra(_SHARED["graph"], directed=True, indices=np.arange(start, stop))
-    _SHARED["out"][start:stop] = rows  # float64 -> float32 here, one chunk at a time
+def default_chunk_rows(n: int, n_jobs: int) -> int:
+    """Sources per task: at most ~64 MB of float64 rows, and >= 16 tasks per worker to balance."""
+    return max(1, min(_CHUNK_BYTES // (8 * n), -(-n // (16 * n_jobs))))
+
+
+def uses_worker_processes(n: int, n_jobs: int) -> bool:
+    return n_jobs > 1 and n >= _MIN_NODES_FOR_PROCESSES and "fork" in mp.get_all_start_methods()
+
+
+def worker_memory_bytes(n: int, n_jobs: int) -> int:
+    """Memory outside this process's RSS: the shared result and the workers' float64 rows."""
+    if not uses_worker_processes(n, n_jobs):
+        return 0
+    return n * n * 4 + min(n_jobs, -(-n // default_chunk_rows(n, n_jobs))) * default_chunk_rows(n, n_jobs) * n * 8
+
+
+def _rows_from(task) -> int:
+    key, start, stop = task
+    graph, out = _SHARED[key]
+    out[start:stop] = dijkstra(graph, directed=True, indices=np.arange(start, stop))  # float64 -> float32 per chunk
     return stop - start

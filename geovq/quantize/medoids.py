@@ -3,7 +3,7 @@
 Backends:
 
 * ``"fasterpam"`` (default): FasterPAM from the ``kmedoids`` package (Schubert & Rousseeuw
-  2021), Rust, multi-threaded, reads the float32 matrix in place. It performs PAM's swaps eagerly
+  2021), Rust, reads the float32 matrix in place (no copy). It performs PAM's swaps eagerly
   and reaches PAM-quality objectives in a fraction of the time; random initial medoids.
 * ``"sklearn_extra"``: scikit-learn-extra's ``KMedoids(metric="precomputed")`` with
   ``method="alternate"`` (Voronoi iteration, k-means style, the fast but weaker method) or
@@ -49,9 +49,13 @@ def kmedoids(
     random_state: int | None = 0,
     max_iter: int = 300,
     method: str = "alternate",
-    n_jobs: int = 1,
+    symmetric: bool = True,
 ) -> KMedoidsResult:
-    """Cluster the rows of the square dissimilarity matrix ``D`` into ``n_clusters``."""
+    """Cluster the rows of the square dissimilarity matrix ``D`` into ``n_clusters``.
+
+    ``symmetric=True`` promises ``D == D.T`` (true of distances), which lets FasterPAM read the
+    matrix in its fast order.
+    """
     if backend not in KMEDOIDS_BACKENDS:
         raise ConfigError(f"backend must be one of {KMEDOIDS_BACKENDS}, got {backend!r}.")
     n = D.shape[0]
@@ -60,7 +64,7 @@ def kmedoids(
     if not 1 <= n_clusters <= n:
         raise ConfigError(f"n_clusters={n_clusters} must be in [1, {n}] (the number of points clustered).")
     if backend == "fasterpam":
-        medoids, n_iter = _fasterpam(D, n_clusters, random_state, max_iter, n_jobs)
+        medoids, n_iter = _fasterpam(D, n_clusters, random_state, max_iter, symmetric)
     else:
         medoids, n_iter = _sklearn_extra(D, n_clusters, random_state, max_iter, method)
     medoids = np.asarray(medoids, dtype=np.int64)
@@ -85,12 +89,16 @@ def nearest_medoid(D: np.ndarray, medoids: np.ndarray, chunk: int = 8192) -> tup
     return labels, total
 
 
-def _fasterpam(D, n_clusters, random_state, max_iter, n_jobs):
+def _fasterpam(D, n_clusters, random_state, max_iter, symmetric):
     if D.dtype not in (np.float32, np.float64):
         D = D.astype(np.float32)
     seed = None if random_state is None else int(random_state)
+    # FasterPAM reads D[o, c] for every point o and each candidate medoid c: a column, i.e. one
+    # cache miss per element in a C-ordered matrix. A geodesic matrix is symmetric, so its
+    # transpose (a free view) is the same matrix with those columns contiguous: 3-5x faster.
     result = kmedoids_pkg.fasterpam(
-        D, n_clusters, max_iter=max_iter, init="random", random_state=seed, n_cpu=n_jobs
+        D.T if symmetric and D.flags.c_contiguous else D, n_clusters, max_iter=max_iter, init="random", random_state=seed,
+        n_cpu=1,  # the parallel variant was slower than the eager serial one on 2 cores (same result)
     )
     return result.medoids, int(result.n_iter)
 

@@ -2,13 +2,18 @@
 
 Two exact backends:
 
-* ``"kdtree"``: scipy's ``cKDTree`` (C++, releases the GIL, ``workers`` threads). Fast when the
-  data has few dimensions or low intrinsic dimension (MNIST patches, VAE latents).
+* ``"kdtree"``: scipy's ``cKDTree`` (C++, releases the GIL, ``workers`` threads) built on the
+  reference points rotated to their principal axes. A rotation keeps every distance, and the
+  tree then splits along the directions the data actually spreads in: 1.7x faster on 16-d
+  MNIST patches, 2.5x on the same projected to 64-d (intrinsic dimension 16), measured here.
+  Fast when the data has few dimensions or low intrinsic dimension (MNIST patches, VAE latents).
 * ``"brute"``: torch matmul, ``||q||^2 - 2 q.r + ||r||^2``, over chunks of queries, then
   ``topk``. Predictable cost, the better choice in many dimensions or for a small reference set.
 
-``"auto"`` takes the brute force for small reference sets (a few hundred, e.g. medoids) or many
-dimensions, the k-d tree otherwise. The float32 matmul formula loses precision for near points
+``"auto"`` takes the brute force for small reference sets (a few hundred, e.g. medoids) or more
+than 64 dimensions, the k-d tree otherwise: on this project's 2-core machine the nearest of 3.6k
+landmarks for 949k distinct MNIST patches took 13.1 s by matmul and 2.3 s with the tree
+(``bench/quantize.py --assignment-study``, results in ``bench/results/``). The float32 matmul formula loses precision for near points
 (cancellation), so the brute force keeps a few extra candidates and re-ranks them by the exact
 distance computed from the differences.
 """
@@ -24,7 +29,7 @@ from geovq.quantize.resources import progress_bar, torch_threads
 
 NN_BACKENDS = ("auto", "kdtree", "brute")
 _BRUTE_MAX_REFERENCE = 512  # below this many reference points the matmul is cheaper than a tree
-_KDTREE_MAX_DIM = 32  # above this a k-d tree prunes little in general
+_KDTREE_MAX_DIM = 64  # above this a k-d tree prunes little in general
 _RERANK_EXTRA = 4
 
 
@@ -62,13 +67,16 @@ def nearest_neighbors(
     """
     n_ref = reference.shape[0]
     if k + int(exclude_self) > n_ref:
-        raise ConfigError(f"asked for {k} neighbours among only {n_ref - int(exclude_self)} candidate points.")
+        raise ConfigError(
+            f"asked for {k} nearest neighbours among only {n_ref - int(exclude_self)} candidate points; "
+            "lower n_neighbors or use more landmarks."
+        )
     backend = choose_backend(n_ref, reference.shape[1], backend)
     wanted = k + int(exclude_self)
     n = queries.shape[0]
     out_d = np.empty((n, k), dtype=np.float64)
     out_i = np.empty((n, k), dtype=np.int64)
-    tree = cKDTree(reference) if backend == "kdtree" else None
+    tree, rotate = _principal_axes_tree(reference) if backend == "kdtree" else (None, None)
     ref_t = torch.from_numpy(np.ascontiguousarray(reference, dtype=np.float32)) if tree is None else None
     ref_sq = (ref_t * ref_t).sum(1) if ref_t is not None else None
     if tree is None:  # matmul chunks: keep each (chunk x n_ref) block near 64 MB
@@ -77,7 +85,7 @@ def nearest_neighbors(
         for start in range(0, n, chunk_size):
             q = queries[start : start + chunk_size]
             if tree is not None:
-                _, idx = tree.query(q, k=wanted, workers=n_jobs)
+                _, idx = tree.query(rotate(q), k=wanted, workers=n_jobs)
                 idx = idx.reshape(len(q), wanted)
             else:
                 idx = _brute_candidates(q, ref_t, ref_sq, min(wanted + _RERANK_EXTRA, n_ref))
@@ -90,6 +98,20 @@ def nearest_neighbors(
             out_i[start : start + len(q)] = np.take_along_axis(idx, order, 1)
             bar.update(len(q))
     return out_d, out_i
+
+
+def _principal_axes_tree(reference: np.ndarray):
+    """A k-d tree over ``reference`` in its principal axes, and the map taking queries there."""
+    ref = reference.astype(np.float64)
+    center = ref.mean(0)
+    # A complete orthonormal basis even with fewer points than dimensions.
+    _, _, axes = np.linalg.svd(ref - center, full_matrices=ref.shape[0] < ref.shape[1])
+    basis = axes.T
+
+    def rotate(points: np.ndarray) -> np.ndarray:
+        return (points.astype(np.float64) - center) @ basis
+
+    return cKDTree(rotate(ref)), rotate
 
 
 def _brute_candidates(q: np.ndarray, ref_t: torch.Tensor, ref_sq: torch.Tensor, m: int) -> np.ndarray:

@@ -34,7 +34,12 @@ def _status_bytes(field: str) -> int | None:
     return None
 
 
+_highest_peak = 0  # resetting VmHWM loses the lifetime peak, so it is kept here
+
+
 def _reset_peak() -> bool:
+    global _highest_peak
+    _highest_peak = max(_highest_peak, peak_rss())
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -55,9 +60,14 @@ def current_rss() -> int:
 
 
 def peak_rss() -> int:
-    """Peak resident memory of this process (since the last reset), in bytes."""
+    """Peak resident memory of this process (since the last per-step reset), in bytes."""
     hwm = _status_bytes("VmHWM")
     return hwm if hwm is not None else _lifetime_peak()
+
+
+def lifetime_peak_rss() -> int:
+    """Peak resident memory of this process since it started, in bytes."""
+    return max(_highest_peak, peak_rss())
 
 
 def children_peak_rss() -> int:

@@ -1,0 +1,277 @@
+"""Benchmark: geovq's geodesic quantization stage against the stack one would write by hand.
+
+Reference (same landmarks, same k, same process):
+    sklearn kneighbors_graph(mode="distance"), symmetrised the way Isomap does it: scipy
+    shortest_path(method="D", directed=False) on it, i.e. each edge usable both ways with its own
+    length (float64 N x N). (G + G.T would double mutual edges; G.maximum(G.T) drops the
+    zero-length edges between duplicate landmarks, which on MNIST leaves the ~60% duplicate
+    landmarks isolated and most distances infinite.)
+    scikit-learn-extra KMedoids(method="alternate", init="k-medoids++", metric="precomputed")
+    sklearn NearestNeighbors(1) on the landmarks -> the cluster of every vector's nearest landmark
+Ours: geovq.quantize.GeodesicKMedoids(landmark_selection="uniform", backend="fasterpam",
+      assignment="landmark") fit on the vectors, then predict on all of them.
+
+Input vectors, in order of preference:
+    --latents FILE.pt   a float tensor N x D (or N x D x H x W, or a dict with "latents"/"mu")
+    --checkpoint FILE   a GridVAE model artifact (geovq.artifacts.load_model): posterior means
+                        of the 60,000 MNIST training images
+    otherwise           "MNIST-derived vectors": each training image cut into its 7x7 grid of
+                        4x4 patches (2.94M vectors of dim 16, 62% of them identical background
+                        patches), optionally projected to --dim by a fixed random matrix.
+
+    python bench/quantize.py                                 # sizes 2000 5000 10000 20000
+    python bench/quantize.py --ours-only --sizes 40000       # shows N=40k fits in memory
+
+Times are wall-clock seconds on this machine; memory is the extra resident memory each step
+needed at its peak (see geovq/quantize/resources.py). Run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from geovq.quantize import GeodesicKMedoids, nearest_medoid, select_landmarks  # noqa: E402
+from geovq.quantize.resources import StepRecorder, children_peak_rss, lifetime_peak_rss  # noqa: E402
+
+STEPS = ("landmarks", "knn_graph", "connect", "shortest_paths", "kmedoids", "assignment")
+DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+# -- input vectors -------------------------------------------------------------------------------
+
+
+def mnist_images(root: Path) -> torch.Tensor:
+    import torchvision
+
+    data = torchvision.datasets.MNIST(root=str(root), train=True, download=False).data
+    return data.to(torch.float32).div_(255.0)  # (60000, 28, 28) in [0, 1]
+
+
+def mnist_patches(root: Path, dim: int, seed: int) -> np.ndarray:
+    images = mnist_images(root).numpy()
+    patches = images.reshape(-1, 7, 4, 7, 4).transpose(0, 1, 3, 2, 4).reshape(-1, 16)
+    if dim != 16:  # a linear map keeps duplicates duplicates
+        projection = np.random.default_rng(seed).normal(size=(16, dim)).astype(np.float32) / np.sqrt(dim)
+        patches = patches @ projection
+    return np.ascontiguousarray(patches, dtype=np.float32)
+
+
+def latents_from_file(path: str) -> np.ndarray:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict):
+        obj = next(obj[key] for key in ("latents", "mu", "means", "z") if key in obj)
+    z = torch.as_tensor(obj, dtype=torch.float32)
+    if z.ndim == 4:  # N x D x H x W grids
+        z = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    return z.numpy()
+
+
+def latents_from_checkpoint(path: str, root: Path) -> np.ndarray:
+    from geovq.artifacts import load_model
+
+    model, _ = load_model(path, "grid_vae")
+    images = mnist_images(root).unsqueeze(1)
+    means = []
+    with torch.no_grad():
+        for batch in images.split(1000):
+            mu, _ = model.encode(batch)
+            means.append(mu.permute(0, 2, 3, 1).reshape(-1, mu.shape[1]))
+    return torch.cat(means).numpy()
+
+
+def load_vectors(args) -> tuple[np.ndarray, str]:
+    if args.latents:
+        return latents_from_file(args.latents), f"latents from {args.latents}"
+    if args.checkpoint:
+        try:
+            return latents_from_checkpoint(args.checkpoint, args.data_root), f"GridVAE means ({args.checkpoint})"
+        except Exception as err:  # the artifact format belongs to another stage; do not die on it
+            print(f"could not load --checkpoint {args.checkpoint} ({type(err).__name__}: {err}); "
+                  "using MNIST-derived vectors instead", flush=True)
+    X = mnist_patches(args.data_root, args.dim, args.seed)
+    return X, f"MNIST-derived vectors (4x4 patches of the 60,000 training images, dim {X.shape[1]})"
+
+
+# -- the two stacks ------------------------------------------------------------------------------
+
+
+def reference_stack(X, landmark_idx, k, n_clusters, seed):
+    from scipy.sparse.csgraph import shortest_path
+    from sklearn.neighbors import NearestNeighbors, kneighbors_graph
+    from sklearn_extra.cluster import KMedoids
+
+    rec = StepRecorder()
+    L = X[landmark_idx]
+    with rec.step("knn_graph"):
+        G = kneighbors_graph(L, k, mode="distance")
+    with rec.step("shortest_paths"):
+        D = shortest_path(G, method="D", directed=False)
+    n_inf = int(np.isinf(D).sum())
+    if n_inf:  # what a hand-written stack would do with a disconnected graph
+        D[np.isinf(D)] = D[np.isfinite(D)].max() * 2
+    with rec.step("kmedoids"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        km = KMedoids(n_clusters, metric="precomputed", method="alternate", init="k-medoids++",
+                      random_state=seed).fit(D)
+    with rec.step("assignment"):
+        nn = NearestNeighbors(n_neighbors=1).fit(L)
+        codes = km.labels_[nn.kneighbors(X, return_distance=False)[:, 0]]
+    return rec, km.medoid_indices_.astype(np.int64), float(km.inertia_), codes, D, n_inf
+
+
+def our_stack(X, n_landmarks, k, n_clusters, seed, progress, keep_distances):
+    gkm = GeodesicKMedoids(n_clusters=n_clusters, n_landmarks=n_landmarks, n_neighbors=k,
+                           landmark_selection="uniform", random_state=seed, store_distances=keep_distances,
+                           progress=progress)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        gkm.fit(X)
+    codes = gkm.predict(X)
+    return gkm, codes
+
+
+# -- report --------------------------------------------------------------------------------------
+
+
+def fmt_s(t):
+    return "-" if t is None else f"{t:8.2f}"
+
+
+def fmt_mb(b):
+    return "-" if b is None else f"{b / 2**20:8.0f}"
+
+
+def table(n, ref, ours):
+    lines = [f"{'step':<16}{'ref s':>9}{'ref MB':>9}{'ours s':>9}{'ours MB':>9}{'speedup':>9}"]
+    for step in STEPS:
+        rt = ref.timings.get(step) if ref else None
+        ot = ours.timings_.get(step)
+        speed = f"{rt / ot:8.1f}x" if rt and ot else ""
+        lines.append(f"{step:<16}{fmt_s(rt):>9}{fmt_mb(ref.peak_memory.get(step) if ref else None):>9}"
+                     f"{fmt_s(ot):>9}{fmt_mb(ours.peak_memory_.get(step)):>9}{speed:>9}")
+    rtot = sum(ref.timings.values()) if ref else None
+    otot = sum(ours.timings_[s] for s in STEPS if s in ours.timings_)
+    lines.append(f"{'total':<16}{fmt_s(rtot):>9}{'':>9}{fmt_s(otot):>9}{'':>9}"
+                 f"{(f'{rtot / otot:8.1f}x' if rtot else ''):>9}")
+    return "\n".join(lines), rtot, otot
+
+
+def run_size(X, n, args):
+    print(f"\n=== N = {n} landmarks, k = {args.k}, K = {args.clusters} ===", flush=True)
+    landmark_idx = select_landmarks(X, n, "uniform", args.seed)
+    gc.collect()
+    ours, our_codes = our_stack(X, n, args.k, args.clusters, args.seed, args.progress, not args.ours_only)
+    assert np.array_equal(ours.landmark_indices_, landmark_idx), "both stacks must use the same landmarks"
+    print(f"distinct landmark vectors: {ours.n_unique_landmarks_} of {n}; graph components before "
+          f"joining: {ours.n_components_}", flush=True)
+    our_D = getattr(ours, "geodesic_distances_", None)
+    ours.__dict__.pop("geodesic_distances_", None)
+    ref = None
+    if not args.ours_only:
+        gc.collect()
+        ref, ref_medoids, ref_obj, ref_codes, ref_D, n_inf = reference_stack(X, landmark_idx, args.k, args.clusters, args.seed)
+        text, rtot, otot = table(n, ref, ours)
+        print(text)
+        _, ours_on_ref = nearest_medoid(ref_D.astype(np.float32), ours.medoid_indices_)
+        _, ref_on_ours = nearest_medoid(our_D, ref_medoids)
+        print(f"K-Medoids objective (sum of geodesic distances of the {n} landmarks to their medoid):")
+        print(f"  on the reference matrix: reference alternate {ref_obj:.1f}   our medoids {ours_on_ref:.1f}")
+        print(f"  on our matrix:           reference medoids   {ref_on_ours:.1f}   ours (FasterPAM) {ours.inertia_:.1f}")
+        if n_inf:
+            print(f"  reference graph was disconnected: {n_inf} infinite distances replaced by 2 x max")
+        print(f"codes equal to the reference's nearest-landmark codes (up to cluster naming): "
+              f"{agreement(ref_codes, our_codes):.3f}")
+        print(f"TOTAL  reference {rtot:.2f} s   ours {otot:.2f} s   speedup {rtot / otot:.1f}x", flush=True)
+        del ref_D
+    else:
+        text, _, otot = table(n, None, ours)
+        print(text)
+        print(f"K-Medoids objective (ours, FasterPAM): {ours.inertia_:.1f}")
+        print(f"TOTAL  ours {otot:.2f} s", flush=True)
+    del our_D
+    gc.collect()
+
+
+def assignment_study(X, n, args):
+    """Where the assignment time goes: duplicates collapsed or not, k-d tree or torch matmul."""
+    from geovq.quantize import nearest_neighbors, unique_rows
+
+    landmarks = X[select_landmarks(X, n, "uniform", args.seed)]
+    landmarks = landmarks[unique_rows(landmarks).first_index]
+    print(f"\n--- assignment study: nearest of {len(landmarks)} distinct landmarks (N = {n}) for all "
+          f"{X.shape[0]} vectors ---", flush=True)
+    t = time.perf_counter()
+    groups = unique_rows(X)
+    t_dedup = time.perf_counter() - t
+    distinct = X[groups.first_index]
+    print(f"collapse duplicates: {t_dedup:6.2f} s -> {groups.n_unique} distinct vectors "
+          f"({groups.n_unique / X.shape[0]:.0%})", flush=True)
+    results = {}
+    for name, queries, backend in (("k-d tree, distinct vectors", distinct, "kdtree"),
+                                   ("torch matmul, distinct vectors", distinct, "brute"),
+                                   ("k-d tree, all vectors", X, "kdtree")):
+        t = time.perf_counter()
+        _, idx = nearest_neighbors(queries, landmarks, 1, backend=backend, n_jobs=torch.get_num_threads())
+        results[name] = idx[:, 0] if queries is X else idx[groups.inverse, 0]
+        print(f"{name:<32}{time.perf_counter() - t:8.2f} s", flush=True)
+    ref = results["k-d tree, all vectors"]
+    for name, idx in results.items():
+        differ = np.flatnonzero(idx != ref)
+        d_this = np.linalg.norm(X[differ].astype(np.float64) - landmarks[idx[differ]], axis=1)
+        d_ref = np.linalg.norm(X[differ].astype(np.float64) - landmarks[ref[differ]], axis=1)
+        worse = int(np.sum(d_this > d_ref * (1 + 1e-6)))
+        print(f"  {name:<32} other nearest landmark than the k-d tree on all vectors for {len(differ)} "
+              f"vectors, of which {worse} are not ties (equal distance within 1e-6)")
+
+
+def agreement(a, b) -> float:
+    """Share of vectors on which two codings agree after matching clusters by majority."""
+    k = int(max(a.max(), b.max())) + 1
+    joint = np.zeros((k, k), dtype=np.int64)
+    np.add.at(joint, (a, b), 1)
+    return float(joint.max(axis=1).sum() / len(a))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", help="a GridVAE model artifact")
+    parser.add_argument("--latents", help="a .pt file with a float tensor of latents N x D")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 5000, 10000, 20000])
+    parser.add_argument("--k", type=int, default=10, help="neighbours of the k-NN graph")
+    parser.add_argument("--clusters", type=int, default=128)
+    parser.add_argument("--dim", type=int, default=16, help="dimension of the MNIST-derived vectors")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ours-only", action="store_true", help="skip the reference stack")
+    parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--assignment-study", action="store_true",
+                        help="also time the assignment variants (with/without deduplication, k-d tree/matmul)")
+    parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    X, source = load_vectors(args)
+    print(f"geovq quantize benchmark  {time.strftime('%Y-%m-%d %H:%M')}  python {platform.python_version()}  "
+          f"torch {torch.__version__}  cores {torch.get_num_threads()}  {platform.processor() or platform.machine()}")
+    print(f"vectors: {source}: {X.shape[0]} x {X.shape[1]} (loaded in {time.perf_counter() - start:.1f} s)")
+    print(f"command: python bench/quantize.py {' '.join(sys.argv[1:] if argv is None else argv)}", flush=True)
+    for n in args.sizes:
+        run_size(X, n, args)
+        if args.assignment_study:
+            assignment_study(X, n, args)
+    print(f"\npeak RSS of this process {lifetime_peak_rss() / 2**30:.2f} GiB; of any worker process "
+          f"{children_peak_rss() / 2**30:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
