@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import os
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from geovq.artifacts import load_code_grids
+from geovq.data.in_memory import InMemoryDataModule
 from geovq.errors import ConfigError
 
 # The splits a Trainer entry point reads.
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
 
 
-class CodeGridDataModule(L.LightningDataModule):
+class CodeGridDataModule(InMemoryDataModule):
     def __init__(
         self,
         path: str | os.PathLike,
@@ -107,21 +107,5 @@ class CodeGridDataModule(L.LightningDataModule):
             )
         return tokens
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        batch_size = self.hparams.batch_size if shuffle else self.hparams.eval_batch_size
-        return DataLoader(
-            TensorDataset(self.split(name)),
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+    def dataset(self, split: str) -> TensorDataset:
+        return TensorDataset(self.split(split))

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import lightning as L
 import torch
 from hydra.utils import get_class
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
+from geovq.data.in_memory import InMemoryDataModule
 from geovq.errors import ConfigError, DataError
 
 DATA_ROOT_ENV = "GEOVQ_DATA_ROOT"
@@ -48,7 +48,7 @@ def _missing_message(name: str, root: Path, err: Exception) -> str:
     )
 
 
-class ImageDataModule(L.LightningDataModule):
+class ImageDataModule(InMemoryDataModule):
     """Seeded train/val split of the training images; test = the official test images.
 
     ``subset`` keeps a seeded random ``subset`` of the training pool (split in the same
@@ -111,25 +111,5 @@ class ImageDataModule(L.LightningDataModule):
         self.setup()
         return self.splits[name]
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        batch_size = self.hparams.batch_size if shuffle else self.hparams.eval_batch_size
-        return DataLoader(
-            self.split(name),
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.hparams.num_workers,
-            persistent_workers=self.hparams.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def ordered_dataloader(self, name: str) -> DataLoader:
-        """All images of a split in their stored order (for latent extraction)."""
-        return self._loader(name, shuffle=False)
+    def dataset(self, split: str) -> TensorDataset:
+        return self.split(split)
