@@ -107,7 +107,7 @@ def save_artifact(
         "kind": kind,
         "sha256": digest,
         "provenance": provenance,
-        "input_paths": {name: str(art.path) for name, art in (inputs or {}).items()},
+        "input_paths": {name: str(Path(art.path).resolve()) for name, art in (inputs or {}).items()},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     atomic_write_text(sidecar_path(path), json.dumps(sidecar, indent=2) + "\n")
@@ -250,9 +250,14 @@ def load_code_grids(path) -> Artifact:
     return artifact
 
 
-def find_latest(log_dir, stage: str, filename: str) -> Path:
-    """The newest ``filename`` written by ``stage`` under ``log_dir`` (runs and multiruns)."""
-    candidates = sorted(Path(log_dir).glob(f"{stage}/**/{filename}"), key=lambda p: p.stat().st_mtime)
+def find_latest(log_dir, stage: str, filename: str, kind: str | None = None) -> Path:
+    """The newest ``filename`` written by ``stage`` under ``log_dir`` (runs and multiruns),
+    of artifact ``kind`` when given (a multirun over stages shares one folder)."""
+    candidates = [
+        path for path in Path(log_dir).glob(f"{stage}/**/{filename}")
+        if kind is None or (read_sidecar(path) or {}).get("kind") == kind
+    ]
+    candidates.sort(key=lambda p: p.stat().st_mtime)
     if not candidates:
         raise ArtifactError(
             f"no {filename} from stage={stage} under {Path(log_dir).resolve()}/{stage}. Run "

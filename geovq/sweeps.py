@@ -20,6 +20,9 @@ HEADLINE_METRICS = (
     "test/utilization",
     "test/code_perplexity",
     "quantized/test_mse",
+    "quantized/train_codes_used",
+    "quantized/train_utilization",
+    "quantized/train_perplexity",
     "test/nll",
     "test/perplexity",
 )

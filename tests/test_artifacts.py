@@ -90,5 +90,9 @@ def test_find_latest_picks_the_newest_run(tmp_path):
     new = save_artifact(tmp_path / "vae" / "multiruns" / "x" / "0" / "model.pt", "grid_vae", {"n": 1}, stage="vae")
     os.utime(old.path, (1, 1))
     assert artifacts.find_latest(tmp_path, "vae", "model.pt") == new.path
+    # A multirun over stages shares a folder: the kind picks the right file.
+    vq = save_artifact(tmp_path / "vae" / "multiruns" / "x" / "1" / "model.pt", "vqvae", {}, stage="vqvae")
+    assert artifacts.find_latest(tmp_path, "vae", "model.pt") == vq.path
+    assert artifacts.find_latest(tmp_path, "vae", "model.pt", kind="grid_vae") == new.path
     with pytest.raises(ArtifactError, match="stage=prior"):
         artifacts.find_latest(tmp_path, "prior", "model.pt")

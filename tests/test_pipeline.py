@@ -71,3 +71,13 @@ def test_quick_experiment_writes_report_and_figures_and_resumes(tmp_path, monkey
     before = {step: (out / step / "step.json").stat().st_mtime_ns for step in STEPS}
     run_stage(compose_config(out, OVERRIDES + ["pipeline.figures=false"]))
     assert before == {step: (out / step / "step.json").stat().st_mtime_ns for step in STEPS}
+
+
+def test_pipeline_refuses_several_devices_and_misplaced_overrides(tmp_path):
+    from geovq.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="one device"):
+        run_stage(compose_config(tmp_path / "a", OVERRIDES + ["trainer=ddp", "trainer.accelerator=cpu"]))
+    # An override only one step understands, given to all, names the step and the fix.
+    with pytest.raises(ConfigError, match=r"step 'classifier'.*pipeline\.classifier="):
+        run_stage(compose_config(tmp_path / "b", OVERRIDES + ["model.latent_dim=16"]))

@@ -125,3 +125,15 @@ def test_quantize_logs_usage_to_wandb_offline(trained_vae, make_cfg, tmp_path, m
     data = records[0].read_bytes()
     for key in (b"quantized/train/code_usage", b"quantized/train/utilization", b"quantized/test_mse"):
         assert key in data, key
+
+
+def test_quantize_callback_needs_a_gridvae_and_a_valid_quantizer(make_cfg):
+    with pytest.raises(ConfigError, match="use it with stage=vae"):
+        run_stage(make_cfg("stage=vqvae", "callbacks=quantize", "model.n_codes=8", *SMALL_QUANTIZER))
+    # An impossible quantizer is refused before the VAE trains, not after.
+    from hydra.utils import instantiate
+
+    cfg = make_cfg("stage=vae", "callbacks=quantize", "quantizer.n_landmarks=50", "quantizer.n_clusters=64")
+    with pytest.raises(Exception) as err:
+        instantiate(cfg.callbacks.quantize_on_fit_end)
+    assert "n_clusters=64 is more than n_landmarks=50" in str(err.value)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
@@ -26,7 +27,8 @@ class CodebookUsageLogger(Callback):
     def __init__(self, path: str | Path, splits: tuple[str, ...] = ("train", "val")):
         self.path = Path(path)
         self.splits = tuple(splits)
-        self.rows: list[tuple[str, int, int, int]] = []
+        # A resumed run continues the file of the interrupted one (its later epochs are replaced).
+        self.rows: list[tuple[str, int, int, int]] = _read_rows(self.path)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         self._record(trainer, pl_module, "train")
@@ -36,9 +38,14 @@ class CodebookUsageLogger(Callback):
             self._record(trainer, pl_module, "val")
 
     def _record(self, trainer: L.Trainer, pl_module, split: str) -> None:
-        if split not in self.splits or not trainer.is_global_zero:
+        if split not in self.splits:
             return
-        counts = np.asarray(pl_module.epoch_code_counts[split])
+        counts = torch.as_tensor(pl_module.epoch_code_counts[split])
+        if trainer.world_size > 1:  # every rank takes part in the gather; rank zero writes
+            counts = pl_module.all_gather(counts.to(pl_module.device)).reshape(-1, len(counts)).sum(0).cpu()
+        if not trainer.is_global_zero:
+            return
+        counts = counts.numpy()
         epoch = trainer.current_epoch
         self.rows = [row for row in self.rows if not (row[0] == split and row[1] == epoch)]
         self.rows.extend((split, epoch, code, int(count)) for code, count in enumerate(counts))
@@ -53,6 +60,13 @@ class CodebookUsageLogger(Callback):
         writer.writerow(["split", "epoch", "code", "count"])
         writer.writerows(self.rows)
         atomic_write_text(self.path, buffer.getvalue())
+
+
+def _read_rows(path: Path) -> list[tuple[str, int, int, int]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as handle:
+        return [(row["split"], int(row["epoch"]), int(row["code"]), int(row["count"])) for row in csv.DictReader(handle)]
 
 
 def log_to_wandb(logger: WandbLogger, split: str, counts: np.ndarray, step: int) -> None:

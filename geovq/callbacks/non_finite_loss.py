@@ -20,7 +20,8 @@ class StopOnNonFiniteLoss(Callback):
 
     def on_before_backward(self, trainer: L.Trainer, pl_module, loss) -> None:
         value = float(loss.detach())
-        if math.isfinite(value):
+        # Every rank takes the same decision, so no rank is left waiting in a collective.
+        if not trainer.strategy.reduce_boolean_decision(not math.isfinite(value), all=False):
             return
         kept = _last_checkpoint(trainer)
         raise TrainingError(

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from geovq.artifacts import save_model
+from geovq.errors import ConfigError
 from geovq.stages.quantization import SPLITS, check_quantizer, quantize_vae
 
 
@@ -30,6 +31,15 @@ class QuantizeOnFitEnd(Callback):
 
     def bind_run_config(self, config: dict) -> None:
         self.run_config = config
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+        from geovq.models.grid_vae import GridVAE
+
+        if not isinstance(pl_module, GridVAE):
+            raise ConfigError(
+                f"callbacks=quantize quantizes a GridVAE's latent space, but this run trains a "
+                f"{type(pl_module).__name__}; use it with stage=vae."
+            )
 
     def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")

@@ -21,7 +21,13 @@ DATA_ROOT_ENV = "GEOVQ_DATA_ROOT"
 
 def load_split(dataset_class: str, root: str | os.PathLike, train: bool, download: bool):
     """Images as float32 N x 1 x H x W in [0, 1] and labels as int64, or a DataError."""
-    cls = get_class(dataset_class)
+    try:
+        cls = get_class(dataset_class)
+    except Exception as err:
+        raise ConfigError(
+            f"data.dataset_class={dataset_class} cannot be imported ({err}); use a torchvision dataset "
+            "with MNIST's layout, e.g. torchvision.datasets.MNIST or torchvision.datasets.FashionMNIST."
+        ) from None
     root = Path(root).expanduser()
     try:
         dataset = cls(root=str(root), train=train, download=False)
@@ -70,7 +76,7 @@ class ImageDataModule(InMemoryDataModule):
     ):
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
-            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}.")
+            raise ConfigError(f"data.batch_size and data.eval_batch_size must be >= 1, got {batch_size} and {eval_batch_size}.")
         if subset is not None and subset < 2:
             raise ConfigError(f"data.subset must be >= 2 images (or null for all), got {subset}.")
         if val_size < 1:

@@ -31,6 +31,7 @@ from geovq.metrics.prior import unigram_entropy
 from geovq.stages.lightning_setup import log_without_trainer, output_dir, write_run_files
 from geovq.stages.quantization import continuous_mse
 from geovq.stages.sample import SAMPLES_FILE, code_decoder
+from geovq.stages.vae import MODEL_FILE
 
 EVALUATION_FILE = "evaluation.json"
 
@@ -56,13 +57,13 @@ def prior_nll(prior, codes: torch.Tensor, batch_size: int = 1000) -> float:
 @torch.no_grad()
 def run(cfg: DictConfig) -> dict:
     options = cfg.stage
-    samples = load_artifact(options.samples or find_latest(cfg.paths.log_dir, "sample", SAMPLES_FILE), kind="samples")
+    samples = load_artifact(options.samples or find_latest(cfg.paths.log_dir, "sample", SAMPLES_FILE, kind="samples"), kind="samples")
     prior_art = load_input(samples, "prior", kind="prior", path=options.prior)
     codes = load_input(prior_art, "codes", kind="code_grids", path=options.codes)
     load_input(samples, "codes", kind="code_grids", path=codes.path)  # the samples used these codes too
     decode, decoder_inputs, label = code_decoder(codes, options.decoder, options.codebook)
     prior = model_from_artifact(prior_art)
-    classifier, _ = load_model(options.classifier or find_latest(cfg.paths.log_dir, "classifier", "model.pt"), "classifier")
+    classifier, _ = load_model(options.classifier or find_latest(cfg.paths.log_dir, "classifier", MODEL_FILE, kind="classifier"), "classifier")
 
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()

@@ -28,6 +28,11 @@ def map_images(
     world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
     per_rank = math.ceil(len(images) / world)
     shard = images[rank * per_rank : (rank + 1) * per_rank]
+    # After fit, Lightning's teardown has moved the module back to the CPU: put it on this
+    # process's device for the extraction, and back where it was afterwards.
+    home = module.device
+    if trainer is not None:
+        module.to(trainer.strategy.root_device)
     was_training = module.training
     module.eval()
     outputs = []
@@ -37,9 +42,11 @@ def map_images(
     module.train(was_training)
     local = torch.cat(outputs) if outputs else torch.empty(0)
     if world == 1:
+        module.to(home)
         return local
     # Pad every shard to the same length so that all_gather can stack them, then drop the padding.
     padded = torch.zeros((per_rank, *local.shape[1:]), dtype=local.dtype)
     padded[: len(local)] = local
     gathered = module.all_gather(padded.to(module.device)).cpu()
+    module.to(home)
     return gathered.reshape(world * per_rank, *local.shape[1:])[: len(images)]

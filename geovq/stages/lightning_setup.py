@@ -17,6 +17,11 @@ from geovq.errors import ConfigError
 
 # Config sections that do not change what a stage computes: left out of the config hash.
 NON_RESULT_KEYS = ("paths", "logger", "callbacks", "hydra", "figures", "ckpt_path")
+NON_RESULT_SETTINGS = {
+    "trainer": ("default_root_dir", "devices", "strategy", "accelerator", "log_every_n_steps", "enable_model_summary"),
+    "data": ("root", "num_workers", "download", "eval_batch_size"),
+    "quantizer": ("n_jobs", "progress"),
+}
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -36,9 +41,11 @@ def result_config(cfg: DictConfig) -> dict:
     plain = resolved_config(cfg)
     for key in NON_RESULT_KEYS:
         plain.pop(key, None)
-    trainer = plain.get("trainer", {})
-    for key in ("default_root_dir", "devices", "strategy", "accelerator", "log_every_n_steps"):
-        trainer.pop(key, None)
+    if plain.get("stage", {}).get("name") != "quantize":
+        plain.pop("quantizer", None)  # only the quantize stage uses it
+    for section, keys in NON_RESULT_SETTINGS.items():
+        for key in keys:
+            (plain.get(section) or {}).pop(key, None)
     return plain
 
 

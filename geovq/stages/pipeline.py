@@ -30,9 +30,11 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from geovq.artifacts import atomic_write_text, config_hash
+from geovq.errors import ConfigError
 from geovq.stages import get_stage
 from geovq.stages.lightning_setup import log_without_trainer, output_dir, result_config
 
@@ -60,11 +62,22 @@ def user_overrides() -> list[str]:
     return [item for item in HydraConfig.get().overrides.task if not item.startswith(skip)]
 
 
-def compose_step(overrides: list[str]) -> DictConfig:
-    if GlobalHydra.instance().is_initialized():
-        return compose(config_name="train", overrides=overrides)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+def compose_step(overrides: list[str], step: str = "") -> DictConfig:
+    try:
+        if GlobalHydra.instance().is_initialized():
+            return compose(config_name="train", overrides=overrides)
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="train", overrides=overrides)
+    except HydraException as err:
+        raise ConfigError(
+            f"the pipeline's step '{step}' cannot use these overrides ({str(err).splitlines()[0]}). "
+            f"Give overrides meant for one step in its list, e.g. 'pipeline.{step or 'vae'}=[model.latent_dim=32]'."
+        ) from None
+
+
+def override_key(item: str) -> str:
+    """The config key an override sets: 'data.root=x' -> 'data.root', '+data=codes' -> 'data'."""
+    return item.split("=", 1)[0].lstrip("+~")
 
 
 def file_sha256(path: Path) -> str:
@@ -83,8 +96,8 @@ class Pipeline:
         folder = self.root / name
         overrides = [*overrides, *self.base]
         if stage == "prior":  # the prior reads code grids (data=codes): image-data settings do not apply
-            overrides = [item for item in overrides if not item.startswith("data.")]
-        cfg = compose_step([f"stage={stage}", *overrides])
+            overrides = [item for item in overrides if override_key(item).split(".")[0] != "data"]
+        cfg = compose_step([f"stage={stage}", *overrides], name)
         with open_dict(cfg):
             cfg.paths.output_dir = str(folder)
             cfg.paths.log_dir = str(self.root)
@@ -116,6 +129,12 @@ class Pipeline:
 def run(cfg: DictConfig) -> dict:
     from geovq.report import write_report
 
+    if cfg.trainer.get("strategy") not in (None, "auto") or cfg.trainer.get("devices") not in (1, "1", "auto"):
+        raise ConfigError(
+            "the pipeline runs on one device (its quantization and evaluation steps are not "
+            "distributed); drop trainer=ddp / trainer.devices, or run the training stages alone "
+            "with trainer=ddp."
+        )
     plan = OmegaConf.to_container(cfg.pipeline, resolve=True)
     pipe = Pipeline(output_dir(cfg), user_overrides())
     every = plan.get("all", [])
@@ -141,7 +160,7 @@ def run(cfg: DictConfig) -> dict:
         )
     images = None
     if plan.get("figures", True):
-        data = instantiate(compose_step(["stage=vae", *every, *pipe.base]).data)
+        data = instantiate(compose_step(["stage=vae", *every, *pipe.base], "vae").data)
         images = (data.split("train").tensors[0], data.split("test").tensors[0])
     report = write_report(pipe, methods, output_dir(cfg), plan.get("figures", True), plan.get("tsne_points", 10000), images)
     log_without_trainer(cfg, report["summary"], [output_dir(cfg) / name for name in report["figures"]])

@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from geovq.artifacts import find_latest, load_code_grids, save_model
-from geovq.errors import ArtifactError
+from geovq.errors import ArtifactError, ConfigError
 from geovq.metrics.prior import unigram_entropy
 from geovq.models.prior import TransformerPrior
 from geovq.stages.lightning_setup import log_final_and_finish, output_dir, result_config, train_and_test, write_run_files
@@ -30,11 +30,16 @@ def resolve_codes(cfg: DictConfig) -> Path:
     """The code-grid file named by ``stage.codes`` (a pipeline name or a path)."""
     choice = str(cfg.stage.codes)
     if choice not in CODE_SOURCES:
+        if not Path(choice).is_file():
+            raise ConfigError(
+                f"stage.codes={choice} is neither a pipeline ({' | '.join(CODE_SOURCES)}) nor an existing "
+                "file; give geodesic, vqvae, or the path of a codes.pt."
+            )
         return Path(choice)
     found = []
     for stage in CODE_SOURCES[choice]:
         try:
-            found.append(find_latest(cfg.paths.log_dir, stage, CODES_FILE))
+            found.append(find_latest(cfg.paths.log_dir, stage, CODES_FILE, kind="code_grids"))
         except ArtifactError:
             continue
     if not found:

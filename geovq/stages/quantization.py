@@ -105,17 +105,19 @@ def quantize_vae(
         labels = quantizer.predict(vectors[split], variances.get(split), **kwargs)
         return torch.as_tensor(np.asarray(labels), dtype=torch.int64).reshape(-1, *grid_shape)
 
-    grids = {split: codes_of(split) for split in SPLITS}
-    assignment_seconds = quantizer.timings_.get("assignment", float("nan"))
+    grids, assignment_seconds = {}, 0.0
+    for split in SPLITS:
+        grids[split] = codes_of(split)
+        assignment_seconds += quantizer.timings_.get("assignment", 0.0)  # predict times its own call
+    timings = {**{k: float(v) for k, v in quantizer.timings_.items()}, "assignment": assignment_seconds}
     codebook = np.asarray(quantizer.cluster_centers_, dtype=np.float32)
     n_codes = len(codebook)
     metrics = code_metrics(model, codebook, grids, images, "quantized")
     metrics["continuous/test_mse"] = continuous_mse(model, latents["test"][0], images["test"])
     metrics["quantized/objective"] = float(quantizer.inertia_)
     metrics["time/fit"] = fit_seconds
-    for step, seconds in quantizer.timings_.items():
-        metrics[f"time/{step}"] = float(seconds)
-    metrics["time/assignment"] = float(assignment_seconds)
+    for step, seconds in timings.items():
+        metrics[f"time/{step}"] = seconds
     for step, nbytes in getattr(quantizer, "peak_memory_", {}).items():
         metrics[f"memory_mb/{step}"] = float(nbytes) / 2**20
 
@@ -135,7 +137,7 @@ def quantize_vae(
         "settings": {k: v for k, v in quantizer.settings().items() if v is None or isinstance(v, (int, float, str, bool))},
         "metrics": dict(metrics),
         "train_counts": torch.as_tensor(code_counts(grids["train"], n_codes)),
-        "timings": {k: float(v) for k, v in quantizer.timings_.items()},
+        "timings": timings,
     }
     for attribute in ("medoid_indices_", "landmark_indices_"):
         if hasattr(quantizer, attribute):
@@ -171,9 +173,12 @@ def _plain(value):
 
 
 def check_quantizer(quantizer) -> None:
+    """Refuse a quantizer that cannot work before any latent is extracted (or any VAE trained)."""
     for method in ("fit", "predict", "settings"):
         if not hasattr(quantizer, method):
             raise ConfigError(
                 f"quantizer= builds a {type(quantizer).__name__}, which has no {method}(); "
                 "use quantizer=geodesic or quantizer=kmeans."
             )
+    if hasattr(quantizer, "_check_params"):
+        quantizer._check_params()  # e.g. more clusters than landmarks

@@ -20,7 +20,7 @@ from geovq.stages.vae import MODEL_FILE
 
 def run(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
-    vae_path = cfg.stage.vae or find_latest(cfg.paths.log_dir, "vae", MODEL_FILE)
+    vae_path = cfg.stage.vae or find_latest(cfg.paths.log_dir, "vae", MODEL_FILE, kind="grid_vae")
     model, vae_artifact = load_model(vae_path, "grid_vae")
     quantizer = instantiate(cfg.quantizer)
     check_quantizer(quantizer)

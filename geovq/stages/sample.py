@@ -49,9 +49,9 @@ def code_decoder(codes: Artifact, decoder_path=None, codebook_path=None) -> tupl
 @torch.no_grad()
 def run(cfg: DictConfig) -> dict:
     options = cfg.stage
-    if options.n_samples < 1 or options.batch_size < 1:
+    if not isinstance(options.n_samples, int) or not isinstance(options.batch_size, int) or options.n_samples < 1 or options.batch_size < 1:
         raise ConfigError(f"stage.n_samples and stage.batch_size must be >= 1, got {options.n_samples} and {options.batch_size}.")
-    prior_path = options.prior or find_latest(cfg.paths.log_dir, "prior", PRIOR_FILE)
+    prior_path = options.prior or find_latest(cfg.paths.log_dir, "prior", PRIOR_FILE, kind="prior")
     prior, prior_art = load_model(prior_path, "prior")
     codes_art = load_input(prior_art, "codes", kind="code_grids", path=options.codes)
     decode, decoder_inputs, label = code_decoder(codes_art, options.decoder, options.codebook)
