@@ -17,6 +17,7 @@ import torch
 
 from geovq.artifacts import atomic_write_text, load_artifact, load_code_grids, load_model
 from geovq.metrics.codebook import code_counts
+from geovq.stages.extraction import map_images
 from geovq.stages.quantization import as_vectors
 from geovq.stages.sample import code_decoder
 from geovq.viz.images import image_rows_figure, save_figure
@@ -117,7 +118,7 @@ def write_figures(pipe, methods: dict[str, str], out_dir: Path, tsne_points: int
     picked = torch.randperm(geodesic.numel(), generator=generator)[: min(tsne_points, geodesic.numel())]
     image_ids, cell_ids = picked // cells, picked % cells
     unique_images, inverse = torch.unique(image_ids, return_inverse=True)
-    mu = torch.cat([vae.encode(train_images[unique_images[s : s + 1000]])[0] for s in range(0, len(unique_images), 1000)])
+    mu = map_images(vae, train_images[unique_images], lambda x: vae.encode(x)[0])
     vectors = as_vectors(mu).reshape(len(unique_images), cells, -1)[inverse.numpy(), cell_ids.numpy()]
     labelings = {"geodesic K-Medoids": geodesic.reshape(-1)[picked].numpy(), "Euclidean K-Means": kmeans.reshape(-1)[picked].numpy()}
     save_figure(tsne_figure(vectors, labelings), out_dir / "fig1_tsne_clusters.png")

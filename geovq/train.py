@@ -6,7 +6,6 @@ clear line on stderr (exit code 1) instead of a traceback.
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from pathlib import Path
@@ -15,8 +14,6 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from geovq.errors import GeovqError
-
-log = logging.getLogger("geovq")
 
 
 def run_group(stage_name: str) -> str:
@@ -41,7 +38,7 @@ def run_stage(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> dict | None:
     try:
         return run_stage(cfg)
     except Exception as err:

@@ -28,21 +28,14 @@ from geovq.errors import ConfigError
 from geovq.metrics.codebook import code_counts, usage_summary
 from geovq.metrics.fidelity import fidelity_report
 from geovq.metrics.prior import unigram_entropy
+from geovq.metrics.reconstruction import decoded_mse
+from geovq.stages.extraction import map_images
 from geovq.stages.lightning_setup import log_without_trainer, output_dir, write_run_files
 from geovq.stages.quantization import continuous_mse
 from geovq.stages.sample import SAMPLES_FILE, code_decoder
 from geovq.stages.vae import MODEL_FILE
 
 EVALUATION_FILE = "evaluation.json"
-
-
-@torch.no_grad()
-def decoded_mse(decode, codes: torch.Tensor, images: torch.Tensor, batch_size: int = 1000) -> float:
-    total = 0.0
-    for start in range(0, len(images), batch_size):
-        decoded = torch.sigmoid(decode(codes[start : start + batch_size]))
-        total += float(((decoded - images[start : start + batch_size]) ** 2).sum())
-    return total / images.numel()
 
 
 @torch.no_grad()
@@ -93,7 +86,7 @@ def run(cfg: DictConfig) -> dict:
     }
     if "vae" in decoder_inputs:
         vae = model_from_artifact(decoder_inputs["vae"])
-        mu = torch.cat([vae.encode(test_images[s : s + 1000])[0] for s in range(0, len(test_images), 1000)])
+        mu = map_images(vae, test_images, lambda x: vae.encode(x)[0])
         results["recon/continuous_test_mse"] = continuous_mse(vae, mu, test_images)
     sample_images = samples.payload["images"].to(torch.float32) / 255.0
     train_images = datamodule.split("train").tensors[0][: len(test_images)]

@@ -25,6 +25,7 @@ from torch import Tensor
 from geovq.artifacts import Artifact, save_artifact, save_code_grids
 from geovq.errors import ConfigError
 from geovq.metrics.codebook import code_counts, usage_summary
+from geovq.metrics.reconstruction import decoded_mse
 from geovq.stages.extraction import map_images
 
 log = logging.getLogger(__name__)
@@ -50,26 +51,15 @@ def uses_variances(quantizer) -> bool:
     return getattr(quantizer, "edge_weight", "euclidean") == "wasserstein"
 
 
-@torch.no_grad()
-def quantized_mse(model, codebook: np.ndarray, codes: Tensor, images: Tensor, batch_size: int = 1000) -> float:
+def quantized_mse(model, codebook: np.ndarray, codes: Tensor, images: Tensor) -> float:
     """Per-pixel MSE of images decoded from their codebook vectors, over the whole split."""
     vectors = torch.as_tensor(codebook, dtype=torch.float32, device=model.device)
-    total, count = 0.0, 0
-    for start in range(0, len(images), batch_size):
-        grid = vectors[codes[start : start + batch_size].to(model.device)].permute(0, 3, 1, 2)
-        decoded = torch.sigmoid(model.decode(grid)).cpu()
-        total += float(((decoded - images[start : start + batch_size]) ** 2).sum())
-        count += decoded.numel()
-    return total / count
+    return decoded_mse(lambda c: model.decode(vectors[c.to(model.device)].permute(0, 3, 1, 2)), codes, images)
 
 
-@torch.no_grad()
-def continuous_mse(model, mu: Tensor, images: Tensor, batch_size: int = 1000) -> float:
-    total = 0.0
-    for start in range(0, len(images), batch_size):
-        decoded = torch.sigmoid(model.decode(mu[start : start + batch_size].to(model.device))).cpu()
-        total += float(((decoded - images[start : start + batch_size]) ** 2).sum())
-    return total / images.numel()
+def continuous_mse(model, mu: Tensor, images: Tensor) -> float:
+    """Per-pixel MSE of images decoded from their posterior means."""
+    return decoded_mse(lambda m: model.decode(m.to(model.device)), mu, images)
 
 
 def quantize_vae(
