@@ -17,13 +17,19 @@ from geovq.errors import GeovqError
 
 
 def run_group(stage_name: str) -> str:
-    """The W&B group of a run: its stage, plus the sweep folder's name in a multirun, so the
-    runs of one sweep land in one group of the dashboard."""
+    """The W&B group of a run, so that the dashboard compares related runs side by side: the
+    runs of one sweep share a group, so do the stages of one experiment; otherwise the stage."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return f"{stage_name}-sweep-{Path(HydraConfig.get().sweep.dir).name}"
+    if not HydraConfig.initialized():
+        return stage_name
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return f"{stage_name}-sweep-{Path(hydra_cfg.sweep.dir).name}"
+    experiment = hydra_cfg.runtime.choices.get("experiment")
+    if experiment not in (None, "null"):
+        return f"experiment-{experiment}"
     return stage_name
 
 

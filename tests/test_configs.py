@@ -56,3 +56,4 @@ def test_wandb_groups_the_runs_of_a_sweep(make_cfg):
     assert make_cfg("logger=wandb", "stage=vqvae").logger.wandb.group == "vqvae"
     cfg = make_cfg("logger=wandb", "stage=vqvae", "hydra.mode=MULTIRUN", "hydra.sweep.dir=/tmp/sweeps/commitment")
     assert cfg.logger.wandb.group == "vqvae-sweep-commitment"
+    assert make_cfg("logger=wandb", "experiment=quick").logger.wandb.group == "experiment-quick"
