@@ -28,7 +28,9 @@ def test_config_composes_and_instantiates(make_cfg, group, option, tmp_path):
         datamodule = instantiate(cfg.data)
         assert datamodule.hparams.batch_size > 0
     elif group == "model":
-        assert isinstance(instantiate(cfg.model), torch.nn.Module)
+        # model.n_codes=null means "from the code grids": stage=prior passes it in.
+        extra = {"n_codes": 16} if cfg.model.get("n_codes", 0) is None else {}
+        assert isinstance(instantiate(cfg.model, **extra), torch.nn.Module)
     elif group == "trainer":
         trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
         assert trainer.max_epochs >= 1
