@@ -46,7 +46,9 @@ COLUMNS = [
 
 
 def _fmt(template: str, value) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else template.format(value)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return template.format(0.0 if abs(value) < 1e-9 else value)  # no "-0.000"
 
 
 def write_report(pipe, methods: dict[str, str], out_dir: Path, figures: bool = True, tsne_points: int = 10000, images=None) -> dict:
