@@ -32,6 +32,12 @@ from geovq import __version__
 from geovq.errors import ArtifactError
 
 FORMAT_VERSION = 1
+
+# The file names every stage writes in its run folder (and reads from upstream run folders).
+MODEL_FILE = "model.pt"
+CODES_FILE = "codes.pt"
+CODEBOOK_FILE = "codebook.pt"
+SAMPLES_FILE = "samples.pt"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -198,7 +204,7 @@ def _model_class(kind: str):
 
 def save_model(path, model, kind: str, **provenance) -> Artifact:
     """Save a trained model's hparams and weights as a ``kind`` artifact."""
-    hparams = {key: value for key, value in dict(model.hparams).items() if key not in ("optimizer", "scheduler")}
+    hparams = dict(model.hparams)  # save_hyperparameters already left out the optimizer partials
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     return save_artifact(path, kind, {"hparams": hparams, "state_dict": state}, **provenance)
 

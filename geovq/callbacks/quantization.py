@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from geovq.artifacts import save_model
+from geovq.artifacts import MODEL_FILE, save_model
 from geovq.errors import ConfigError
 from geovq.stages.quantization import SPLITS, check_quantizer, quantize_vae
 
@@ -50,10 +50,10 @@ class QuantizeOnFitEnd(Callback):
         # written here first so that the codebook can name the GridVAE it was made from.
         vae_artifact = None
         if trainer.is_global_zero:
-            vae_artifact = save_model(self.output_dir / "model.pt", pl_module, "grid_vae", stage="vae", config=self.run_config)
+            vae_artifact = save_model(self.output_dir / MODEL_FILE, pl_module, "grid_vae", stage="vae", config=self.run_config)
         datamodule = trainer.datamodule
         images = {split: datamodule.split(split).tensors[0] for split in SPLITS}
-        self.metrics = quantize_vae(
+        self.metrics, _ = quantize_vae(
             pl_module,
             images,
             self.quantizer,

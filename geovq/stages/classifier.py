@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from geovq.artifacts import save_model
+from geovq.artifacts import MODEL_FILE, save_model
 from geovq.models.classifier import MNISTClassifier
 from geovq.stages.lightning_setup import log_final_and_finish, output_dir, result_config, train_and_test, write_run_files
-
-MODEL_FILE = "model.pt"
 
 
 def run(cfg: DictConfig) -> dict:

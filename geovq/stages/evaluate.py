@@ -23,7 +23,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from geovq.artifacts import atomic_write_text, find_latest, load_artifact, load_input, load_model, model_from_artifact
+from geovq.artifacts import MODEL_FILE, SAMPLES_FILE, atomic_write_text, find_latest, load_artifact, load_input, load_model, model_from_artifact
 from geovq.errors import ConfigError
 from geovq.metrics.codebook import code_counts, usage_summary
 from geovq.metrics.fidelity import fidelity_report
@@ -32,8 +32,7 @@ from geovq.metrics.reconstruction import decoded_mse
 from geovq.stages.extraction import map_images
 from geovq.stages.lightning_setup import log_without_trainer, output_dir, write_run_files
 from geovq.stages.quantization import continuous_mse
-from geovq.stages.sample import SAMPLES_FILE, code_decoder
-from geovq.stages.vae import MODEL_FILE
+from geovq.stages.sample import code_decoder
 
 EVALUATION_FILE = "evaluation.json"
 

@@ -33,9 +33,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from geovq.artifacts import atomic_write_text, config_hash
+from geovq.artifacts import CODES_FILE, MODEL_FILE, SAMPLES_FILE, atomic_write_text, config_hash
 from geovq.errors import ConfigError
 from geovq.stages import get_stage
+from geovq.stages.evaluate import EVALUATION_FILE
 from geovq.stages.lightning_setup import log_without_trainer, output_dir, result_config
 
 log = logging.getLogger(__name__)
@@ -138,24 +139,24 @@ def run(cfg: DictConfig) -> dict:
     plan = OmegaConf.to_container(cfg.pipeline, resolve=True)
     pipe = Pipeline(output_dir(cfg), user_overrides())
     every = plan.get("all", [])
-    pipe.step("classifier", "classifier", every + plan["classifier"], "model.pt")
-    vae = pipe.step("vae", "vae", every + plan["vae"], "model.pt")
-    pipe.step("quantize_geodesic", "quantize", [f"stage.vae={vae.output}", *every, *plan["quantize"]], "codes.pt", ("vae",))
-    pipe.step("quantize_kmeans", "quantize", [f"stage.vae={vae.output}", "quantizer=kmeans", *every, *plan["kmeans"]], "codes.pt", ("vae",))
-    pipe.step("vqvae", "vqvae", every + plan["vqvae"], "codes.pt")
-    pipe.step("vqvae_ema", "vqvae", ["model=vqvae_ema", *every, *plan["vqvae_ema"]], "codes.pt")
+    pipe.step("classifier", "classifier", every + plan["classifier"], MODEL_FILE)
+    vae = pipe.step("vae", "vae", every + plan["vae"], MODEL_FILE)
+    pipe.step("quantize_geodesic", "quantize", [f"stage.vae={vae.output}", *every, *plan["quantize"]], CODES_FILE, ("vae",))
+    pipe.step("quantize_kmeans", "quantize", [f"stage.vae={vae.output}", "quantizer=kmeans", *every, *plan["kmeans"]], CODES_FILE, ("vae",))
+    pipe.step("vqvae", "vqvae", every + plan["vqvae"], CODES_FILE)
+    pipe.step("vqvae_ema", "vqvae", ["model=vqvae_ema", *every, *plan["vqvae_ema"]], CODES_FILE)
     methods = {"A_geodesic": "quantize_geodesic", "B_vqvae": "vqvae", "B_vqvae_ema": "vqvae_ema"}
     for method, codes in methods.items():
         codes_path = pipe.results[codes].output
-        prior = pipe.step(f"prior_{method}", "prior", [f"stage.codes={codes_path}", *every, *plan["prior"]], "model.pt", (codes,))
+        prior = pipe.step(f"prior_{method}", "prior", [f"stage.codes={codes_path}", *every, *plan["prior"]], MODEL_FILE, (codes,))
         samples = pipe.step(
-            f"sample_{method}", "sample", [f"stage.prior={prior.output}", *every, *plan["sample"]], "samples.pt", (f"prior_{method}",)
+            f"sample_{method}", "sample", [f"stage.prior={prior.output}", *every, *plan["sample"]], SAMPLES_FILE, (f"prior_{method}",)
         )
         pipe.step(
             f"evaluate_{method}",
             "evaluate",
             [f"stage.samples={samples.output}", f"stage.classifier={pipe.results['classifier'].output}", *every, *plan["evaluate"]],
-            "evaluation.json",
+            EVALUATION_FILE,
             (f"sample_{method}", "classifier"),
         )
     images = None

@@ -14,16 +14,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from geovq.artifacts import find_latest, load_code_grids, save_model
+from geovq.artifacts import CODES_FILE, MODEL_FILE, find_latest, load_code_grids, save_model
 from geovq.errors import ArtifactError, ConfigError
 from geovq.metrics.prior import unigram_entropy
 from geovq.models.prior import TransformerPrior
 from geovq.stages.lightning_setup import log_final_and_finish, output_dir, result_config, train_and_test, write_run_files
-from geovq.stages.quantization import CODES_FILE
 
 # Where each pipeline's code grids come from.
 CODE_SOURCES = {"geodesic": ("quantize", "vae"), "vqvae": ("vqvae",)}
-PRIOR_FILE = "model.pt"
 
 
 def resolve_codes(cfg: DictConfig) -> Path:
@@ -43,8 +41,11 @@ def resolve_codes(cfg: DictConfig) -> Path:
         except ArtifactError:
             continue
     if not found:
-        first = CODE_SOURCES[choice][0]
-        return find_latest(cfg.paths.log_dir, first, CODES_FILE)  # raises the clear error
+        raise ArtifactError(
+            f"no code grids of the {choice} pipeline under {Path(cfg.paths.log_dir).resolve()} "
+            f"(looked in {', '.join(CODE_SOURCES[choice])}). Run `python -m geovq.train stage="
+            f"{CODE_SOURCES[choice][0]}` first, or give stage.codes=<path to codes.pt>."
+        )
     return max(found, key=lambda p: p.stat().st_mtime)
 
 
@@ -64,7 +65,7 @@ def run(cfg: DictConfig) -> dict:
     metrics["unigram/perplexity"] = math.exp(baseline)
     if trainer.is_global_zero:
         save_model(
-            output_dir(cfg) / PRIOR_FILE, model, "prior", stage="prior", config=result_config(cfg),
+            output_dir(cfg) / MODEL_FILE, model, "prior", stage="prior", config=result_config(cfg),
             inputs={"codes": datamodule.artifact},
         )
         write_run_files(cfg, metrics)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from geovq.artifacts import Artifact, save_artifact, save_code_grids
+from geovq.artifacts import CODEBOOK_FILE, CODES_FILE, Artifact, save_artifact, save_code_grids
 from geovq.errors import ConfigError
 from geovq.metrics.codebook import code_counts, usage_summary
 from geovq.metrics.reconstruction import decoded_mse
@@ -30,8 +30,6 @@ from geovq.stages.extraction import map_images
 
 log = logging.getLogger(__name__)
 
-CODEBOOK_FILE = "codebook.pt"
-CODES_FILE = "codes.pt"
 SPLITS = ("train", "val", "test")
 
 
@@ -72,16 +70,16 @@ def quantize_vae(
     config: dict | None,
     trainer=None,
     compare_assignments: bool = False,
-) -> dict:
+) -> tuple[dict, np.ndarray | None]:
     """Fit ``quantizer`` on the training latents of ``model`` and write codebook and code grids.
 
     Every rank extracts latents (so DDP shards the work); only rank zero fits and writes.
-    Returns the metrics (empty on other ranks).
+    Returns the metrics and the per-code counts of the training codes (``({}, None)`` on other ranks).
     """
     model.eval()
     latents = {split: latent_grids(model, images[split], trainer, split) for split in SPLITS}
     if trainer is not None and not trainer.is_global_zero:
-        return {}
+        return {}, None
     grid_shape = latents["train"][0].shape[2:]
     vectors = {split: as_vectors(mu) for split, (mu, _) in latents.items()}
     variances = {split: as_vectors(var) for split, (_, var) in latents.items()} if uses_variances(quantizer) else {}
@@ -102,6 +100,7 @@ def quantize_vae(
     timings = {**{k: float(v) for k, v in quantizer.timings_.items()}, "assignment": assignment_seconds}
     codebook = np.asarray(quantizer.cluster_centers_, dtype=np.float32)
     n_codes = len(codebook)
+    train_counts = code_counts(grids["train"], n_codes)
     metrics = code_metrics(model, codebook, grids, images, "quantized")
     metrics["continuous/test_mse"] = continuous_mse(model, latents["test"][0], images["test"])
     metrics["quantized/objective"] = float(quantizer.inertia_)
@@ -126,7 +125,7 @@ def quantize_vae(
         "method": type(quantizer).__name__,
         "settings": {k: v for k, v in quantizer.settings().items() if v is None or isinstance(v, (int, float, str, bool))},
         "metrics": dict(metrics),
-        "train_counts": torch.as_tensor(code_counts(grids["train"], n_codes)),
+        "train_counts": torch.as_tensor(train_counts),
         "timings": timings,
     }
     for attribute in ("medoid_indices_", "landmark_indices_"):
@@ -142,7 +141,7 @@ def quantize_vae(
         out_dir / CODES_FILE, grids, n_codes, stage="quantize", config=config,
         inputs={**inputs, "codebook": codebook_artifact},
     )
-    return metrics
+    return metrics, train_counts
 
 
 def code_metrics(model, codebook: np.ndarray, grids: dict[str, Tensor], images: dict[str, Tensor], prefix: str) -> dict:

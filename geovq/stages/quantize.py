@@ -12,10 +12,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from geovq.artifacts import find_latest, load_artifact, load_model
+from geovq.artifacts import MODEL_FILE, find_latest, load_model
 from geovq.stages.lightning_setup import log_without_trainer, output_dir, result_config, write_run_files
-from geovq.stages.quantization import CODEBOOK_FILE, SPLITS, check_quantizer, quantize_vae
-from geovq.stages.vae import MODEL_FILE
+from geovq.stages.quantization import SPLITS, check_quantizer, quantize_vae
 
 
 def run(cfg: DictConfig) -> dict:
@@ -29,7 +28,7 @@ def run(cfg: DictConfig) -> dict:
     images = {split: datamodule.split(split).tensors[0] for split in SPLITS}
     if torch.cuda.is_available() and cfg.trainer.accelerator in ("gpu", "cuda", "auto"):
         model = model.to("cuda")
-    metrics = quantize_vae(
+    metrics, train_counts = quantize_vae(
         model,
         images,
         quantizer,
@@ -39,6 +38,5 @@ def run(cfg: DictConfig) -> dict:
         compare_assignments=cfg.stage.compare_assignments,
     )
     write_run_files(cfg, metrics)
-    counts = load_artifact(output_dir(cfg) / CODEBOOK_FILE).payload["train_counts"].numpy()
-    log_without_trainer(cfg, metrics, usage={"quantized/train": counts})
+    log_without_trainer(cfg, metrics, usage={"quantized/train": train_counts})
     return metrics

@@ -16,14 +16,12 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from geovq.artifacts import Artifact, find_latest, load_input, load_model, model_from_artifact, save_artifact
+from geovq.artifacts import MODEL_FILE, SAMPLES_FILE, Artifact, find_latest, load_input, load_model, model_from_artifact, save_artifact
 from geovq.errors import ArtifactError, ConfigError
 from geovq.metrics.codebook import code_counts, usage_summary
 from geovq.stages.lightning_setup import log_without_trainer, output_dir, result_config, write_run_files
-from geovq.stages.prior import PRIOR_FILE
 from geovq.viz.images import image_grid_figure, save_figure
 
-SAMPLES_FILE = "samples.pt"
 
 
 def code_decoder(codes: Artifact, decoder_path=None, codebook_path=None) -> tuple[Callable[[Tensor], Tensor], dict, str]:
@@ -51,7 +49,7 @@ def run(cfg: DictConfig) -> dict:
     options = cfg.stage
     if not isinstance(options.n_samples, int) or not isinstance(options.batch_size, int) or options.n_samples < 1 or options.batch_size < 1:
         raise ConfigError(f"stage.n_samples and stage.batch_size must be >= 1, got {options.n_samples} and {options.batch_size}.")
-    prior_path = options.prior or find_latest(cfg.paths.log_dir, "prior", PRIOR_FILE, kind="prior")
+    prior_path = options.prior or find_latest(cfg.paths.log_dir, "prior", MODEL_FILE, kind="prior")
     prior, prior_art = load_model(prior_path, "prior")
     codes_art = load_input(prior_art, "codes", kind="code_grids", path=options.codes)
     decode, decoder_inputs, label = code_decoder(codes_art, options.decoder, options.codebook)

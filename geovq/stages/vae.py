@@ -9,12 +9,10 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from geovq.artifacts import save_model
+from geovq.artifacts import MODEL_FILE, save_model
 from geovq.models.grid_vae import GridVAE
 from geovq.stages.lightning_setup import log_final_and_finish, output_dir, result_config, train_and_test, write_run_files
 from geovq.viz.images import image_rows_figure, save_figure
-
-MODEL_FILE = "model.pt"
 
 
 def run(cfg: DictConfig) -> dict:

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from geovq.artifacts import save_code_grids, save_model
+from geovq.artifacts import CODES_FILE, MODEL_FILE, save_code_grids, save_model
 from geovq.callbacks.codebook_usage import CodebookUsageLogger
 from geovq.metrics.codebook import code_counts, usage_summary
 from geovq.models.vqvae import VQVAE
 from geovq.stages.extraction import map_images
 from geovq.stages.lightning_setup import log_final_and_finish, output_dir, result_config, train_and_test, write_run_files
-from geovq.stages.vae import MODEL_FILE, save_reconstructions
-
-CODES_FILE = "codes.pt"
+from geovq.stages.vae import save_reconstructions
 
 
 def run(cfg: DictConfig) -> dict:
