@@ -43,7 +43,7 @@ def run_stage(cfg: DictConfig) -> dict:
     return get_stage(cfg.stage.name)(cfg)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> dict | None:
     try:
         return run_stage(cfg)

@@ -14,9 +14,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 import geovq.train  # noqa: F401  (registers the config resolvers)
+from geovq import CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO / "conf"
 DATA_ROOT = Path(os.environ.get("GEOVQ_DATA_ROOT", REPO.parent / "shared" / "data")).resolve()
 
 

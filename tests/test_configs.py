@@ -1,4 +1,4 @@
-"""Every config in conf/ composes, and every object it describes instantiates."""
+"""Every config in geovq/conf/ composes, and every object it describes instantiates."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_config_composes_and_instantiates(make_cfg, group, option, tmp_path):
 
 def test_every_group_has_an_option():
     for group in GROUPS:
-        assert options(group), f"conf/{group} is empty"
+        assert options(group), f"geovq/conf/{group} is empty"
 
 
 def test_precision_is_a_plain_override(make_cfg):

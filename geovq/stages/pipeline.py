@@ -33,6 +33,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from geovq import CONF_DIR
 from geovq.artifacts import CODES_FILE, MODEL_FILE, SAMPLES_FILE, atomic_write_text, config_hash
 from geovq.errors import ConfigError
 from geovq.stages import get_stage
@@ -41,7 +42,6 @@ from geovq.stages.lightning_setup import log_without_trainer, output_dir, result
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 STEP_FILE = "step.json"
 
 
