@@ -23,3 +23,16 @@ class ArtifactError(GeovqError):
 
 class TrainingError(GeovqError):
     """Training cannot continue (e.g. the loss became NaN)."""
+
+
+class ParameterError(ValueError):
+    """An invalid argument of a building block (a quantizer, a layer), raised by the lower layers
+    (``geovq.quantize``, ``geovq.nn``), which know their own arguments but not the config.
+
+    ``parameter`` names the argument; the stage that built the object turns the error into a
+    :class:`ConfigError` naming the config key to change (see ``geovq.config_keys``).
+    """
+
+    def __init__(self, parameter: str, message: str):
+        super().__init__(message)
+        self.parameter = parameter
