@@ -78,7 +78,7 @@ def latents_from_file(path: str) -> np.ndarray:
 
 
 def latents_from_checkpoint(path: str, root: Path) -> np.ndarray:
-    from geovq.artifacts import load_model
+    from geovq.models.io import load_model
 
     model, _ = load_model(path, "grid_vae")
     images = mnist_images(root).unsqueeze(1)

@@ -38,6 +38,7 @@ MODEL_FILE = "model.pt"
 CODES_FILE = "codes.pt"
 CODEBOOK_FILE = "codebook.pt"
 SAMPLES_FILE = "samples.pt"
+EVALUATION_FILE = "evaluation.json"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -182,53 +183,6 @@ def read_sidecar(path: str | os.PathLike) -> dict | None:
         return json.loads(sidecar_path(path).read_text())
     except (OSError, ValueError):
         return None
-
-
-# -- trained models ---------------------------------------------------------------------------
-# A model artifact holds the constructor arguments and the weights, never pickled code, so it
-# loads with weights_only=True and rebuilds the module from its class.
-MODEL_CLASSES = {
-    "grid_vae": "geovq.models.grid_vae.GridVAE",
-    "vqvae": "geovq.models.vqvae.VQVAE",
-    "prior": "geovq.models.prior.TransformerPrior",
-    "classifier": "geovq.models.classifier.MNISTClassifier",
-}
-
-
-def _model_class(kind: str):
-    import importlib
-
-    module_name, _, class_name = MODEL_CLASSES[kind].rpartition(".")
-    return getattr(importlib.import_module(module_name), class_name)
-
-
-def save_model(path, model, kind: str, **provenance) -> Artifact:
-    """Save a trained model's hparams and weights as a ``kind`` artifact."""
-    hparams = dict(model.hparams)  # save_hyperparameters already left out the optimizer partials
-    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
-    return save_artifact(path, kind, {"hparams": hparams, "state_dict": state}, **provenance)
-
-
-def load_model(path, kind: str):
-    """Rebuild a model from its artifact (eval mode, on CPU) and return ``(model, artifact)``."""
-    try:
-        artifact = load_artifact(path, kind=kind)
-    except ArtifactError as err:
-        raise ArtifactError(f"{err} A '{kind}' model is written by its training stage (model.pt).") from None
-    return model_from_artifact(artifact), artifact
-
-
-def model_from_artifact(artifact: Artifact):
-    """The model a model artifact describes, in eval mode on the CPU."""
-    kind, path = artifact.kind, artifact.path
-    if kind not in MODEL_CLASSES:
-        raise ArtifactError(f"{path} holds a '{kind}' artifact, not a model ({', '.join(MODEL_CLASSES)}).")
-    model = _model_class(kind)(**artifact.payload["hparams"])
-    try:
-        model.load_state_dict(artifact.payload["state_dict"])
-    except RuntimeError as err:
-        raise ArtifactError(f"{path}: weights do not fit a {kind} with its recorded settings ({err}).") from None
-    return model.eval()
 
 
 # -- code grids -------------------------------------------------------------------------------

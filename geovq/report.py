@@ -12,14 +12,14 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from geovq.artifacts import atomic_write_text, load_artifact, load_code_grids, load_model
+from geovq.aposteriori import as_vectors
+from geovq.artifacts import atomic_write_text, load_artifact, load_code_grids
 from geovq.metrics.codebook import code_counts
-from geovq.stages.extraction import map_images
-from geovq.stages.quantization import as_vectors
-from geovq.stages.sample import code_decoder
+from geovq.models.decoding import code_decoder
+from geovq.models.inference import map_images
+from geovq.models.io import load_model
 from geovq.viz.images import image_rows_figure, save_figure
 from geovq.viz.study import sample_panels_figure, tsne_figure, usage_figure
 

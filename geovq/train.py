@@ -7,7 +7,6 @@ clear line on stderr (exit code 1) instead of a traceback.
 from __future__ import annotations
 
 import sys
-
 from pathlib import Path
 
 import hydra

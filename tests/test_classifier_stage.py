@@ -7,11 +7,11 @@ import json
 
 import pytest
 import torch
-
 from conftest import tiny_overrides
-from geovq.artifacts import load_model
+
 from geovq.errors import ConfigError
 from geovq.models.classifier import MNISTClassifier
+from geovq.models.io import load_model
 from geovq.train import run_stage
 
 

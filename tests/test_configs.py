@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CONF_DIR
 from hydra.utils import instantiate
 
-from conftest import CONF_DIR
-from geovq.stages.lightning_setup import instantiate_list
+from geovq.training import instantiate_list
 
 GROUPS = ["data", "model", "trainer", "logger", "callbacks", "stage", "experiment", "paths", "quantizer"]
 

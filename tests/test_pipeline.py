@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import DATA_ROOT, compose_config
 
 import geovq.stages.pipeline as pipeline_module
-from conftest import DATA_ROOT, compose_config
 from geovq.errors import TrainingError
 from geovq.train import run_stage
 

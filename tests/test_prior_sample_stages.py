@@ -7,10 +7,11 @@ import math
 
 import pytest
 import torch
-
 from conftest import compose_config, tiny_overrides
-from geovq.artifacts import load_artifact, load_model, save_model
+
+from geovq.artifacts import load_artifact
 from geovq.errors import ArtifactError, ConfigError
+from geovq.models.io import load_model, save_model
 from geovq.train import run_stage
 
 TINY_PRIOR = ["model.n_layer=1", "model.d_model=32", "model.n_head=2", "data.batch_size=64", "trainer.max_epochs=1",

@@ -7,10 +7,11 @@ import json
 
 import pytest
 import torch
-
 from conftest import run_cli, tiny_overrides
-from geovq.artifacts import load_artifact, load_code_grids, load_model, require_made_from
+
+from geovq.artifacts import load_artifact, load_code_grids, require_made_from
 from geovq.errors import ArtifactError, ConfigError
+from geovq.models.io import load_model
 from geovq.train import run_stage
 
 SMALL_QUANTIZER = ["quantizer.n_landmarks=300", "quantizer.n_neighbors=6", "quantizer.n_clusters=8", "quantizer.progress=false"]
@@ -43,8 +44,9 @@ def test_callback_writes_codebook_and_code_grids_at_fit_end(trained_vae):
     assert 0 < metrics["quantized/train_utilization"] <= 1
     assert metrics["quantized/test_mse"] > 0 and metrics["continuous/test_mse"] > 0
     # The medoids are real training latents: each codebook vector is one cell's posterior mean.
-    from geovq.data.images import ImageDataModule
     from conftest import DATA_ROOT
+
+    from geovq.data.images import ImageDataModule
 
     dm = ImageDataModule(root=str(DATA_ROOT), subset=256, test_subset=200, download=False)
     with torch.no_grad():

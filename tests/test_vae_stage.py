@@ -7,10 +7,10 @@ import json
 
 import pytest
 import torch
-
 from conftest import run_cli, tiny_overrides
-from geovq.artifacts import load_model
+
 from geovq.models.grid_vae import GridVAE
+from geovq.models.io import load_model
 from geovq.train import run_stage
 
 

@@ -6,9 +6,10 @@ import csv
 import json
 
 import torch
-
 from conftest import run_cli, tiny_overrides
-from geovq.artifacts import load_code_grids, load_model, require_made_from
+
+from geovq.artifacts import load_code_grids, require_made_from
+from geovq.models.io import load_model
 from geovq.models.vqvae import VQVAE
 from geovq.train import run_stage
 

@@ -12,13 +12,12 @@ import io
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
 from geovq.artifacts import atomic_write_text
-from geovq.metrics.codebook import usage_summary
+from geovq.loggers import log_to_wandb
 
 
 class CodebookUsageLogger(Callback):
@@ -68,17 +67,3 @@ def _read_rows(path: Path) -> list[tuple[str, int, int, int]]:
     with open(path, newline="") as handle:
         return [(row["split"], int(row["epoch"]), int(row["code"]), int(row["count"])) for row in csv.DictReader(handle)]
 
-
-def log_to_wandb(logger: WandbLogger, split: str, counts: np.ndarray, step: int) -> None:
-    import wandb
-
-    summary = usage_summary(counts)
-    edges = np.arange(len(counts) + 1)
-    logger.experiment.log(
-        {
-            f"{split}/code_usage": wandb.Histogram(np_histogram=(counts.astype(np.float64), edges)),
-            f"{split}/utilization": summary["utilization"],
-            f"{split}/code_perplexity": summary["perplexity"],
-            "trainer/global_step": step,
-        }
-    )

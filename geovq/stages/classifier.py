@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from geovq.artifacts import MODEL_FILE, save_model
+from geovq.artifacts import MODEL_FILE
+from geovq.loggers import log_final_and_finish
 from geovq.models.classifier import MNISTClassifier
-from geovq.stages.lightning_setup import log_final_and_finish, output_dir, result_config, train_and_test, write_run_files
+from geovq.models.io import save_model
+from geovq.run_folder import output_dir, result_config, write_run_files
+from geovq.training import train_and_test
 
 
 def run(cfg: DictConfig) -> dict:

@@ -23,18 +23,18 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from geovq.artifacts import MODEL_FILE, SAMPLES_FILE, atomic_write_text, find_latest, load_artifact, load_input, load_model, model_from_artifact
+from geovq.aposteriori import continuous_mse
+from geovq.artifacts import EVALUATION_FILE, MODEL_FILE, SAMPLES_FILE, atomic_write_text, find_latest, load_artifact, load_input
 from geovq.errors import ConfigError
+from geovq.loggers import log_without_trainer
 from geovq.metrics.codebook import code_counts, usage_summary
 from geovq.metrics.fidelity import fidelity_report
 from geovq.metrics.prior import unigram_entropy
 from geovq.metrics.reconstruction import decoded_mse
-from geovq.stages.extraction import map_images
-from geovq.stages.lightning_setup import log_without_trainer, output_dir, write_run_files
-from geovq.stages.quantization import continuous_mse
-from geovq.stages.sample import code_decoder
-
-EVALUATION_FILE = "evaluation.json"
+from geovq.models.decoding import code_decoder
+from geovq.models.inference import map_images
+from geovq.models.io import load_model, model_from_artifact
+from geovq.run_folder import output_dir, write_run_files
 
 
 @torch.no_grad()

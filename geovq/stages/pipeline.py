@@ -27,18 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from geovq import CONF_DIR
-from geovq.artifacts import CODES_FILE, MODEL_FILE, SAMPLES_FILE, atomic_write_text, config_hash
+from geovq.artifacts import CODES_FILE, EVALUATION_FILE, MODEL_FILE, SAMPLES_FILE, atomic_write_text, config_hash
 from geovq.errors import ConfigError
+from geovq.loggers import log_without_trainer
+from geovq.run_folder import output_dir, result_config
 from geovq.stages import get_stage
-from geovq.stages.evaluate import EVALUATION_FILE
-from geovq.stages.lightning_setup import log_without_trainer, output_dir, result_config
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from geovq.artifacts import CODES_FILE, MODEL_FILE, find_latest, load_code_grids, save_model
+from geovq.artifacts import CODES_FILE, MODEL_FILE, find_latest, load_code_grids
 from geovq.errors import ArtifactError, ConfigError
+from geovq.loggers import log_final_and_finish
 from geovq.metrics.prior import unigram_entropy
+from geovq.models.io import save_model
 from geovq.models.prior import TransformerPrior
-from geovq.stages.lightning_setup import log_final_and_finish, output_dir, result_config, train_and_test, write_run_files
+from geovq.run_folder import output_dir, result_config, write_run_files
+from geovq.training import train_and_test
 
 # Where each pipeline's code grids come from.
 CODE_SOURCES = {"geodesic": ("quantize", "vae"), "vqvae": ("vqvae",)}

@@ -12,9 +12,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from geovq.artifacts import MODEL_FILE, find_latest, load_model
-from geovq.stages.lightning_setup import log_without_trainer, output_dir, result_config, write_run_files
-from geovq.stages.quantization import SPLITS, check_quantizer, quantize_vae
+from geovq.aposteriori import SPLITS, check_quantizer, quantize_vae
+from geovq.artifacts import MODEL_FILE, find_latest
+from geovq.loggers import log_without_trainer
+from geovq.models.io import load_model
+from geovq.run_folder import output_dir, result_config, write_run_files
 
 
 def run(cfg: DictConfig) -> dict:

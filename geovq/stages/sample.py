@@ -10,38 +10,18 @@ with provenance tying them to prior, codebook and decoder), metrics.json and con
 from __future__ import annotations
 
 import time
-from typing import Callable
 
 import torch
 from omegaconf import DictConfig
-from torch import Tensor
 
-from geovq.artifacts import MODEL_FILE, SAMPLES_FILE, Artifact, find_latest, load_input, load_model, model_from_artifact, save_artifact
-from geovq.errors import ArtifactError, ConfigError
+from geovq.artifacts import MODEL_FILE, SAMPLES_FILE, find_latest, load_input, save_artifact
+from geovq.errors import ConfigError
+from geovq.loggers import log_without_trainer
 from geovq.metrics.codebook import code_counts, usage_summary
-from geovq.stages.lightning_setup import log_without_trainer, output_dir, result_config, write_run_files
+from geovq.models.decoding import code_decoder
+from geovq.models.io import load_model
+from geovq.run_folder import output_dir, result_config, write_run_files
 from geovq.viz.images import image_grid_figure, save_figure
-
-
-
-def code_decoder(codes: Artifact, decoder_path=None, codebook_path=None) -> tuple[Callable[[Tensor], Tensor], dict, str]:
-    """``(codes -> pixel logits, the artifacts used, a label)`` for the pipeline of ``codes``."""
-    inputs = codes.provenance.get("inputs", {})
-    if "vqvae" in inputs:
-        vqvae_art = load_input(codes, "vqvae", kind="vqvae", path=decoder_path)
-        vqvae = model_from_artifact(vqvae_art)
-        return vqvae.decode_codes, {"vqvae": vqvae_art}, "VQ-VAE"
-    if "codebook" in inputs and "vae" in inputs:
-        codebook_art = load_input(codes, "codebook", kind="codebook", path=codebook_path)
-        vae_art = load_input(codes, "vae", kind="grid_vae", path=decoder_path)
-        vae = model_from_artifact(vae_art)
-        vectors = codebook_art.payload["vectors"]
-
-        def decode(grids: Tensor) -> Tensor:
-            return vae.decode(vectors[grids].permute(0, 3, 1, 2))
-
-        return decode, {"codebook": codebook_art, "vae": vae_art}, f"GridVAE + {codebook_art.payload['method']}"
-    raise ArtifactError(f"{codes.path} records neither a VQ-VAE nor a codebook and GridVAE; rerun the stage that wrote it.")
 
 
 @torch.no_grad()

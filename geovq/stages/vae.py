@@ -6,13 +6,15 @@ model.pt (the best weights as a geovq artifact), reconstructions.png, metrics.js
 
 from __future__ import annotations
 
-import torch
 from omegaconf import DictConfig
 
-from geovq.artifacts import MODEL_FILE, save_model
+from geovq.artifacts import MODEL_FILE
+from geovq.loggers import log_final_and_finish
 from geovq.models.grid_vae import GridVAE
-from geovq.stages.lightning_setup import log_final_and_finish, output_dir, result_config, train_and_test, write_run_files
-from geovq.viz.images import image_rows_figure, save_figure
+from geovq.models.io import save_model
+from geovq.run_folder import output_dir, result_config, write_run_files
+from geovq.training import train_and_test
+from geovq.viz.reconstructions import save_reconstructions
 
 
 def run(cfg: DictConfig) -> dict:
@@ -27,12 +29,3 @@ def run(cfg: DictConfig) -> dict:
     log_final_and_finish(trainer, metrics)
     return metrics
 
-
-@torch.no_grad()
-def save_reconstructions(models: dict, datamodule, path, n: int = 16) -> None:
-    """Test images above each model's reconstruction of them."""
-    images = datamodule.split("test").tensors[0][:n]
-    rows = {"test images": images}
-    for label, model in models.items():
-        rows[label] = model.to("cpu").eval().reconstruct(images)
-    save_figure(image_rows_figure(rows), path)

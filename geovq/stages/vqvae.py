@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from geovq.artifacts import CODES_FILE, MODEL_FILE, save_code_grids, save_model
+from geovq.artifacts import CODES_FILE, MODEL_FILE, save_code_grids
 from geovq.callbacks.codebook_usage import CodebookUsageLogger
+from geovq.loggers import log_final_and_finish
 from geovq.metrics.codebook import code_counts, usage_summary
+from geovq.models.inference import map_images
+from geovq.models.io import save_model
 from geovq.models.vqvae import VQVAE
-from geovq.stages.extraction import map_images
-from geovq.stages.lightning_setup import log_final_and_finish, output_dir, result_config, train_and_test, write_run_files
-from geovq.stages.vae import save_reconstructions
+from geovq.run_folder import output_dir, result_config, write_run_files
+from geovq.training import train_and_test
+from geovq.viz.reconstructions import save_reconstructions
 
 
 def run(cfg: DictConfig) -> dict:

@@ -26,7 +26,7 @@ from geovq.artifacts import CODEBOOK_FILE, CODES_FILE, Artifact, save_artifact, 
 from geovq.errors import ConfigError
 from geovq.metrics.codebook import code_counts, usage_summary
 from geovq.metrics.reconstruction import decoded_mse
-from geovq.stages.extraction import map_images
+from geovq.models.inference import map_images
 
 log = logging.getLogger(__name__)
 

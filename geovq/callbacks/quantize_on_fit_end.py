@@ -15,9 +15,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from geovq.artifacts import MODEL_FILE, save_model
+from geovq.aposteriori import SPLITS, check_quantizer, quantize_vae
+from geovq.artifacts import MODEL_FILE
 from geovq.errors import ConfigError
-from geovq.stages.quantization import SPLITS, check_quantizer, quantize_vae
+from geovq.models.io import save_model
 
 
 class QuantizeOnFitEnd(Callback):

@@ -1,0 +1,51 @@
+"""The run folder of a stage: where it is, the config it records, its metrics.json and config.yaml."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from geovq.artifacts import atomic_write_text
+
+# Config sections that do not change what a stage computes: left out of the config hash.
+NON_RESULT_KEYS = ("paths", "logger", "callbacks", "hydra", "figures", "ckpt_path")
+
+NON_RESULT_SETTINGS = {
+    "trainer": ("default_root_dir", "devices", "strategy", "accelerator", "log_every_n_steps", "enable_model_summary"),
+    "data": ("root", "num_workers", "download", "eval_batch_size"),
+    "quantizer": ("n_jobs", "progress"),
+}
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.output_dir)
+
+def resolved_config(cfg: DictConfig) -> dict:
+    """The config as plain, resolved data, without Hydra's own section (present in tests)."""
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+def result_config(cfg: DictConfig) -> dict:
+    """The resolved config minus the parts that do not change results (for provenance)."""
+    plain = resolved_config(cfg)
+    for key in NON_RESULT_KEYS:
+        plain.pop(key, None)
+    if plain.get("stage", {}).get("name") != "quantize":
+        plain.pop("quantizer", None)  # only the quantize stage uses it
+    for section, keys in NON_RESULT_SETTINGS.items():
+        for key in keys:
+            (plain.get(section) or {}).pop(key, None)
+    return plain
+
+def write_run_files(cfg: DictConfig, metrics: dict) -> None:
+    """The resolved config and the stage's final metrics, beside the stage's artifacts."""
+    folder = output_dir(cfg)
+    atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(resolved_config(cfg)))
+    atomic_write_text(folder / "metrics.json", json.dumps(as_floats(metrics), indent=2, sort_keys=True) + "\n")
+
+def as_floats(metrics: dict) -> dict:
+    return {key: float(value) for key, value in metrics.items()}
