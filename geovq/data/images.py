@@ -6,7 +6,10 @@ MNIST, FashionMNIST, KMNIST are each one config file (``data.dataset_class``).
 
 from __future__ import annotations
 
+import math
 import os
+import re
+import struct
 from pathlib import Path
 
 import torch
@@ -30,19 +33,84 @@ def load_split(dataset_class: str, root: str | os.PathLike, train: bool, downloa
         ) from None
     root = Path(root).expanduser()
     try:
-        dataset = cls(root=str(root), train=train, download=False)
+        dataset = _open(cls, root, train, download=False)
     except (RuntimeError, OSError) as missing:
         if not download:
             raise DataError(_missing_message(cls.__name__, root, missing)) from None
         try:
-            dataset = cls(root=str(root), train=train, download=True)
+            dataset = _open(cls, root, train, download=True)
+        except DataError:
+            raise
         except Exception as failed:  # no network, mirror down, unwritable folder, ...
             raise DataError(_missing_message(cls.__name__, root, failed)) from None
     images = dataset.data
     if not isinstance(images, torch.Tensor):
         images = torch.as_tensor(images)
-    images = images.to(torch.float32).div_(255.0).unsqueeze(1)
-    return images, torch.as_tensor(dataset.targets, dtype=torch.int64)
+    labels = torch.as_tensor(dataset.targets, dtype=torch.int64)
+    if len(images) != len(labels):
+        split = "train" if train else "t10k"
+        files = " and ".join(str(path.resolve()) for path in _raw_files(cls, root) if path.name.startswith(f"{split}-"))
+        raise DataError(
+            f"{cls.__name__}'s {split} split has {len(images)} images but {len(labels)} labels ({files}): "
+            f"one of these files is corrupt or truncated. {_corrupt_fix(cls.__name__, 'them')}"
+        )
+    return images.to(torch.float32).div_(255.0).unsqueeze(1), labels
+
+
+def _open(cls, root: Path, train: bool, download: bool):
+    """The torchvision dataset, or a DataError naming the file when its files exist but cannot be
+    parsed (torchvision raises a bare AssertionError, or a RuntimeError that reads as 'not found')."""
+    try:
+        return cls(root=str(root), train=train, download=download)
+    except Exception:
+        files = _raw_files(cls, root)
+        if not files or not all(path.is_file() for path in files):
+            raise  # missing: reported (or downloaded) as before
+        bad = [(path, problem) for path in files if (problem := _idx_problem(path))]
+        if not bad:
+            raise
+        listing = " and ".join(f"{path.resolve()} ({problem})" for path, problem in bad)
+        verb, pronoun = ("is", "it") if len(bad) == 1 else ("are", "them")
+        raise DataError(
+            f"the {cls.__name__} file {listing} {verb} corrupt or truncated. {_corrupt_fix(cls.__name__, pronoun)}"
+        ) from None
+
+
+def _raw_files(cls, root: Path) -> list[Path]:
+    """The uncompressed idx files torchvision reads: <root>/<ClassName>/raw/<name without .gz>."""
+    names = [Path(url).name.removesuffix(".gz") for url, _ in getattr(cls, "resources", [])]
+    return [root / cls.__name__ / "raw" / name for name in names]
+
+
+def _idx_problem(path: Path) -> str | None:
+    """Why an idx file (uint8 data, big-endian header) cannot be read, or None if its header
+    and size agree."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as file:
+            header = file.read(16)
+    except OSError:
+        return None  # unreadable for another reason: left to the caller's original error
+    if len(header) < 4 or header[:3] != b"\x00\x00\x08" or not 1 <= header[3] <= 3:
+        return "no idx header: it does not start with the magic number 0x0000080N"
+    n_dims = header[3]
+    named = re.search(r"idx(\d)", path.name)  # train-images-idx3-ubyte: 3 dimensions
+    if named and int(named.group(1)) != n_dims:
+        return f"its header says {n_dims} dimensions, an idx{named.group(1)} file has {named.group(1)}"
+    if len(header) < 4 + 4 * n_dims:
+        return f"{size} bytes, shorter than its header"
+    dims = struct.unpack(f">{n_dims}I", header[4 : 4 + 4 * n_dims])
+    expected = 4 + 4 * n_dims + math.prod(dims)
+    if size != expected:
+        return f"{size} bytes where its header ({' x '.join(map(str, dims))}) needs {expected}"
+    return None
+
+
+def _corrupt_fix(name: str, pronoun: str) -> str:
+    return (
+        f"Delete {pronoun} so that torchvision downloads {name} again (data.download=true), or point data.root "
+        f"(or the {DATA_ROOT_ENV} environment variable) at a folder that holds an intact copy of {name}/raw/."
+    )
 
 
 def _missing_message(name: str, root: Path, err: Exception) -> str:
