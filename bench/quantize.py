@@ -131,14 +131,20 @@ def reference_stack(X, landmark_idx, k, n_clusters, seed):
 
 
 def our_stack(X, n_landmarks, k, n_clusters, seed, progress, keep_distances):
+    """Fit and predict; returns the estimator, the codes and a StepRecorder with every step
+    (the fit's ``timings_``/``peak_memory_``, plus the assignment, timed here: predict records nothing)."""
     gkm = GeodesicKMedoids(n_clusters=n_clusters, n_landmarks=n_landmarks, n_neighbors=k,
                            landmark_selection="uniform", random_state=seed, store_distances=keep_distances,
                            progress=progress)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         gkm.fit(X)
-    codes = gkm.predict(X)
-    return gkm, codes
+    rec = StepRecorder()
+    rec.timings.update(gkm.timings_)
+    rec.peak_memory.update(gkm.peak_memory_)
+    with rec.step("assignment"):
+        codes = gkm.predict(X)
+    return gkm, codes, rec
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -153,15 +159,16 @@ def fmt_mb(b):
 
 
 def table(n, ref, ours):
+    """``ref`` and ``ours``: StepRecorders (``ref`` may be None)."""
     lines = [f"{'step':<16}{'ref s':>9}{'ref MB':>9}{'ours s':>9}{'ours MB':>9}{'speedup':>9}"]
     for step in STEPS:
         rt = ref.timings.get(step) if ref else None
-        ot = ours.timings_.get(step)
+        ot = ours.timings.get(step)
         speed = f"{rt / ot:8.1f}x" if rt and ot else ""
         lines.append(f"{step:<16}{fmt_s(rt):>9}{fmt_mb(ref.peak_memory.get(step) if ref else None):>9}"
-                     f"{fmt_s(ot):>9}{fmt_mb(ours.peak_memory_.get(step)):>9}{speed:>9}")
+                     f"{fmt_s(ot):>9}{fmt_mb(ours.peak_memory.get(step)):>9}{speed:>9}")
     rtot = sum(ref.timings.values()) if ref else None
-    otot = sum(ours.timings_[s] for s in STEPS if s in ours.timings_)
+    otot = sum(ours.timings[s] for s in STEPS if s in ours.timings)
     lines.append(f"{'total':<16}{fmt_s(rtot):>9}{'':>9}{fmt_s(otot):>9}{'':>9}"
                  f"{(f'{rtot / otot:8.1f}x' if rtot else ''):>9}")
     return "\n".join(lines), rtot, otot
@@ -171,7 +178,7 @@ def run_size(X, n, args):
     print(f"\n=== N = {n} landmarks, k = {args.k}, K = {args.clusters} ===", flush=True)
     landmark_idx = select_landmarks(X, n, "uniform", args.seed)
     gc.collect()
-    ours, our_codes = our_stack(X, n, args.k, args.clusters, args.seed, args.progress, not args.ours_only)
+    ours, our_codes, our_steps = our_stack(X, n, args.k, args.clusters, args.seed, args.progress, not args.ours_only)
     assert np.array_equal(ours.landmark_indices_, landmark_idx), "both stacks must use the same landmarks"
     print(f"distinct landmark vectors: {ours.n_unique_landmarks_} of {n}; graph components before "
           f"joining: {ours.n_components_}", flush=True)
@@ -181,7 +188,7 @@ def run_size(X, n, args):
     if not args.ours_only:
         gc.collect()
         ref, ref_medoids, ref_obj, ref_codes, ref_D, n_inf = reference_stack(X, landmark_idx, args.k, args.clusters, args.seed)
-        text, rtot, otot = table(n, ref, ours)
+        text, rtot, otot = table(n, ref, our_steps)
         print(text)
         _, ours_on_ref = nearest_medoid(ref_D.astype(np.float32), ours.medoid_indices_)
         _, ref_on_ours = nearest_medoid(our_D, ref_medoids)
@@ -195,7 +202,7 @@ def run_size(X, n, args):
         print(f"TOTAL  reference {rtot:.2f} s   ours {otot:.2f} s   speedup {rtot / otot:.1f}x", flush=True)
         del ref_D
     else:
-        text, _, otot = table(n, None, ours)
+        text, _, otot = table(n, None, our_steps)
         print(text)
         print(f"K-Medoids objective (ours, FasterPAM): {ours.inertia_:.1f}")
         print(f"TOTAL  ours {otot:.2f} s", flush=True)

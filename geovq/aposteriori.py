@@ -22,31 +22,36 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from geovq.artifacts import CODEBOOK_FILE, CODES_FILE, Artifact, save_artifact, save_code_grids
-from geovq.errors import ConfigError
+from geovq.artifacts import (
+    CODEBOOK_FILE,
+    CODES_FILE,
+    Artifact,
+    save_artifact,
+    save_code_grids,
+)
+from geovq.errors import ConfigError, config_section
 from geovq.metrics.codebook import code_counts, usage_summary
 from geovq.metrics.reconstruction import decoded_mse
 from geovq.models.inference import map_images
+from geovq.quantize import CodebookQuantizer
+from geovq.quantize.resources import StepRecorder
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
 
-def latent_grids(model, images: Tensor, trainer=None, split: str = "") -> tuple[Tensor, Tensor]:
+def latent_grids(model, images: Tensor, trainer=None, split: str = "", progress: bool = True) -> tuple[Tensor, Tensor]:
     """Posterior means and variances, each N x D x H x W."""
-    both = map_images(model, images, lambda x: torch.cat(model.encode(x), dim=1), trainer, desc=f"latents ({split})")
+    desc = f"latents ({split})" if progress else None
+    both = map_images(model, images, lambda x: torch.cat(model.encode(x), dim=1), trainer, desc=desc)
     mu, logvar = both.chunk(2, dim=1)
     return mu, logvar.exp()
 
 
-def as_vectors(grid: Tensor) -> np.ndarray:
+def grid_to_rows(grid: Tensor) -> np.ndarray:
     """N x D x H x W -> (N*H*W) x D float32, rows in (image, row, column) order."""
     return grid.permute(0, 2, 3, 1).reshape(-1, grid.shape[1]).numpy().astype(np.float32, copy=False)
-
-
-def uses_variances(quantizer) -> bool:
-    return getattr(quantizer, "edge_weight", "euclidean") == "wasserstein"
 
 
 def quantized_mse(model, codebook: np.ndarray, codes: Tensor, images: Tensor) -> float:
@@ -63,13 +68,14 @@ def continuous_mse(model, mu: Tensor, images: Tensor) -> float:
 def quantize_vae(
     model,
     images: dict[str, Tensor],
-    quantizer,
+    quantizer: CodebookQuantizer,
     out_dir: str | Path,
     *,
     vae_artifact: Artifact | None,
     config: dict | None,
     trainer=None,
     compare_assignments: bool = False,
+    progress: bool = True,
 ) -> tuple[dict, np.ndarray | None]:
     """Fit ``quantizer`` on the training latents of ``model`` and write codebook and code grids.
 
@@ -77,27 +83,28 @@ def quantize_vae(
     Returns the metrics and the per-code counts of the training codes (``({}, None)`` on other ranks).
     """
     model.eval()
-    latents = {split: latent_grids(model, images[split], trainer, split) for split in SPLITS}
+    latents = {split: latent_grids(model, images[split], trainer, split, progress) for split in SPLITS}
     if trainer is not None and not trainer.is_global_zero:
         return {}, None
     grid_shape = latents["train"][0].shape[2:]
-    vectors = {split: as_vectors(mu) for split, (mu, _) in latents.items()}
-    variances = {split: as_vectors(var) for split, (_, var) in latents.items()} if uses_variances(quantizer) else {}
+    vectors = {split: grid_to_rows(mu) for split, (mu, _) in latents.items()}
+    variances = {split: grid_to_rows(var) for split, (_, var) in latents.items()} if quantizer.uses_variances else {}
 
     log.info("fitting %s on %d vectors of dimension %d", type(quantizer).__name__, *vectors["train"].shape)
     started = time.perf_counter()
-    quantizer.fit(vectors["train"], variances.get("train"))
+    with config_section("quantizer"):
+        quantizer.fit(vectors["train"], variances=variances.get("train"))
     fit_seconds = time.perf_counter() - started
 
-    def codes_of(split: str, **kwargs) -> Tensor:
-        labels = quantizer.predict(vectors[split], variances.get(split), **kwargs)
+    recorder = StepRecorder()  # predict changes nothing in the quantizer: its cost is measured here
+
+    def codes_of(split: str, **rule) -> Tensor:
+        labels = quantizer.predict(vectors[split], variances=variances.get(split), **rule)
         return torch.as_tensor(np.asarray(labels), dtype=torch.int64).reshape(-1, *grid_shape)
 
-    grids, assignment_seconds = {}, 0.0
-    for split in SPLITS:
-        grids[split] = codes_of(split)
-        assignment_seconds += quantizer.timings_.get("assignment", 0.0)  # predict times its own call
-    timings = {**{k: float(v) for k, v in quantizer.timings_.items()}, "assignment": assignment_seconds}
+    with recorder.step("assignment"):
+        grids = {split: codes_of(split) for split in SPLITS}
+    timings = {**quantizer.timings_, **recorder.timings}
     codebook = np.asarray(quantizer.cluster_centers_, dtype=np.float32)
     n_codes = len(codebook)
     train_counts = code_counts(grids["train"], n_codes)
@@ -106,36 +113,29 @@ def quantize_vae(
     metrics["quantized/objective"] = float(quantizer.inertia_)
     metrics["time/fit"] = fit_seconds
     for step, seconds in timings.items():
-        metrics[f"time/{step}"] = seconds
-    for step, nbytes in getattr(quantizer, "peak_memory_", {}).items():
+        metrics[f"time/{step}"] = float(seconds)
+    for step, nbytes in {**quantizer.peak_memory_, **recorder.peak_memory}.items():
         metrics[f"memory_mb/{step}"] = float(nbytes) / 2**20
 
-    if compare_assignments and hasattr(quantizer, "assignment"):
-        for mode in ("landmark", "medoid", "geodesic"):
-            if mode == quantizer.assignment:
+    if compare_assignments:
+        for rule in quantizer.assignment_rules:
+            if rule == quantizer.get_params()["assignment"]:
                 continue
-            other = {split: codes_of(split, assignment=mode) for split in ("train", "test")}
-            for key, value in code_metrics(model, codebook, other, images, f"assign_{mode}").items():
-                metrics[key] = value
+            other = {split: codes_of(split, assignment=rule) for split in ("train", "test")}
+            metrics.update(code_metrics(model, codebook, other, images, f"assign_{rule}"))
 
     out_dir = Path(out_dir)
     inputs = {"vae": vae_artifact} if vae_artifact is not None else {}
     payload = {
         "vectors": torch.from_numpy(codebook),
         "method": type(quantizer).__name__,
-        "settings": {k: v for k, v in quantizer.settings().items() if v is None or isinstance(v, (int, float, str, bool))},
+        "settings": {k: v for k, v in quantizer.get_params(deep=False).items() if v is None or isinstance(v, (int, float, str, bool))},
         "metrics": dict(metrics),
         "train_counts": torch.as_tensor(train_counts),
-        "timings": timings,
+        "timings": {k: float(v) for k, v in timings.items()},
     }
-    for attribute in ("medoid_indices_", "landmark_indices_"):
-        if hasattr(quantizer, attribute):
-            payload[attribute.rstrip("_")] = torch.as_tensor(np.asarray(getattr(quantizer, attribute)), dtype=torch.int64)
-    if "medoid_indices" in payload and "landmark_indices" in payload:
-        # Which training image and grid cell each medoid came from.
-        payload["medoid_vector_indices"] = payload["landmark_indices"][payload["medoid_indices"]]
-    if hasattr(quantizer, "connection_report_"):
-        payload["connection_report"] = {k: _plain(v) for k, v in quantizer.connection_report_.items()}
+    for name, value in quantizer.artifact_fields().items():
+        payload[name] = torch.as_tensor(value, dtype=torch.int64) if isinstance(value, np.ndarray) else value
     codebook_artifact = save_artifact(out_dir / CODEBOOK_FILE, "codebook", payload, stage="quantize", config=config, inputs=inputs)
     save_code_grids(
         out_dir / CODES_FILE, grids, n_codes, stage="quantize", config=config,
@@ -151,23 +151,12 @@ def code_metrics(model, codebook: np.ndarray, grids: dict[str, Tensor], images: 
     return metrics
 
 
-def _plain(value):
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
-
-
 def check_quantizer(quantizer) -> None:
     """Refuse a quantizer that cannot work before any latent is extracted (or any VAE trained)."""
-    for method in ("fit", "predict", "settings"):
-        if not hasattr(quantizer, method):
-            raise ConfigError(
-                f"quantizer= builds a {type(quantizer).__name__}, which has no {method}(); "
-                "use quantizer=geodesic or quantizer=kmeans."
-            )
-    if hasattr(quantizer, "_check_params"):
-        quantizer._check_params()  # e.g. more clusters than landmarks
+    if not isinstance(quantizer, CodebookQuantizer):
+        raise ConfigError(
+            f"quantizer= builds a {type(quantizer).__name__}, which is not a geovq.quantize.CodebookQuantizer; "
+            "use quantizer=geodesic or quantizer=kmeans (or a config of your own subclass)."
+        )
+    with config_section("quantizer"):
+        quantizer.check_params()  # e.g. more clusters than landmarks

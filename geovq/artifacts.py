@@ -20,6 +20,7 @@ import datetime as _dt
 import hashlib
 import io
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ import torch
 
 from geovq import __version__
 from geovq.errors import ArtifactError
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 
@@ -223,6 +226,7 @@ def find_latest(log_dir, stage: str, filename: str, kind: str | None = None) -> 
             f"no {filename} from stage={stage} under {Path(log_dir).resolve()}/{stage}. Run "
             f"`python -m geovq.train stage={stage}` first, or give the file's path explicitly."
         )
+    log.info("using the newest %s of stage=%s: %s", filename, stage, candidates[-1])
     return candidates[-1]
 
 

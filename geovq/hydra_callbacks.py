@@ -4,40 +4,63 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
-from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from geovq.run_folder import RunFolderBusy, lock_run_folder, writable_folder_problem
 
-class CheckOutputFolder(Callback):
-    """Refuse, with one clear line, an output folder that cannot be created or written."""
+
+class ClaimOutputFolder(Callback):
+    """Before Hydra writes anything in a run folder: refuse, with one clear line, a folder that
+    cannot be written or that another geovq run is using; then hold its lock for this run."""
+
+    def __init__(self) -> None:
+        self.locks = []
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        _check_writable(config.hydra.run.dir)
+        self._claim(config.hydra.run.dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        _check_writable(config.hydra.sweep.dir)
+        self._claim(config.hydra.sweep.dir)
+
+    def on_run_end(self, config: DictConfig, **kwargs) -> None:
+        self._release()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        self._release()
+
+    def _claim(self, folder: str) -> None:
+        if launch_rank() != 0:  # a DDP worker started for the run that holds the folder
+            return
+        problem = writable_folder_problem(folder)
+        if problem:
+            _fail(
+                f"cannot write the output folder {folder} ({problem}). Choose a writable place with "
+                "paths.log_dir=/some/writable/folder (or hydra.run.dir=... for one run)."
+            )
+        try:
+            self.locks.append(lock_run_folder(folder))
+        except RunFolderBusy as err:
+            _fail(str(err))
+
+    def _release(self) -> None:
+        while self.locks:
+            self.locks.pop().release()
 
 
-def _check_writable(folder: str) -> None:
-    path = Path(folder)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
-            pass
-    except OSError as err:
-        print(
-            f"error: cannot write the output folder {path} ({err.strerror or err}). "
-            "Choose a writable place with paths.log_dir=/some/writable/folder "
-            "(or hydra.run.dir=... for one run).",
-            file=sys.stderr,
-        )
-        raise SystemExit(2) from None
-    if not os.access(path, os.W_OK):  # pragma: no cover - root can write anyway
-        print(f"error: the output folder {path} is not writable; set paths.log_dir.", file=sys.stderr)
-        raise SystemExit(2)
+def launch_rank() -> int:
+    """This process's rank among the processes of one distributed run, from what the launcher
+    (torchrun, SLURM, Lightning's own subprocess launcher) puts in the environment; 0 alone."""
+    for variable in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(variable, "").isdigit():
+            return int(os.environ[variable])
+    return 0
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 class SweepSummary(Callback):

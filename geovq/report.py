@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from geovq.aposteriori import as_vectors
+from geovq.aposteriori import grid_to_rows
 from geovq.artifacts import atomic_write_text, load_artifact, load_code_grids
 from geovq.metrics.codebook import code_counts
 from geovq.models.decoding import code_decoder
@@ -121,7 +121,7 @@ def write_figures(pipe, methods: dict[str, str], out_dir: Path, tsne_points: int
     image_ids, cell_ids = picked // cells, picked % cells
     unique_images, inverse = torch.unique(image_ids, return_inverse=True)
     mu = map_images(vae, train_images[unique_images], lambda x: vae.encode(x)[0])
-    vectors = as_vectors(mu).reshape(len(unique_images), cells, -1)[inverse.numpy(), cell_ids.numpy()]
+    vectors = grid_to_rows(mu).reshape(len(unique_images), cells, -1)[inverse.numpy(), cell_ids.numpy()]
     labelings = {"geodesic K-Medoids": geodesic.reshape(-1)[picked].numpy(), "Euclidean K-Means": kmeans.reshape(-1)[picked].numpy()}
     save_figure(tsne_figure(vectors, labelings), out_dir / "fig1_tsne_clusters.png")
     files.append("fig1_tsne_clusters.png")

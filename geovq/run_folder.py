@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from geovq.artifacts import atomic_write_text
+from geovq.errors import GeovqError
 
 # Config sections that do not change what a stage computes: left out of the config hash.
 NON_RESULT_KEYS = ("paths", "logger", "callbacks", "hydra", "figures", "ckpt_path")
@@ -34,8 +37,9 @@ def result_config(cfg: DictConfig) -> dict:
     plain = resolved_config(cfg)
     for key in NON_RESULT_KEYS:
         plain.pop(key, None)
-    if plain.get("stage", {}).get("name") != "quantize":
-        plain.pop("quantizer", None)  # only the quantize stage uses it
+    quantizes = plain.get("stage", {}).get("name") == "quantize" or "quantize_on_fit_end" in (cfg.get("callbacks") or {})
+    if not quantizes:
+        plain.pop("quantizer", None)  # only stage=quantize and callbacks=quantize use it
     for section, keys in NON_RESULT_SETTINGS.items():
         for key in keys:
             (plain.get(section) or {}).pop(key, None)
@@ -49,3 +53,36 @@ def write_run_files(cfg: DictConfig, metrics: dict) -> None:
 
 def as_floats(metrics: dict) -> dict:
     return {key: float(value) for key, value in metrics.items()}
+
+
+def writable_folder_problem(folder: str | Path) -> str | None:
+    """Why files cannot be written in ``folder`` (created if missing), or None when they can."""
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as err:
+        return err.strerror or str(err)
+    return None
+
+
+LOCK_FILE = ".geovq.lock"
+
+
+class RunFolderBusy(GeovqError):
+    """Another geovq run holds the lock on this run folder."""
+
+
+def lock_run_folder(folder: str | Path) -> FileLock:
+    """Take the run folder for this process: a second run started in the same folder would mix
+    its files with this one's. Released by ``.release()`` or when the process ends."""
+    lock = FileLock(str(Path(folder) / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RunFolderBusy(
+            f"another geovq run is using the run folder {folder} (it holds {LOCK_FILE} there). "
+            "Wait for it to finish, or run in another folder (hydra.run.dir=... or paths.log_dir=...)."
+        ) from None
+    return lock

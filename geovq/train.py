@@ -6,6 +6,7 @@ clear line on stderr (exit code 1) instead of a traceback.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from geovq.errors import GeovqError
+
+log = logging.getLogger(__name__)
 
 
 def run_group(stage_name: str) -> str:
@@ -38,7 +41,12 @@ OmegaConf.register_new_resolver("geovq_run_group", run_group, replace=True)
 def run_stage(cfg: DictConfig) -> dict:
     """Run the stage named by ``cfg.stage.name`` and return its metrics."""
     from geovq.stages import get_stage
+    from geovq.training import finished_run_metrics
 
+    finished = finished_run_metrics(cfg)
+    if finished is not None:  # resuming a run that trained all its epochs: touch nothing
+        log.info("%s finished all its epochs already; nothing to resume.", cfg.paths.output_dir)
+        return finished
     return get_stage(cfg.stage.name)(cfg)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import tiny_overrides
 
-from geovq.errors import ConfigError
+from geovq.errors import ConfigError, ParameterError
 from geovq.models.classifier import MNISTClassifier
 from geovq.models.io import load_model
 from geovq.train import run_stage
@@ -31,9 +31,10 @@ def test_classifier_shapes_and_features():
 
 
 @pytest.mark.parametrize("kwargs", [{"dropout": 1.0}, {"head_dropout": -0.1}, {"image_size": 30}])
-def test_bad_settings_are_config_errors(kwargs):
-    with pytest.raises(ConfigError):
+def test_bad_settings_name_their_argument(kwargs):
+    with pytest.raises(ParameterError) as raised:
         MNISTClassifier(**kwargs)
+    assert raised.value.parameter == next(iter(kwargs))
 
 
 def test_stage_classifier_trains_tests_and_saves_a_loadable_model(make_cfg, tmp_path):

@@ -25,11 +25,15 @@ def test_missing_data_folder(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "override,needle",
-    [("trainer.max_epochs=-3", "trainer.max_epochs"), ("model.latent_dim=0", "latent dimension D must be >= 1")],
+    "stage,override,needle",
+    [
+        ("vae", "trainer.max_epochs=-3", "trainer.max_epochs"),
+        ("vae", "model.latent_dim=0", "model.latent_dim"),
+        ("vqvae", "model.quantizer.decay=1.5", "model.quantizer.decay"),
+    ],
 )
-def test_invalid_config_values(tmp_path, override, needle):
-    result = run_cli("stage=vae", f"hydra.run.dir={tmp_path / 'r'}", *tiny_overrides(), override)
+def test_invalid_config_values(tmp_path, stage, override, needle):
+    result = run_cli(f"stage={stage}", f"hydra.run.dir={tmp_path / 'r'}", *tiny_overrides(), override)
     assert_clear_error(result, "error:", needle)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geovq.errors import ConfigError
+from geovq.errors import ParameterError
 from geovq.models.grid_vae import GridVAE
 
 
@@ -50,5 +50,6 @@ def test_loss_falls_on_a_fixed_batch(data_root):
 
 @pytest.mark.parametrize("kwargs", [{"latent_dim": 0}, {"hidden_channels": 0}, {"beta": -1.0}])
 def test_invalid_sizes_are_refused(kwargs):
-    with pytest.raises(ConfigError):
+    with pytest.raises(ParameterError) as raised:
         GridVAE(**kwargs)
+    assert raised.value.parameter == next(iter(kwargs))

@@ -23,10 +23,12 @@ class BlowsUpAtStep(GridVAE):
         return loss * float("nan") if self.global_step >= self.bad_step else loss
 
 
-def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
+def nan_loss_message(folder) -> str:
+    """Train until the loss becomes NaN at step 5 (checkpoints every 2 steps in ``folder``);
+    the error's message."""
     images = torch.rand(64, 1, 28, 28)
     loader = DataLoader(TensorDataset(images, torch.zeros(64)), batch_size=16)
-    checkpoints = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_last=True)
+    checkpoints = ModelCheckpoint(dirpath=folder, every_n_train_steps=2, save_last=True)
     trainer = L.Trainer(
         accelerator="cpu",
         max_epochs=3,
@@ -34,10 +36,15 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
         callbacks=[StopOnNonFiniteLoss(), checkpoints],
         enable_progress_bar=False,
         enable_model_summary=False,
+        default_root_dir=folder,
     )
     with pytest.raises(TrainingError) as err:
         trainer.fit(BlowsUpAtStep(bad_step=5), train_dataloaders=loader)
-    message = str(err.value)
+    return str(err.value)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
+    message = nan_loss_message(tmp_path)
     assert "nan at global step 5" in message and "last.ckpt" in message and "ckpt_path=last" in message
     kept = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert kept["global_step"] == 4

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from geovq.artifacts import save_code_grids
 from geovq.data.code_grids import CodeGridDataModule
-from geovq.errors import ConfigError
+from geovq.errors import ConfigError, ParameterError
 from geovq.metrics.prior import nll_summary, unigram_entropy
 from geovq.models.prior import TransformerPrior
 from geovq.nn.transformer import GPT, sample_next_code
@@ -156,17 +156,21 @@ def test_top_k_1_is_greedy_and_deterministic():
                                     dict(top_k=0), dict(top_k=K + 1), dict(top_k=-3)])
 def test_bad_sampling_arguments(kwargs):
     prior = tiny_prior()
-    with pytest.raises(ConfigError, match="temperature" if "temperature" in kwargs else "top_k"):
+    with pytest.raises(ParameterError, match="temperature" if "temperature" in kwargs else "top_k") as raised:
         prior.sample(2, **kwargs)
+    assert raised.value.parameter == next(iter(kwargs))
 
 
-def test_bad_architecture():
-    with pytest.raises(ConfigError, match="model.n_codes"):
+def test_bad_architecture_names_the_argument_of_each_layer():
+    with pytest.raises(ParameterError) as raised:
         GPT(vocab_size=0)
-    with pytest.raises(ConfigError, match="model.n_codes"):
+    assert raised.value.parameter == "vocab_size"
+    with pytest.raises(ParameterError) as raised:  # the model names the GPT's vocabulary as it is configured
         TransformerPrior(n_codes=0)
-    with pytest.raises(ConfigError, match="divisible"):
+    assert raised.value.parameter == "n_codes"
+    with pytest.raises(ParameterError, match="divisible") as raised:
         TransformerPrior(d_model=30, n_head=4)
+    assert raised.value.parameter == "d_model"
 
 
 def test_grid_size_mismatch_is_a_config_error():

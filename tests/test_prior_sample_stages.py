@@ -24,7 +24,7 @@ def pipelines(tmp_path_factory):
     """Tiny upstream runs of both pipelines, laid out as outputs/<stage>/runs/<name>."""
     logs = tmp_path_factory.mktemp("outputs")
     run_stage(compose_config(logs / "vae" / "runs" / "a", tiny_overrides() + ["stage=vae", "callbacks=quantize", "figures=false", *QUANTIZER]))
-    run_stage(compose_config(logs / "vqvae" / "runs" / "b", tiny_overrides() + ["stage=vqvae", "model.n_codes=16", "figures=false"]))
+    run_stage(compose_config(logs / "vqvae" / "runs" / "b", tiny_overrides() + ["stage=vqvae", "model.quantizer.n_codes=16", "figures=false"]))
     return logs
 
 

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import builtins
+import copy
+import json
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 from scipy.sparse.csgraph import floyd_warshall
 from scipy.spatial.distance import cdist
+from sklearn.base import clone
 from sklearn.datasets import make_swiss_roll
+from sklearn.exceptions import NotFittedError
 from sklearn.manifold import Isomap
 from sklearn.neighbors import NearestNeighbors, kneighbors_graph
+from sklearn.utils.validation import check_is_fitted
 
 import geovq.quantize.geodesic as geodesic_module
-from geovq.errors import ConfigError
+from geovq.errors import ConfigError, ParameterError
 from geovq.quantize import (
     ASSIGNMENTS,
+    CodebookQuantizer,
     EuclideanKMeans,
     GeodesicKMedoids,
     assign_by_geodesic,
@@ -149,8 +154,9 @@ def test_disconnected_graph_is_joined_by_closest_pair_and_reported():
     left, right = gaussian(60, 2, seed=1), gaussian(60, 2, seed=2) + np.float32(50.0)
     X = np.concatenate([left, right])
     G = knn_graph(X, 3)
-    with pytest.raises(ConfigError, match="connected components"):
+    with pytest.raises(ParameterError, match="connected components") as error:
         geodesic_distances(G)
+    assert error.value.parameter == "graph"
     with pytest.warns(UserWarning, match="2 connected components"):
         G2, report = connect_components(G, X)
     assert report.n_components_before == 2 and report.n_edges_added == 1
@@ -203,8 +209,9 @@ def test_sklearn_extra_missing_gives_the_install_step(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_sklearn_extra)
-    with pytest.raises(ConfigError, match="--no-binary scikit-learn-extra"):
+    with pytest.raises(ParameterError, match="--no-binary scikit-learn-extra") as error:
         kmedoids(np.zeros((5, 5), np.float32), 2, backend="sklearn_extra")
+    assert error.value.parameter == "backend"
 
 
 def test_fitted_attributes():
@@ -222,9 +229,10 @@ def test_fitted_attributes():
     steps = {"landmarks", "knn_graph", "connect", "shortest_paths", "kmedoids"}
     assert steps <= set(gkm.timings_) and steps <= set(gkm.peak_memory_)
     assert not hasattr(gkm, "geodesic_distances_")  # the N x N matrix is not kept by default
+    assert gkm.n_features_in_ == 4
     gkm.predict(X)
-    assert "assignment" in gkm.timings_
-    assert gkm.settings()["n_neighbors"] == 6 and gkm.get_params() == gkm.settings()
+    assert set(gkm.timings_) == steps  # predict records nothing: its caller times it
+    assert gkm.get_params(deep=False)["n_neighbors"] == 6 and gkm.get_params() == gkm.get_params(deep=False)
 
 
 def test_same_seed_same_codebook_other_seed_other_landmarks():
@@ -295,8 +303,9 @@ def test_wasserstein_edges_and_assignment():
     np.testing.assert_allclose(np.asarray(G[r, c]).ravel(), full_w2, rtol=1e-5)
     assert gkm.cluster_center_variances_.shape == (5, 3)
     assert gkm.predict(mu, variances=var).shape == (200,)
-    with pytest.raises(ConfigError, match="variances"):
+    with pytest.raises(ParameterError, match="variances") as error:
         gkm.predict(mu)
+    assert error.value.parameter == "variances"
 
 
 def test_progress_bars_run():
@@ -356,57 +365,90 @@ def test_maxmin_spreads_landmarks_over_a_dense_and_a_sparse_region():
 
 
 @pytest.mark.parametrize(
-    ("params", "message"),
+    ("params", "parameter", "message"),
     [
-        (dict(n_clusters=50, n_landmarks=40), "more than n_landmarks"),
-        (dict(n_neighbors=0), "n_neighbors must be"),
-        (dict(n_neighbors=40, n_landmarks=40), r"n_neighbors must be .*\[1, 39\]"),
-        (dict(landmark_selection="random"), "landmark_selection must be one of"),
-        (dict(edge_weight="cosine"), "edge_weight must be one of"),
-        (dict(assignment="nearest"), "assignment must be one of"),
-        (dict(backend="pam"), "backend must be one of"),
-        (dict(n_jobs=0), "n_jobs"),
+        (dict(n_clusters=50, n_landmarks=40), "n_clusters", "n_clusters=50 is more than n_landmarks=40"),
+        (dict(n_clusters=0), "n_clusters", "n_clusters must be"),
+        (dict(n_landmarks=1), "n_landmarks", "n_landmarks must be"),
+        (dict(n_neighbors=0), "n_neighbors", "n_neighbors must be"),
+        (dict(n_neighbors=40, n_landmarks=40), "n_neighbors", r"n_neighbors must be .*\[1, 39\]"),
+        (dict(landmark_selection="random"), "landmark_selection", "landmark_selection must be one of"),
+        (dict(edge_weight="cosine"), "edge_weight", "edge_weight must be one of"),
+        (dict(assignment="nearest"), "assignment", "assignment must be one of"),
+        (dict(backend="pam"), "backend", "backend must be one of"),
+        (dict(nn_backend="ball"), "nn_backend", "nn_backend must be one of"),
+        (dict(n_candidates=0), "n_candidates", "n_candidates must be"),
+        (dict(max_iter=0), "max_iter", "max_iter must be"),
+        (dict(duplicate_tolerance=-1.0), "duplicate_tolerance", "duplicate_tolerance must be"),
+        (dict(n_jobs=0), "n_jobs", "n_jobs"),
     ],
 )
-def test_bad_settings_raise_config_error(params, message):
+def test_bad_arguments_raise_parameter_error_naming_them(params, parameter, message):
     settings = dict(n_clusters=5, n_landmarks=40, n_neighbors=5) | params
-    with pytest.raises(ConfigError, match=message):
-        GeodesicKMedoids(**settings).fit(gaussian(100, 3))
+    for call in (GeodesicKMedoids(**settings).check_params, lambda: GeodesicKMedoids(**settings).fit(gaussian(100, 3))):
+        with pytest.raises(ParameterError, match=message) as error:
+            call()
+        assert error.value.parameter == parameter
+        assert "quantizer." not in str(error.value)  # the estimator does not know the config keys
 
 
-def test_bad_inputs_raise_config_error():
+@pytest.mark.parametrize(
+    ("params", "parameter"),
+    [
+        (dict(n_clusters=0), "n_clusters"),
+        (dict(n_clusters=50, n_landmarks=40), "n_clusters"),
+        (dict(n_landmarks=0), "n_landmarks"),
+        (dict(landmark_selection="random"), "landmark_selection"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(n_init=0), "n_init"),
+        (dict(max_iter=0), "max_iter"),
+        (dict(n_jobs=-2), "n_jobs"),
+    ],
+)
+def test_kmeans_bad_arguments_raise_parameter_error_naming_them(params, parameter):
+    with pytest.raises(ParameterError) as error:
+        EuclideanKMeans(**dict(n_clusters=5, n_landmarks=40) | params).check_params()
+    assert error.value.parameter == parameter
+
+
+def test_bad_inputs_raise_parameter_error():
     X = gaussian(100, 3)
     small = dict(n_clusters=5, n_landmarks=40, n_neighbors=5)
-    with pytest.raises(ConfigError, match="only 100 vectors"):
-        GeodesicKMedoids(n_clusters=5, n_landmarks=200).fit(X)
-    dup = np.repeat(X[:30], 4, axis=0)
-    with pytest.raises(ConfigError, match="only 30 distinct"):
-        GeodesicKMedoids(**small, landmark_selection="unique").fit(dup)
-    with pytest.raises(ConfigError, match="distinct vectors, fewer than n_clusters"):
-        GeodesicKMedoids(n_clusters=10, n_landmarks=40, n_neighbors=3).fit(np.repeat(X[:8], 10, axis=0))
+    cases = [
+        ("n_landmarks", "only 100 vectors", lambda: GeodesicKMedoids(n_clusters=5, n_landmarks=200).fit(X)),
+        ("n_landmarks", "only 30 distinct",
+         lambda: GeodesicKMedoids(**small, landmark_selection="unique").fit(np.repeat(X[:30], 4, axis=0))),
+        ("n_clusters", "distinct vectors, fewer than n_clusters",
+         lambda: GeodesicKMedoids(n_clusters=10, n_landmarks=40, n_neighbors=3).fit(np.repeat(X[:8], 10, axis=0))),
+        ("X", "2-D", lambda: GeodesicKMedoids(**small).fit(X[0])),
+        ("X", "empty", lambda: GeodesicKMedoids(**small).fit(X[:0])),
+        ("variances", "edge_weight='wasserstein' needs",
+         lambda: GeodesicKMedoids(**small, edge_weight="wasserstein").fit(X)),
+        ("variances", "log-variances",
+         lambda: GeodesicKMedoids(**small, edge_weight="wasserstein").fit(X, variances=-np.ones_like(X))),
+        ("variances", "shape",
+         lambda: GeodesicKMedoids(**small, edge_weight="wasserstein").fit(X, variances=np.ones((100, 2)))),
+    ]
     for bad in (np.nan, np.inf):
         Xb = X.copy()
         Xb[7, 1] = bad
-        with pytest.raises(ConfigError, match="NaN or infinite .* row 7"):
-            GeodesicKMedoids(**small).fit(Xb)
-    with pytest.raises(ConfigError, match="2-D"):
-        GeodesicKMedoids(**small).fit(X[0])
-    with pytest.raises(ConfigError, match="not fitted"):
+        cases.append(("X", "NaN or infinite .* row 7", lambda Xb=Xb: GeodesicKMedoids(**small).fit(Xb)))
+    for parameter, message, call in cases:
+        with pytest.raises(ParameterError, match=message) as error:
+            call()
+        assert error.value.parameter == parameter, message
+    with pytest.raises(NotFittedError, match="not fitted"):
         GeodesicKMedoids(**small).predict(X)
     gkm = GeodesicKMedoids(**small).fit(X)
-    with pytest.raises(ConfigError, match="dimension 4 but the codebook was fitted on dimension 3"):
+    with pytest.raises(ParameterError, match="dimension 4 but the codebook was fitted on dimension 3") as error:
         gkm.predict(gaussian(10, 4))
-    with pytest.raises(ConfigError, match="edge_weight='wasserstein' needs"):
-        GeodesicKMedoids(**small, edge_weight="wasserstein").fit(X)
-    with pytest.raises(ConfigError, match="log-variances"):
-        GeodesicKMedoids(**small, edge_weight="wasserstein").fit(X, variances=-np.ones_like(X))
-    with pytest.raises(ConfigError, match="shape"):
-        GeodesicKMedoids(**small, edge_weight="wasserstein").fit(X, variances=np.ones((100, 2)))
+    assert error.value.parameter == "X"
 
 
-def test_config_error_is_a_value_error():
-    with pytest.raises(ValueError):
+def test_parameter_error_is_a_value_error_not_a_config_error():
+    with pytest.raises(ValueError) as error:
         GeodesicKMedoids(n_clusters=0).fit(gaussian(50, 2))
+    assert isinstance(error.value, ParameterError) and not isinstance(error.value, ConfigError)
 
 
 # -- Euclidean baseline ------------------------------------------------------------------------
@@ -422,10 +464,199 @@ def test_kmeans_baseline_fits_and_predicts(minibatch):
     labels = km.predict(X)
     np.testing.assert_array_equal(labels[km.landmark_indices_], km.labels_)
     assert len({labels[truth == b][0] for b in range(4)}) == 4
-    assert {"landmarks", "kmeans", "assignment"} <= set(km.timings_)
+    assert set(km.timings_) == {"landmarks", "kmeans"} == set(km.peak_memory_)  # predict records nothing
     gkm = GeodesicKMedoids(n_clusters=4, n_landmarks=120, n_neighbors=8).fit(X)
     np.testing.assert_array_equal(km.landmark_indices_, gkm.landmark_indices_)  # same sample
-    with pytest.raises(ConfigError, match="dimension"):
+    with pytest.raises(ParameterError, match="dimension") as error:
         km.predict(np.zeros((3, 5)))
-    with pytest.raises(ConfigError, match="n_clusters=200"):
+    assert error.value.parameter == "X"
+    with pytest.raises(ParameterError, match="n_clusters=200 is more than n_landmarks=120") as error:
         EuclideanKMeans(n_clusters=200, n_landmarks=120).fit(X)
+    assert error.value.parameter == "n_clusters"
+    with pytest.raises(ParameterError, match="n_clusters=300 is more than the 240 vectors") as error:
+        EuclideanKMeans(n_clusters=300, n_landmarks=None).fit(X)
+    assert error.value.parameter == "n_clusters"
+    with pytest.warns(UserWarning, match="variances are ignored"):
+        km.fit(X, variances=np.ones_like(X))
+
+
+# -- the estimator interface (CodebookQuantizer, scikit-learn) ----------------------------------
+
+SMALL = {
+    "geodesic": lambda **kw: GeodesicKMedoids(**{"n_clusters": 4, "n_landmarks": 80, "n_neighbors": 8, "n_jobs": 1, **kw}),
+    "kmeans": lambda **kw: EuclideanKMeans(**{"n_clusters": 4, "n_landmarks": 80, "n_jobs": 1, **kw}),
+}
+
+
+def fitted_attributes(est) -> list[str]:
+    return sorted(name for name in vars(est) if name.endswith("_") and not name.startswith("__"))
+
+
+def assert_same_state(before: dict, after: dict):
+    assert before.keys() == after.keys()
+    for name, value in before.items():
+        if isinstance(value, np.ndarray):
+            assert np.array_equal(value, after[name]), name
+        else:
+            assert value == after[name], name
+
+
+@pytest.mark.parametrize("kind", SMALL)
+def test_estimators_are_sklearn_estimators(kind):
+    est = SMALL[kind](random_state=3)
+    assert isinstance(est, CodebookQuantizer)
+    params = est.get_params(deep=False)
+    assert params["n_clusters"] == 4 and params["random_state"] == 3
+    assert params == est.get_params()
+    with pytest.raises(NotFittedError):
+        check_is_fitted(est)
+    assert fitted_attributes(est) == []  # nothing ending in "_" before fit
+    X = gaussian(200, 3)
+    assert est.fit(X) is est
+    check_is_fitted(est)
+    for name in ("cluster_centers_", "labels_", "inertia_", "n_features_in_", "timings_", "peak_memory_"):
+        assert hasattr(est, name), name
+    assert est.cluster_centers_.shape == (4, 3) and est.cluster_centers_.dtype == np.float32
+
+    copy_ = clone(est)
+    assert type(copy_) is type(est) and copy_ is not est
+    assert copy_.get_params(deep=False) == params
+    assert fitted_attributes(copy_) == []
+    with pytest.raises(NotFittedError):
+        copy_.predict(X)
+
+    assert est.set_params(n_clusters=5, random_state=4) is est
+    assert est.n_clusters == 5 and est.get_params()["random_state"] == 4
+    assert est.fit(X).cluster_centers_.shape == (5, 3)
+    with pytest.raises(ValueError, match="Invalid parameter"):
+        est.set_params(no_such_parameter=1)
+
+
+def test_kmeans_get_params_without_deep_works():
+    params = EuclideanKMeans().get_params(deep=False)
+    assert params["n_landmarks"] == 10000 and params["n_init"] == "auto" and len(params) == 10
+
+
+@pytest.mark.parametrize("kind", SMALL)
+def test_predict_changes_no_state(kind):
+    X = gaussian(200, 3)
+    est = SMALL[kind]().fit(X)
+    before = copy.deepcopy(vars(est))
+    codes = est.predict(X)
+    assert codes.dtype == np.int64 and codes.shape == (200,)
+    for rule in est.assignment_rules:
+        est.predict(X, assignment=rule)
+    assert_same_state(before, vars(est))
+
+
+@pytest.mark.parametrize("kind", SMALL)
+def test_variances_are_keyword_only(kind):
+    X = gaussian(200, 3)
+    V = np.ones_like(X)
+    est = SMALL[kind]()
+    est.fit(X, None)  # y, positional, ignored (scikit-learn convention)
+    with pytest.raises(TypeError):
+        est.fit(X, None, V)
+    with pytest.raises(TypeError):
+        est.predict(X, V)
+    with pytest.raises(TypeError):
+        est.fit_predict(X, None, V)
+
+
+@pytest.mark.parametrize("kind", SMALL)
+def test_fit_predict_gives_the_codes_of_x(kind):
+    X = gaussian(200, 3)
+    codes = SMALL[kind]().fit_predict(X)
+    assert codes.shape == (200,)  # not labels_, which are the fitted sample's (80)
+    np.testing.assert_array_equal(codes, SMALL[kind]().fit(X).predict(X))
+
+
+@pytest.mark.parametrize("kind", SMALL)
+def test_check_params_before_fit_names_the_parameter(kind):
+    est = SMALL[kind](n_clusters=200, n_landmarks=100)
+    with pytest.raises(ParameterError, match="n_clusters=200 is more than n_landmarks=100") as error:
+        est.check_params()
+    assert error.value.parameter == "n_clusters"
+    assert SMALL[kind]().check_params() is None
+
+
+def test_uses_variances_and_assignment_rules():
+    assert CodebookQuantizer.assignment_rules == () == EuclideanKMeans.assignment_rules
+    assert GeodesicKMedoids.assignment_rules == ASSIGNMENTS == ("landmark", "medoid", "geodesic")
+    gkm = GeodesicKMedoids()
+    assert gkm.uses_variances is False
+    assert gkm.set_params(edge_weight="wasserstein").uses_variances is True
+    assert EuclideanKMeans().uses_variances is False
+    assert "uses_variances" not in GeodesicKMedoids().get_params()  # a property, not a parameter
+
+
+def test_artifact_fields():
+    X = gaussian(200, 3)
+    for est in (SMALL["geodesic"](), SMALL["kmeans"]()):
+        with pytest.raises(NotFittedError):
+            est.artifact_fields()
+    gkm = SMALL["geodesic"]().fit(X)
+    fields = gkm.artifact_fields()
+    assert set(fields) == {"landmark_indices", "medoid_indices", "medoid_vector_indices", "connection_report"}
+    for name in ("landmark_indices", "medoid_indices", "medoid_vector_indices"):
+        assert isinstance(fields[name], np.ndarray) and fields[name].dtype == np.int64
+    np.testing.assert_array_equal(fields["landmark_indices"], gkm.landmark_indices_)
+    np.testing.assert_array_equal(fields["medoid_indices"], gkm.medoid_indices_)
+    np.testing.assert_array_equal(X[fields["medoid_vector_indices"]], gkm.cluster_centers_)
+    report = fields["connection_report"]
+    assert json.loads(json.dumps(report)) == report  # plain JSON-able values
+    assert report["n_components_before"] == gkm.n_components_
+
+    km = SMALL["kmeans"]().fit(X)
+    fields = km.artifact_fields()
+    assert set(fields) == {"landmark_indices"} and fields["landmark_indices"].dtype == np.int64
+    np.testing.assert_array_equal(fields["landmark_indices"], km.landmark_indices_)
+
+
+def test_disconnected_graph_report_in_artifact_fields_is_plain():
+    X = np.concatenate([gaussian(60, 2, seed=1), gaussian(60, 2, seed=2) + np.float32(50.0)])
+    with pytest.warns(UserWarning, match="2 connected components"):
+        gkm = GeodesicKMedoids(n_clusters=4, n_landmarks=120, n_neighbors=3).fit(X)
+    report = gkm.artifact_fields()["connection_report"]
+    assert json.loads(json.dumps(report)) == report
+    assert report["n_edges_added"] == 1 and isinstance(report["edges"][0], list)
+
+
+def test_refit_forgets_the_attributes_of_the_earlier_fit():
+    X = gaussian(200, 3)
+    gkm = SMALL["geodesic"](edge_weight="wasserstein", store_distances=True).fit(X, variances=np.ones_like(X))
+    assert hasattr(gkm, "cluster_center_variances_") and hasattr(gkm, "geodesic_distances_")
+    gkm.set_params(edge_weight="euclidean", store_distances=False).fit(X)
+    assert not hasattr(gkm, "cluster_center_variances_") and not hasattr(gkm, "geodesic_distances_")
+
+
+def test_a_new_quantizer_is_one_subclass():
+    class FirstVectors(CodebookQuantizer):
+        """Codebook = the first n_clusters vectors; nearest-centre codes."""
+
+        def __init__(self, n_clusters: int = 3):
+            self.n_clusters = n_clusters
+
+        def check_params(self):
+            if self.n_clusters < 1:
+                raise ParameterError("n_clusters", f"n_clusters must be >= 1, got {self.n_clusters}.")
+
+        def _fit(self, X, variances, recorder):
+            with recorder.step("pick"):
+                self.cluster_centers_ = X[: self.n_clusters].copy()
+            self.labels_ = np.arange(self.n_clusters)
+            self.inertia_ = 0.0
+
+        def _predict(self, X, variances):
+            return cdist(X, self.cluster_centers_).argmin(1)
+
+    X = gaussian(50, 2)
+    est = FirstVectors()
+    with pytest.raises(NotFittedError):
+        est.predict(X)
+    codes = est.fit(X).predict(X)
+    assert codes.dtype == np.int64 and codes[:3].tolist() == [0, 1, 2]
+    assert est.n_features_in_ == 2 and set(est.timings_) == {"pick"} and est.artifact_fields() == {}
+    assert clone(est).get_params() == {"n_clusters": 3} and not est.uses_variances
+    with pytest.raises(ParameterError):
+        FirstVectors(0).fit(X)

@@ -88,7 +88,7 @@ def test_kmeans_quantizer(trained_vae, make_cfg, tmp_path):
 
 
 def test_a_vqvae_is_not_a_gridvae(tmp_path, make_cfg):
-    run_stage(make_cfg("stage=vqvae", "model.n_codes=8", "figures=false", output_dir=tmp_path / "vq"))
+    run_stage(make_cfg("stage=vqvae", "model.quantizer.n_codes=8", "figures=false", output_dir=tmp_path / "vq"))
     with pytest.raises(ArtifactError, match="expected 'grid_vae'"):
         run_stage(make_cfg("stage=quantize", f"stage.vae={tmp_path / 'vq' / 'model.pt'}", *SMALL_QUANTIZER))
 
@@ -131,7 +131,7 @@ def test_quantize_logs_usage_to_wandb_offline(trained_vae, make_cfg, tmp_path, m
 
 def test_quantize_callback_needs_a_gridvae_and_a_valid_quantizer(make_cfg):
     with pytest.raises(ConfigError, match="use it with stage=vae"):
-        run_stage(make_cfg("stage=vqvae", "callbacks=quantize", "model.n_codes=8", *SMALL_QUANTIZER))
+        run_stage(make_cfg("stage=vqvae", "callbacks=quantize", "model.quantizer.n_codes=8", *SMALL_QUANTIZER))
     # An impossible quantizer is refused before the VAE trains, not after.
     from hydra.utils import instantiate
 

@@ -9,9 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geovq.errors import ConfigError
+from geovq.errors import ConfigError, ParameterError
 from geovq.nn.conv import ConvDecoder, ConvEncoder
-from geovq.nn.vector_quantizer import VectorQuantizer, kmeans, reset_optimizer_state_rows
+from geovq.nn.vector_quantizer import (
+    VectorQuantizer,
+    kmeans_init_codebook,
+    reset_optimizer_state_rows,
+)
 
 MNIST_ROOT = "/work/shared/data"
 
@@ -169,7 +173,7 @@ def test_kmeans_init_gives_distinct_codes_within_data_range():
 def test_kmeans_recovers_clusters():
     torch.manual_seed(0)
     z, centers = clustered_grid(n_images=16, dim=3, n_clusters=5, spread=0.01)
-    found = kmeans(z.movedim(1, -1).reshape(-1, 3), 5, iters=10)
+    found = kmeans_init_codebook(z.movedim(1, -1).reshape(-1, 3), 5, iters=10)
     assert torch.cdist(centers, found).min(1).values.max() < 0.05
 
 
@@ -291,31 +295,46 @@ def test_reset_optimizer_state_rows():
 
 # -- validation and determinism ---------------------------------------------------------------------
 @pytest.mark.parametrize(
-    "kwargs, fragment",
+    "kwargs, parameter",
     [
         (dict(n_codes=0, code_dim=4), "n_codes"),
-        (dict(n_codes=8, code_dim=0), "latent_dim"),
+        (dict(n_codes=8, code_dim=0), "code_dim"),
         (dict(n_codes=8, code_dim=4, commitment_cost=-0.1), "commitment_cost"),
         (dict(n_codes=8, code_dim=4, decay=0.0), "decay"),
         (dict(n_codes=8, code_dim=4, decay=1.0), "decay"),
         (dict(n_codes=8, code_dim=4, ema=True, decay=1.5), "decay"),
         (dict(n_codes=8, code_dim=4, eps=0.0), "eps"),
+        (dict(n_codes=8, code_dim=4, kmeans_iters=-1), "kmeans_iters"),
         (dict(n_codes=8, code_dim=4, dead_code_window=0), "dead_code_window"),
+        (dict(n_codes=8, code_dim=4, restart_buffer_size=0), "restart_buffer_size"),
+        (dict(n_codes=8, code_dim=4, restart_noise=-1.0), "restart_noise"),
     ],
 )
-def test_bad_settings_raise_config_error(kwargs, fragment):
-    with pytest.raises(ConfigError, match=fragment):
+def test_bad_arguments_raise_parameter_error(kwargs, parameter):
+    with pytest.raises(ParameterError, match=parameter) as error:
         VectorQuantizer(**kwargs)
+    assert error.value.parameter == parameter
+    assert isinstance(error.value, ValueError) and not isinstance(error.value, ConfigError)
+    assert "model." not in str(error.value)  # the layer does not know the config keys
 
 
 def test_channel_mismatch_names_the_fix():
     vq = VectorQuantizer(n_codes=8, code_dim=64)
-    with pytest.raises(ConfigError, match=r"emits 32 channels but the codebook has D=64; set model.latent_dim"):
+    with pytest.raises(ParameterError, match=r"z_e has 32 channels but the codebook has code_dim=64") as error:
         vq(torch.randn(2, 32, 7, 7))
-    with pytest.raises(ConfigError, match="B x D x H x W"):
+    assert error.value.parameter == "z_e" and "model." not in str(error.value)
+    with pytest.raises(ParameterError, match="B x D x H x W") as error:
         vq(torch.randn(10, 64))
-    with pytest.raises(ConfigError, match=r"\[0, 8\)"):
+    assert error.value.parameter == "z_e"
+    with pytest.raises(ParameterError, match=r"\[0, 8\)") as error:
         vq.lookup(torch.tensor([[0, 8]]))
+    assert error.value.parameter == "codes"
+
+
+def test_kmeans_init_codebook_of_no_vector_names_its_argument():
+    with pytest.raises(ParameterError, match="empty") as error:
+        kmeans_init_codebook(torch.zeros(0, 3), 4)
+    assert error.value.parameter == "x"
 
 
 def test_deterministic_under_manual_seed():

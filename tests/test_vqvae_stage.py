@@ -15,11 +15,11 @@ from geovq.train import run_stage
 
 
 def test_stage_vqvae_writes_model_codes_and_usage(make_cfg, tmp_path):
-    metrics = run_stage(make_cfg("stage=vqvae", "model.n_codes=16"))
+    metrics = run_stage(make_cfg("stage=vqvae", "model.quantizer.n_codes=16"))
     out = tmp_path / "run"
     assert (out / "checkpoints" / "last.ckpt").is_file()
     model, model_art = load_model(out / "model.pt", "vqvae")
-    assert isinstance(model, VQVAE) and model.hparams.n_codes == 16
+    assert isinstance(model, VQVAE) and model.n_codes == 16
     codes = load_code_grids(out / "codes.pt")
     require_made_from(codes, "vqvae", model_art)
     splits = codes.payload["splits"]
@@ -42,10 +42,10 @@ def test_commitment_cost_sweep_writes_a_summary(tmp_path):
     result = run_cli(
         "-m",
         "stage=vqvae",
-        "model.commitment_cost=0.25,2.5",
+        "model.quantizer.commitment_cost=0.25,2.5",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
         "figures=false",
-        "model.n_codes=8",
+        "model.quantizer.n_codes=8",
         *tiny_overrides(**{"data.subset": 128, "data.test_subset": 64}),
         timeout=400,
     )
@@ -53,9 +53,9 @@ def test_commitment_cost_sweep_writes_a_summary(tmp_path):
     sweep = tmp_path / "sweep"
     assert (sweep / "0" / "codes.pt").is_file() and (sweep / "1" / "codes.pt").is_file()
     table = (sweep / "summary.md").read_text()
-    assert "model.commitment_cost" in table and "| 0.25 |" in table and "| 2.5 |" in table
+    assert "model.quantizer.commitment_cost" in table and "| 0.25 |" in table and "| 2.5 |" in table
     with open(sweep / "summary.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert [row["model.commitment_cost"] for row in rows] == ["0.25", "2.5"]
+    assert [row["model.quantizer.commitment_cost"] for row in rows] == ["0.25", "2.5"]
     assert all(float(row["test/mse"]) > 0 and 0 < float(row["codes/train_utilization"]) <= 1 for row in rows)
     assert (sweep / "summary.png").stat().st_size > 5000

@@ -28,8 +28,9 @@ class StopOnNonFiniteLoss(Callback):
             f"the training loss became {value} at global step {trainer.global_step} "
             f"(epoch {trainer.current_epoch}), before its optimizer step. "
             + (f"The last good checkpoint is kept at {kept}. " if kept else "No checkpoint was written yet. ")
-            + "Lower the learning rate (model.optimizer.lr=...), or use trainer.gradient_clip_val=1.0, "
-            "and resume with ckpt_path=last."
+            + f"Resume with gradient clipping: hydra.run.dir={trainer.default_root_dir} ckpt_path=last "
+            "trainer.gradient_clip_val=1.0; or start a new run with a lower learning rate "
+            "(model.optimizer.lr=...); a resumed run keeps its optimizer settings."
         )
 
 

@@ -84,6 +84,11 @@ class CodeGridDataModule(InMemoryDataModule):
 
     # -- access -----------------------------------------------------------------------------
     @property
+    def input_artifacts(self) -> dict:
+        self._load()
+        return {"codes": self.artifact}
+
+    @property
     def n_codes(self) -> int:
         """The codebook size K of the artifact."""
         self._load()

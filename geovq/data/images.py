@@ -147,6 +147,8 @@ class ImageDataModule(InMemoryDataModule):
             raise ConfigError(f"data.batch_size and data.eval_batch_size must be >= 1, got {batch_size} and {eval_batch_size}.")
         if subset is not None and subset < 2:
             raise ConfigError(f"data.subset must be >= 2 images (or null for all), got {subset}.")
+        if test_subset is not None and test_subset < 1:
+            raise ConfigError(f"data.test_subset must be >= 1 image (or null for all), got {test_subset}.")
         if val_size < 1:
             raise ConfigError(f"data.val_size must be >= 1, got {val_size}.")
         self.save_hyperparameters()

@@ -13,6 +13,12 @@ class InMemoryDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> Dataset:
         raise NotImplementedError
 
+    @property
+    def input_artifacts(self) -> dict:
+        """The artifacts this data was read from, for the provenance of a model trained on it
+        (none for images read from a dataset folder)."""
+        return {}
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(
             self.dataset(split),

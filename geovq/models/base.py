@@ -8,11 +8,15 @@ scheduler partials stay out of the hparams so checkpoints load with ``weights_on
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor
+
+# Checkpoint key of the optimizer's settings, so that a resumed run can tell they changed.
+OPTIMIZER_SETTINGS = "geovq_optimizer_settings"
 
 
 class GeovqModule(L.LightningModule):
@@ -32,6 +36,17 @@ class GeovqModule(L.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self._step(batch, "test")
+
+    def optimizer_settings(self) -> dict:
+        """The configured optimizer's class and keyword arguments, as plain values."""
+        factory = self.optimizer_factory
+        if factory is None:
+            return {}
+        settings = {"_target_": f"{factory.func.__module__}.{factory.func.__qualname__}", **factory.keywords}
+        return json.loads(json.dumps(settings, default=str))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[OPTIMIZER_SETTINGS] = self.optimizer_settings()
 
     def configure_optimizers(self):
         """The configured optimizer (Adam(1e-3) when none) and, if configured, an epoch scheduler."""

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from geovq.errors import ConfigError
+from geovq.errors import ParameterError
 from geovq.models.base import GeovqModule
 
 
@@ -38,9 +38,9 @@ class MNISTClassifier(GeovqModule):
         super().__init__(optimizer, scheduler)
         for name, rate in (("dropout", dropout), ("head_dropout", head_dropout)):
             if not 0 <= rate < 1:
-                raise ConfigError(f"model.{name} must be in [0, 1), got {rate}.")
+                raise ParameterError(name, f"{name} must be in [0, 1), got {rate}.")
         if image_size % 4:
-            raise ConfigError(f"model.image_size must be a multiple of 4 (two 2x2 poolings), got {image_size}.")
+            raise ParameterError("image_size", f"image_size must be a multiple of 4 (two 2x2 poolings), got {image_size}.")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         side = image_size // 4
         self.trunk = nn.Sequential(

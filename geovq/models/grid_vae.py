@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanSquaredError
 
-from geovq.errors import ConfigError
+from geovq.errors import ParameterError, caller_names
 from geovq.models.base import GeovqModule
 from geovq.nn.conv import ConvDecoder, ConvEncoder
 
@@ -32,10 +32,11 @@ class GridVAE(GeovqModule):
     ):
         super().__init__(optimizer, scheduler)
         if beta < 0:
-            raise ConfigError(f"model.beta must be >= 0, got {beta}.")
+            raise ParameterError("beta", f"beta must be >= 0, got {beta}.")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
-        self.encoder = ConvEncoder(in_channels, hidden_channels, 2 * latent_dim, n_res_blocks)
-        self.decoder = ConvDecoder(latent_dim, hidden_channels, in_channels, n_res_blocks)
+        with caller_names(out_channels="latent_dim", in_channels="latent_dim"):  # the blocks' latent side
+            self.encoder = ConvEncoder(in_channels, hidden_channels, 2 * latent_dim, n_res_blocks)
+            self.decoder = ConvDecoder(latent_dim, hidden_channels, in_channels, n_res_blocks)
         self.mse = torch.nn.ModuleDict({s: MeanSquaredError() for s in ("val", "test")})
 
     # -- the model --------------------------------------------------------------------------

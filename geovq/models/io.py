@@ -21,6 +21,14 @@ MODEL_CLASSES = {
 }
 
 
+def model_kind(model) -> str:
+    """The artifact kind of a model (``grid_vae``, ``vqvae``, ...)."""
+    for kind, cls in MODEL_CLASSES.items():
+        if type(model) is cls:
+            return kind
+    raise ArtifactError(f"{type(model).__name__} is not a model geovq saves ({', '.join(MODEL_CLASSES)}).")
+
+
 def save_model(path, model, kind: str, **provenance) -> Artifact:
     """Save a trained model's hparams and weights as a ``kind`` artifact."""
     hparams = dict(model.hparams)  # save_hyperparameters already left out the optimizer partials

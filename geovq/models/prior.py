@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from geovq.errors import ConfigError
+from geovq.errors import ConfigError, ParameterError, caller_names
 from geovq.metrics.prior import nll_summary, unigram_entropy  # noqa: F401  (unigram_entropy re-exported)
 from geovq.models.base import GeovqModule
 from geovq.nn.transformer import GPT
@@ -49,9 +49,10 @@ class TransformerPrior(GeovqModule):
     ):
         super().__init__(optimizer, scheduler)
         if grid_size < 1:
-            raise ConfigError(f"model.grid_size must be >= 1, got {grid_size}.")
+            raise ParameterError("grid_size", f"grid_size must be >= 1, got {grid_size}.")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
-        self.gpt = GPT(n_codes, grid_size * grid_size, n_layer, n_head, d_model, dropout)
+        with caller_names(vocab_size="n_codes", seq_len="grid_size"):
+            self.gpt = GPT(n_codes, grid_size * grid_size, n_layer, n_head, d_model, dropout)
         # nan_strategy="disable": a NaN loss must show in the NLL, not be dropped from the mean.
         # (keys carry a suffix: a ModuleDict key may not shadow Module.train)
         self.nll = torch.nn.ModuleDict({f"{s}_nll": MeanMetric(nan_strategy="disable") for s in SPLITS})

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanSquaredError
 
+from geovq.errors import caller_names
 from geovq.metrics.codebook import usage_summary
 from geovq.models.base import GeovqModule
 from geovq.nn.conv import ConvDecoder, ConvEncoder
@@ -51,44 +52,39 @@ class VQVAE(GeovqModule):
     def __init__(
         self,
         latent_dim: int = 64,
-        n_codes: int = 128,
         hidden_channels: int = 64,
         n_res_blocks: int = 2,
         in_channels: int = 1,
-        commitment_cost: float = 0.5,
-        ema: bool = False,
-        decay: float = 0.99,
-        eps: float = 1e-5,
-        kmeans_init: bool = False,
-        kmeans_iters: int = 10,
-        restart_dead_codes: bool = False,
-        dead_code_window: int = 100,
+        quantizer: dict | None = None,
         optimizer: Any = None,
         scheduler: Any = None,
     ):
+        """``quantizer``: the keyword arguments of :class:`VectorQuantizer` (``n_codes``,
+        ``commitment_cost``, ``ema``, ``kmeans_init``, ...) as one block, so that every option of
+        the layer is one config key (``model.quantizer.<option>``); its ``code_dim`` is
+        ``latent_dim``."""
         super().__init__(optimizer, scheduler)
+        quantizer = dict(quantizer or {})
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
-        self.encoder = ConvEncoder(in_channels, hidden_channels, latent_dim, n_res_blocks)
-        self.quantizer = VectorQuantizer(
-            n_codes,
-            latent_dim,
-            commitment_cost=commitment_cost,
-            ema=ema,
-            decay=decay,
-            eps=eps,
-            kmeans_init=kmeans_init,
-            kmeans_iters=kmeans_iters,
-            restart_dead_codes=restart_dead_codes,
-            dead_code_window=dead_code_window,
-        )
-        self.decoder = ConvDecoder(latent_dim, hidden_channels, in_channels, n_res_blocks)
+        # (built in this order, so that a seed gives the same initial weights as before)
+        with caller_names(out_channels="latent_dim", in_channels="latent_dim"):  # the blocks' latent side
+            self.encoder = ConvEncoder(in_channels, hidden_channels, latent_dim, n_res_blocks)
+        with caller_names(prefix="quantizer.", code_dim="latent_dim"):
+            self.quantizer = VectorQuantizer(code_dim=latent_dim, **{"n_codes": 128, **quantizer})
+        with caller_names(out_channels="latent_dim", in_channels="latent_dim"):
+            self.decoder = ConvDecoder(latent_dim, hidden_channels, in_channels, n_res_blocks)
         self.mse = torch.nn.ModuleDict({s: MeanSquaredError() for s in ("val", "test")})
         # Per-code counts of the current (or last finished) epoch of each split, on the model's
         # device while accumulating; read them through ``epoch_code_counts``.
-        self._code_counts: dict[str, Tensor] = {s: torch.zeros(n_codes, dtype=torch.int64) for s in SPLITS}
+        self._code_counts: dict[str, Tensor] = {s: torch.zeros(self.n_codes, dtype=torch.int64) for s in SPLITS}
         self._pending_restarts: list[Tensor] = []
 
     # -- the model --------------------------------------------------------------------------
+    @property
+    def n_codes(self) -> int:
+        """K, the codebook size."""
+        return self.quantizer.n_codes
+
     @property
     def codebook(self) -> Tensor:
         """The K x D codebook (detached)."""
@@ -150,7 +146,7 @@ class VQVAE(GeovqModule):
         return {s: c.detach().cpu().numpy().copy() for s, c in self._code_counts.items()}
 
     def _reset_counts(self, split: str) -> None:
-        self._code_counts[split] = torch.zeros(self.hparams.n_codes, dtype=torch.int64, device=self.device)
+        self._code_counts[split] = torch.zeros(self.n_codes, dtype=torch.int64, device=self.device)
 
     def _log_usage(self, split: str) -> None:
         counts = self._code_counts[split]
@@ -180,7 +176,7 @@ class VQVAE(GeovqModule):
         self.log(f"{split}/rec", terms["rec"], **log)
         self.log(f"{split}/vq_loss", terms["vq_loss"], **log)
         self.log(f"{split}/commitment_loss", terms["commitment_loss"], **log)
-        if not self.hparams.ema:
+        if not self.quantizer.ema:
             self.log(f"{split}/codebook_loss", terms["codebook_loss"], **log)
         if split == "train" and terms["restarted"].numel():
             self._pending_restarts.append(terms["restarted"])
@@ -193,7 +189,7 @@ class VQVAE(GeovqModule):
         if self._pending_restarts:
             rows = torch.unique(torch.cat(self._pending_restarts))
             self._pending_restarts = []
-            if not self.hparams.ema:
+            if not self.quantizer.ema:
                 reset_optimizer_state_rows(optimizer, self.quantizer.embedding, rows)
             self.log("train/restarted_codes", float(rows.numel()), on_step=False, on_epoch=True, reduce_fx="sum")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from geovq.errors import ConfigError
+from geovq.errors import ParameterError
 
 
 class ResidualBlock(nn.Module):
@@ -26,13 +26,13 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
-def _check_sizes(hidden_channels: int, out_or_in_channels: int, n_res_blocks: int) -> None:
+def _check_sizes(hidden_channels: int, latent_channels: int, n_res_blocks: int, latent_name: str) -> None:
     if hidden_channels < 1:
-        raise ConfigError(f"hidden_channels must be >= 1, got {hidden_channels}.")
-    if out_or_in_channels < 1:
-        raise ConfigError(f"latent dimension D must be >= 1, got {out_or_in_channels}.")
+        raise ParameterError("hidden_channels", f"hidden_channels must be >= 1, got {hidden_channels}.")
+    if latent_channels < 1:
+        raise ParameterError(latent_name, f"{latent_name} (the latent dimension D) must be >= 1, got {latent_channels}.")
     if n_res_blocks < 0:
-        raise ConfigError(f"n_res_blocks must be >= 0, got {n_res_blocks}.")
+        raise ParameterError("n_res_blocks", f"n_res_blocks must be >= 0, got {n_res_blocks}.")
 
 
 class ConvEncoder(nn.Module):
@@ -40,7 +40,7 @@ class ConvEncoder(nn.Module):
 
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, n_res_blocks: int = 2):
         super().__init__()
-        _check_sizes(hidden_channels, out_channels, n_res_blocks)
+        _check_sizes(hidden_channels, out_channels, n_res_blocks, "out_channels")
         half = max(1, hidden_channels // 2)
         self.net = nn.Sequential(
             nn.Conv2d(in_channels, half, 4, stride=2, padding=1),  # 14x14
@@ -62,7 +62,7 @@ class ConvDecoder(nn.Module):
 
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, n_res_blocks: int = 2):
         super().__init__()
-        _check_sizes(hidden_channels, in_channels, n_res_blocks)
+        _check_sizes(hidden_channels, in_channels, n_res_blocks, "in_channels")
         half = max(1, hidden_channels // 2)
         self.net = nn.Sequential(
             nn.Conv2d(in_channels, hidden_channels, 3, padding=1),

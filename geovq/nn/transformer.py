@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from geovq.errors import ConfigError
+from geovq.errors import ParameterError
 
 
 class KVCache:
@@ -173,9 +173,9 @@ class GPT(nn.Module):
         """
         check_sampling_args(temperature, top_k, self.vocab_size)
         if n < 0:
-            raise ConfigError(f"the number of samples must be >= 0, got {n}.")
+            raise ParameterError("n", f"the number of samples must be >= 0, got {n}.")
         if batch_size < 1:
-            raise ConfigError(f"the sampling batch size must be >= 1, got {batch_size}.")
+            raise ParameterError("batch_size", f"the sampling batch size must be >= 1, got {batch_size}.")
         was_training = self.training
         self.eval()
         try:
@@ -227,33 +227,34 @@ def sample_next_code(logits: Tensor, temperature: float = 1.0, top_k: int | None
 
 
 def check_sampling_args(temperature: float, top_k: int | None, vocab_size: int) -> None:
-    """ConfigError unless temperature > 0 and top_k is None or in [1, vocab_size]."""
+    """ParameterError unless temperature > 0 and top_k is None or in [1, vocab_size]."""
     if not temperature > 0:  # also refuses NaN
-        raise ConfigError(
+        raise ParameterError(
+            "temperature",
             f"sampling temperature must be > 0, got {temperature}. Use 1.0 to sample the learned "
-            "distribution, a smaller value (e.g. 0.8) for sharper samples, or top_k=1 for greedy decoding."
+            "distribution, a smaller value (e.g. 0.8) for sharper samples, or top_k=1 for greedy decoding.",
         )
     if top_k is not None and (isinstance(top_k, bool) or int(top_k) != top_k or not 1 <= top_k <= vocab_size):
-        raise ConfigError(
+        raise ParameterError(
+            "top_k",
             f"top_k must be an integer in [1, {vocab_size}] (the number of codes) or null for no "
-            f"truncation, got {top_k}. Set top_k between 1 and {vocab_size}, or to null."
+            f"truncation, got {top_k}.",
         )
 
 
 def _check_architecture(vocab_size, seq_len, n_layer, n_head, d_model, dropout) -> None:
     if vocab_size < 1:
-        raise ConfigError(
-            f"the prior's vocabulary must hold at least 1 code, got {vocab_size}. Set model.n_codes "
-            "to the codebook size K of the code grids."
-        )
+        raise ParameterError("vocab_size", f"the vocabulary must hold at least 1 code, got {vocab_size}.")
     if seq_len < 1:
-        raise ConfigError(f"the sequence length must be >= 1, got {seq_len}. Set model.grid_size >= 1.")
-    if n_layer < 1 or n_head < 1:
-        raise ConfigError(f"model.n_layer and model.n_head must be >= 1, got {n_layer} and {n_head}.")
+        raise ParameterError("seq_len", f"the sequence length must be >= 1, got {seq_len}.")
+    for name, value in (("n_layer", n_layer), ("n_head", n_head)):
+        if value < 1:
+            raise ParameterError(name, f"{name} must be >= 1, got {value}.")
     if d_model % n_head:
-        raise ConfigError(
-            f"model.d_model={d_model} is not divisible by model.n_head={n_head}. Pick d_model as a "
-            "multiple of n_head (e.g. d_model=128 with n_head=4)."
+        raise ParameterError(
+            "d_model",
+            f"d_model={d_model} is not divisible by n_head={n_head}. Pick d_model as a multiple of "
+            "n_head (e.g. d_model=128 with n_head=4).",
         )
     if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"model.dropout must lie in [0, 1), got {dropout}.")
+        raise ParameterError("dropout", f"dropout must lie in [0, 1), got {dropout}.")

@@ -19,8 +19,8 @@ arguments in the spirit of lucidrains/vector-quantize-pytorch:
 - ``ema``: the codebook is a buffer updated from exponential moving averages of the cluster sizes
   and of the sums of the vectors assigned to each code (Laplace-smoothed by ``eps``). Only codes
   used in a batch move; unused codes keep their vector exactly.
-- ``kmeans_init``: the first training batch's encoder outputs initialise the codebook with
-  k-means++ seeding (distinct seeds: a vector identical to a chosen one has zero weight) and
+- ``kmeans_init``: the first training batch's encoder outputs initialise the codebook
+  (:func:`kmeans_init_codebook`) with k-means++ seeding (distinct seeds: a vector identical to a chosen one has zero weight) and
   ``kmeans_iters`` Lloyd iterations.
 - ``restart_dead_codes``: a code unused for ``dead_code_window`` consecutive training steps is
   re-seeded from a small random buffer of recent encoder outputs (favouring the ones the codebook
@@ -41,6 +41,10 @@ buffer (``reset_usage()`` clears it), which ``utilization()``, ``perplexity()`` 
 Randomness (initial codebook, k-means seeding, restarts) comes from torch's global generator, so
 ``torch.manual_seed`` makes the layer deterministic. Under data-parallel training the statistics
 are per process (not all-reduced).
+
+Invalid arguments raise :class:`geovq.errors.ParameterError` naming the argument (``n_codes``,
+``code_dim``, ..., ``z_e`` for a badly shaped input); the layer knows nothing of config keys, the
+model or stage that built it names the one to change.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from geovq.errors import ConfigError
+from geovq.errors import ParameterError
 from geovq.metrics.codebook import perplexity as _perplexity
 from geovq.metrics.codebook import usage_summary as _usage_summary
 from geovq.metrics.codebook import utilization as _utilization
@@ -155,7 +159,8 @@ class VectorQuantizer(nn.Module):
         """Codebook vectors B x D x H x W for codes B x H x W."""
         codes = torch.as_tensor(codes, device=self.embedding.device).long()
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.n_codes):
-            raise ConfigError(
+            raise ParameterError(
+                "codes",
                 f"codes must lie in [0, {self.n_codes}) for this codebook, got [{int(codes.min())}, "
                 f"{int(codes.max())}]; were they made with a model that has a different n_codes?"
             )
@@ -231,14 +236,16 @@ class VectorQuantizer(nn.Module):
     # -- internals ------------------------------------------------------------------------------
     def _flatten(self, z_e: Tensor) -> Tensor:
         if z_e.dim() < 3:
-            raise ConfigError(
-                f"the vector quantizer expects channel-first inputs B x D x H x W, got shape "
-                f"{tuple(z_e.shape)}; pass the encoder's output grid, not flattened vectors."
+            raise ParameterError(
+                "z_e",
+                f"the vector quantizer expects channel-first inputs z_e of shape B x D x H x W, got shape "
+                f"{tuple(z_e.shape)}; pass the encoder's output grid, not flattened vectors.",
             )
         if z_e.shape[1] != self.code_dim:
-            raise ConfigError(
-                f"the encoder emits {z_e.shape[1]} channels but the codebook has D={self.code_dim}; "
-                f"set model.latent_dim consistently (encoder output channels = code dimension)."
+            raise ParameterError(
+                "z_e",
+                f"z_e has {z_e.shape[1]} channels but the codebook has code_dim={self.code_dim}; the "
+                "encoder's output channels must equal code_dim.",
             )
         return z_e.movedim(1, -1).reshape(-1, self.code_dim)
 
@@ -262,7 +269,7 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _kmeans_initialise(self, flat: Tensor) -> None:
-        centers = kmeans(flat.float(), self.n_codes, self.kmeans_iters)
+        centers = kmeans_init_codebook(flat.float(), self.n_codes, self.kmeans_iters)
         self.embedding.data.copy_(centers.to(self.embedding.dtype))
         if self.ema:
             # Sizes of the k-means clusters on this batch, so that the EMA update on this same
@@ -327,8 +334,9 @@ def _squared_distances(x: Tensor, codebook: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def kmeans(x: Tensor, k: int, iters: int = 10) -> Tensor:
-    """k x D centers: k-means++ seeding then ``iters`` Lloyd iterations (torch's global RNG).
+def kmeans_init_codebook(x: Tensor, k: int, iters: int = 10) -> Tensor:
+    """The ``kmeans_init`` codebook: k x D centers of the vectors ``x`` (N x D), by k-means++
+    seeding then ``iters`` Lloyd iterations (torch's global RNG).
 
     Seeds are distinct data vectors (a vector equal to a chosen seed has zero weight); if ``x``
     holds fewer than ``k`` distinct vectors, the remaining seeds are data vectors plus small noise.
@@ -336,7 +344,7 @@ def kmeans(x: Tensor, k: int, iters: int = 10) -> Tensor:
     """
     n, dim = x.shape
     if n == 0:
-        raise ConfigError("k-means initialisation of the codebook needs at least one encoder output.")
+        raise ParameterError("x", "x is empty: the k-means initialisation of the codebook needs at least one vector.")
     first = int(torch.randint(n, (1,)))
     centers = [x[first]]
     closest = (x - x[first]).pow(2).sum(1)
@@ -386,20 +394,20 @@ def reset_optimizer_state_rows(optimizer, param: Tensor, rows) -> int:
 def _validate(n_codes, code_dim, commitment_cost, decay, eps, kmeans_iters, dead_code_window,
               restart_buffer_size, restart_noise) -> None:
     if n_codes < 1:
-        raise ConfigError(f"the codebook needs at least one code: n_codes (K) must be >= 1, got {n_codes}.")
+        raise ParameterError("n_codes", f"the codebook needs at least one code: n_codes (K) must be >= 1, got {n_codes}.")
     if code_dim < 1:
-        raise ConfigError(f"the code dimension D (model.latent_dim) must be >= 1, got {code_dim}.")
+        raise ParameterError("code_dim", f"code_dim (the code dimension D) must be >= 1, got {code_dim}.")
     if commitment_cost < 0:
-        raise ConfigError(f"commitment_cost must be >= 0, got {commitment_cost}.")
+        raise ParameterError("commitment_cost", f"commitment_cost must be >= 0, got {commitment_cost}.")
     if not 0.0 < decay < 1.0:
-        raise ConfigError(f"the EMA decay must lie strictly between 0 and 1 (e.g. 0.99), got {decay}.")
+        raise ParameterError("decay", f"decay (of the EMA) must lie strictly between 0 and 1 (e.g. 0.99), got {decay}.")
     if eps <= 0:
-        raise ConfigError(f"the EMA Laplace smoothing eps must be > 0 (e.g. 1e-5), got {eps}.")
+        raise ParameterError("eps", f"eps (the EMA Laplace smoothing) must be > 0 (e.g. 1e-5), got {eps}.")
     if kmeans_iters < 0:
-        raise ConfigError(f"kmeans_iters must be >= 0, got {kmeans_iters}.")
+        raise ParameterError("kmeans_iters", f"kmeans_iters must be >= 0, got {kmeans_iters}.")
     if dead_code_window < 1:
-        raise ConfigError(f"dead_code_window must be >= 1 training step, got {dead_code_window}.")
+        raise ParameterError("dead_code_window", f"dead_code_window must be >= 1 training step, got {dead_code_window}.")
     if restart_buffer_size < 1:
-        raise ConfigError(f"restart_buffer_size must be >= 1, got {restart_buffer_size}.")
+        raise ParameterError("restart_buffer_size", f"restart_buffer_size must be >= 1, got {restart_buffer_size}.")
     if restart_noise < 0:
-        raise ConfigError(f"restart_noise must be >= 0, got {restart_noise}.")
+        raise ParameterError("restart_noise", f"restart_noise must be >= 0, got {restart_noise}.")

@@ -4,6 +4,9 @@ fit:  landmarks -> k-NN graph over the distinct landmarks -> join its components
       all-pairs shortest paths (float32) -> K-Medoids on that matrix -> codebook = medoids.
 predict: every vector to a cluster by one of the rules of :mod:`geovq.quantize.assignment`.
 
+A :class:`~geovq.quantize.base.CodebookQuantizer` (a scikit-learn estimator); see there for the
+interface shared with :class:`~geovq.quantize.EuclideanKMeans`.
+
 Duplicate landmarks (uniform sampling on MNIST draws the same background vector thousands of
 times) are one node of the graph: identical vectors are the same point of the manifold, at
 geodesic distance 0, with identical rows in the distance matrix. The graph, the shortest paths and
@@ -19,19 +22,19 @@ import logging
 
 import numpy as np
 
-from geovq.errors import ConfigError
+from geovq.errors import ParameterError
 from geovq.quantize.assignment import (
     ASSIGNMENTS,
     assign_by_geodesic,
     assign_to_nearest_landmark,
     assign_to_nearest_medoid,
 )
+from geovq.quantize.base import CodebookQuantizer
 from geovq.quantize.connectivity import connect_components
 from geovq.quantize.dedup import unique_rows
 from geovq.quantize.geodesic import geodesic_distances, worker_memory_bytes
 from geovq.quantize.inputs import (
     EDGE_WEIGHTS,
-    as_vectors,
     check_choice,
     check_positive_int,
     geometry_features,
@@ -45,14 +48,8 @@ from geovq.quantize.resources import StepRecorder
 
 log = logging.getLogger(__name__)
 
-_SETTINGS = (
-    "n_clusters", "n_landmarks", "n_neighbors", "landmark_selection", "edge_weight", "assignment",
-    "backend", "random_state", "n_jobs", "progress", "n_candidates", "duplicate_tolerance",
-    "max_iter", "nn_backend", "store_distances",
-)
 
-
-class GeodesicKMedoids:
+class GeodesicKMedoids(CodebookQuantizer):
     """K-Medoids on geodesic distances of a k-NN graph over landmarks.
 
     Parameters
@@ -63,8 +60,10 @@ class GeodesicKMedoids:
     landmark_selection: ``"uniform"`` (paper), ``"unique"`` or ``"maxmin"``; see
         :mod:`geovq.quantize.landmarks`.
     edge_weight: ``"euclidean"`` between means, or ``"wasserstein"``: the 2-Wasserstein distance
-        between the diagonal posterior Gaussians (fit/predict then need ``variances``).
-    assignment: default rule of :meth:`predict`: ``"landmark"`` (paper), ``"medoid"``, ``"geodesic"``.
+        between the diagonal posterior Gaussians (fit/predict then need ``variances=``;
+        :attr:`uses_variances` is true).
+    assignment: default rule of :meth:`predict`, one of :attr:`assignment_rules`:
+        ``"landmark"`` (paper), ``"medoid"``, ``"geodesic"``.
     backend: K-Medoids backend, ``"fasterpam"`` or ``"sklearn_extra"``.
     random_state: seed of the landmark draw and of K-Medoids; same seed, same codebook.
     n_jobs: cores to use (-1: all).
@@ -83,17 +82,20 @@ class GeodesicKMedoids:
     medoid_indices_ (K,): indices into the landmarks; landmark_indices_ (N,): indices into X.
     landmarks_ (N, D) float32: the landmark vectors.
     labels_ (N,): cluster of each landmark. inertia_: sum of geodesic distances of the landmarks
-        to their medoid (the K-Medoids objective).
+        to their medoid (the K-Medoids objective). kmedoids_n_iter_: K-Medoids iterations.
     landmark_geodesic_to_medoids_ (N, K) float32: what the ``"geodesic"`` rule needs.
     n_components_: connected components of the k-NN graph before joining them;
         connection_report_: dict of what was done to connect it (see ConnectionReport).
     n_unique_landmarks_: distinct landmark vectors (= graph nodes).
-    timings_: seconds per step (landmarks, knn_graph, connect, shortest_paths, kmedoids, and
-        assignment for the latest predict). peak_memory_: bytes per step, the peak resident
-        memory of this process during the step minus that at its start (see
+    n_features_in_: the dimension D of the fitted vectors.
+    timings_: seconds per fit step (landmarks, knn_graph, connect, shortest_paths, kmedoids);
+        predict records nothing (time it yourself). peak_memory_: bytes per step, the peak
+        resident memory of this process during the step minus that at its start (see
         :mod:`geovq.quantize.resources`); for shortest_paths the shared result matrix and the
         workers' float64 chunks, which live outside this process's RSS, are added by size.
     """
+
+    assignment_rules = ASSIGNMENTS
 
     def __init__(
         self,
@@ -131,44 +133,46 @@ class GeodesicKMedoids:
 
     # -- parameters ---------------------------------------------------------------------------
 
-    def settings(self) -> dict:
-        """Constructor arguments, for recording next to the artifacts."""
-        return {name: getattr(self, name) for name in _SETTINGS}
+    @property
+    def uses_variances(self) -> bool:
+        return self.edge_weight == "wasserstein"
 
-    def get_params(self, deep: bool = True) -> dict:
-        return self.settings()
-
-    def _check_params(self) -> int:
+    def check_params(self) -> None:
         k = check_positive_int(self.n_clusters, "n_clusters")
         n = check_positive_int(self.n_landmarks, "n_landmarks", 2)
         nn = self.n_neighbors
         if isinstance(nn, bool) or not isinstance(nn, (int, np.integer)) or not 1 <= nn < n:
-            raise ConfigError(
+            raise ParameterError(
+                "n_neighbors",
                 f"n_neighbors must be an integer in [1, n_landmarks - 1] = [1, {n - 1}], got {nn!r}; "
-                "the paper's graphs use 10-15."
+                "the paper's graphs use 10-15.",
             )
         if k > n:
-            raise ConfigError(
+            raise ParameterError(
+                "n_clusters",
                 f"n_clusters={k} is more than n_landmarks={n}: the medoids are chosen among the "
-                "landmarks; raise n_landmarks or lower n_clusters."
+                "landmarks; raise n_landmarks or lower n_clusters.",
             )
         check_choice(self.landmark_selection, "landmark_selection", LANDMARK_SELECTIONS)
         check_choice(self.edge_weight, "edge_weight", EDGE_WEIGHTS)
-        check_choice(self.assignment, "assignment", ASSIGNMENTS)
+        check_choice(self.assignment, "assignment", self.assignment_rules)
         check_choice(self.backend, "backend", KMEDOIDS_BACKENDS)
         check_choice(self.nn_backend, "nn_backend", NN_BACKENDS)
         check_positive_int(self.n_candidates, "n_candidates")
         check_positive_int(self.max_iter, "max_iter")
-        return resolve_n_jobs(self.n_jobs)
+        if not isinstance(self.duplicate_tolerance, (int, float, np.integer, np.floating)) or not self.duplicate_tolerance >= 0:
+            raise ParameterError(
+                "duplicate_tolerance",
+                f"duplicate_tolerance must be a number >= 0 (0 = exact duplicates), got {self.duplicate_tolerance!r}.",
+            )
+        resolve_n_jobs(self.n_jobs)
 
     # -- fit ----------------------------------------------------------------------------------
 
-    def fit(self, X, variances=None) -> "GeodesicKMedoids":
+    def _fit(self, X: np.ndarray, variances, rec: StepRecorder) -> None:
         """Build the codebook from the vectors ``X`` (n, D) (and their variances, for W2)."""
-        n_jobs = self._check_params()
-        X = as_vectors(X)
+        n_jobs = resolve_n_jobs(self.n_jobs)
         features = geometry_features(X, variances, self.edge_weight)
-        rec = StepRecorder()
         common = dict(n_jobs=n_jobs, progress=self.progress)
 
         with rec.step("landmarks"):
@@ -198,8 +202,6 @@ class GeodesicKMedoids:
         self.landmarks_ = X[idx]
         self.medoid_indices_ = result.medoids
         self.cluster_centers_ = X[idx[result.medoids]].copy()
-        self.__dict__.pop("cluster_center_variances_", None)  # from an earlier fit
-        self.__dict__.pop("geodesic_distances_", None)
         if self.edge_weight == "wasserstein":
             self.cluster_center_variances_ = np.square(features[idx[result.medoids], X.shape[1]:])
         self.labels_ = result.labels
@@ -209,7 +211,6 @@ class GeodesicKMedoids:
         self.n_unique_landmarks_ = nodes.n_unique
         self.n_components_ = report.n_components_before
         self.connection_report_ = report.as_dict()
-        self.n_features_in_ = X.shape[1]
         if self.store_distances:
             self.geodesic_distances_ = D
         # The graph side of predict: distinct landmarks, their labels and medoid distances.
@@ -218,56 +219,76 @@ class GeodesicKMedoids:
         self._node_to_medoids = np.ascontiguousarray(node_dist[:, medoid_nodes])
         self._medoid_points = features[idx[result.medoids]]
         del D, node_dist
-        self.timings_, self.peak_memory_ = rec.timings, rec.peak_memory
         log.info("geodesic k-medoids: %d landmarks (%d distinct), K=%d, objective %.6g, %s",
                  len(idx), nodes.n_unique, self.n_clusters, self.inertia_,
                  ", ".join(f"{k} {v:.2f}s" for k, v in rec.timings.items()))
-        return self
 
     def _check_distinct(self, n_distinct: int) -> None:
         if n_distinct < self.n_clusters:
-            raise ConfigError(
+            raise ParameterError(
+                "n_clusters",
                 f"only {n_distinct} of the {self.n_landmarks} landmarks are distinct vectors, fewer than "
-                f"n_clusters={self.n_clusters}; use landmark_selection='unique', more landmarks, or fewer clusters."
+                f"n_clusters={self.n_clusters}; use landmark_selection='unique', more landmarks, or fewer clusters.",
             )
         if self.n_neighbors >= n_distinct:
-            raise ConfigError(
+            raise ParameterError(
+                "n_neighbors",
                 f"n_neighbors={self.n_neighbors} but only {n_distinct} landmarks are distinct vectors; "
-                f"lower n_neighbors below {n_distinct} or use landmark_selection='unique'."
+                f"lower n_neighbors below {n_distinct} or use landmark_selection='unique'.",
             )
 
     # -- predict ------------------------------------------------------------------------------
 
-    def predict(self, X, variances=None, assignment: str | None = None) -> np.ndarray:
-        """Cluster index of every row of ``X`` by the rule ``assignment`` (default: the
-        constructor's). ``variances`` are used only with ``edge_weight="wasserstein"``."""
-        if not hasattr(self, "cluster_centers_"):
-            raise ConfigError("this GeodesicKMedoids is not fitted yet; call fit(X) first.")
-        mode = check_choice(assignment or self.assignment, "assignment", ASSIGNMENTS)
-        n_jobs = resolve_n_jobs(self.n_jobs)
-        X = as_vectors(X)
-        if X.shape[1] != self.n_features_in_:
-            raise ConfigError(
-                f"X has dimension {X.shape[1]} but the codebook was fitted on dimension "
-                f"{self.n_features_in_}; pass latents from the same model."
-            )
-        features = geometry_features(X, variances, self.edge_weight)
-        common = dict(backend=self.nn_backend, n_jobs=n_jobs, progress=self.progress)
-        rec = StepRecorder()
-        with rec.step("assignment"):
-            if mode == "landmark":
-                labels = assign_to_nearest_landmark(features, self._node_points, self._node_labels, **common)
-            elif mode == "medoid":
-                labels = assign_to_nearest_medoid(features, self._medoid_points, **common)
-            else:
-                labels = assign_by_geodesic(features, self._node_points, self._node_to_medoids,
-                                            self.n_candidates, **common)
-        self.timings_.update(rec.timings)
-        self.peak_memory_.update(rec.peak_memory)
-        return labels
+    def predict(self, X, *, variances=None, assignment: str | None = None) -> np.ndarray:
+        """Cluster index (int64) of every row of ``X`` by the rule ``assignment`` (one of
+        :attr:`assignment_rules`; default: the constructor's). ``variances`` are needed with
+        ``edge_weight="wasserstein"`` only. Changes no state of the estimator."""
+        X = self._check_predict_input(X)
+        rule = check_choice(self.assignment if assignment is None else assignment, "assignment",
+                            self.assignment_rules)
+        return self._assign(X, variances, rule)
 
-    def fit_predict(self, X, variances=None, assignment: str | None = None) -> np.ndarray:
-        return self.fit(X, variances).predict(X, variances, assignment)
+    def _predict(self, X: np.ndarray, variances) -> np.ndarray:
+        return self._assign(X, variances, check_choice(self.assignment, "assignment", self.assignment_rules))
+
+    def _assign(self, X: np.ndarray, variances, rule: str) -> np.ndarray:
+        features = geometry_features(X, variances, self.edge_weight)
+        common = dict(backend=self.nn_backend, n_jobs=resolve_n_jobs(self.n_jobs), progress=self.progress)
+        if rule == "landmark":
+            return assign_to_nearest_landmark(features, self._node_points, self._node_labels, **common)
+        if rule == "medoid":
+            return assign_to_nearest_medoid(features, self._medoid_points, **common)
+        return assign_by_geodesic(features, self._node_points, self._node_to_medoids, self.n_candidates, **common)
+
+    # -- what to store ------------------------------------------------------------------------
+
+    def artifact_fields(self) -> dict:
+        """``landmark_indices`` (indices into the fitted X), ``medoid_indices`` (into the
+        landmarks), ``medoid_vector_indices`` (into X: which fitted vector each code is) as int64
+        arrays, and ``connection_report`` as plain Python values."""
+        fields = super().artifact_fields()
+        landmarks = np.asarray(self.landmark_indices_, dtype=np.int64)
+        medoids = np.asarray(self.medoid_indices_, dtype=np.int64)
+        fields.update(
+            landmark_indices=landmarks,
+            medoid_indices=medoids,
+            medoid_vector_indices=landmarks[medoids],
+            connection_report=_plain(self.connection_report_),
+        )
+        return fields
+
+
+def _plain(value):
+    """``value`` with numpy scalars/arrays and tuples turned into Python numbers and lists."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    return value
 
 
 def _expand(node_dist: np.ndarray, inverse: np.ndarray, chunk: int = 1024) -> np.ndarray:

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components, dijkstra
 
-from geovq.errors import ConfigError
+from geovq.errors import ParameterError
 from geovq.quantize.resources import progress_bar
 
 _CHUNK_BYTES = 64 << 20  # float64 rows one worker holds at a time
@@ -45,12 +45,13 @@ def geodesic_distances(
     n = graph.shape[0]
     n_comp, _ = connected_components(graph, directed=False)
     if n_comp > 1:
-        raise ConfigError(
-            f"the graph has {n_comp} connected components, so some geodesic distances are infinite; "
+        raise ParameterError(
+            "graph",
+            f"graph has {n_comp} connected components, so some geodesic distances are infinite; "
             "join them first with geovq.quantize.connect_components (GeodesicKMedoids does this)."
         )
     if graph.nnz and graph.data.min() < 0:
-        raise ConfigError("edge weights must be non-negative distances.")
+        raise ParameterError("graph", "graph has negative edge weights; edge weights must be non-negative distances.")
     chunk_rows = chunk_rows or default_chunk_rows(n, n_jobs)
     key = next(_CALLS)  # this call's entry in _SHARED (calls from several threads do not mix)
     bounds = [(key, s, min(n, s + chunk_rows)) for s in range(0, n, chunk_rows)]

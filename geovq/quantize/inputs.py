@@ -1,7 +1,10 @@
-"""Validation of the arrays and settings handed to the quantizers.
+"""Validation of the arrays and arguments handed to the quantizers.
 
-Every check raises :class:`geovq.errors.ConfigError` with a message naming the problem and the
-fix, because these inputs usually come from a config file a person edits.
+Every check raises :class:`geovq.errors.ParameterError` naming the argument (``parameter``: the
+argument's own name, e.g. ``"n_clusters"``, or ``"X"``/``"variances"`` for the input arrays) with
+a message naming the problem and the fix in terms of that argument. This layer knows nothing of
+config files: the stage that built the quantizer turns the error into a ``ConfigError`` naming
+the config key to change.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import os
 
 import numpy as np
 
-from geovq.errors import ConfigError
+from geovq.errors import ParameterError
 
 
 def as_vectors(X, name: str = "X") -> np.ndarray:
@@ -19,19 +22,21 @@ def as_vectors(X, name: str = "X") -> np.ndarray:
         X = X.detach().cpu().numpy()
     X = np.asarray(X)
     if X.ndim != 2:
-        raise ConfigError(
+        raise ParameterError(
+            name,
             f"{name} must be a 2-D array (n_vectors, dim), got shape {X.shape}; "
             "flatten latent grids first, e.g. z.permute(0, 2, 3, 1).reshape(-1, dim)."
         )
     if X.shape[0] == 0 or X.shape[1] == 0:
-        raise ConfigError(f"{name} is empty (shape {X.shape}); pass at least one vector of dimension >= 1.")
+        raise ParameterError(name, f"{name} is empty (shape {X.shape}); pass at least one vector of dimension >= 1.")
     if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
-        raise ConfigError(f"{name} must hold real numbers, got dtype {X.dtype}.")
+        raise ParameterError(name, f"{name} must hold real numbers, got dtype {X.dtype}.")
     X = np.ascontiguousarray(X, dtype=np.float32)
     finite = np.isfinite(X).all(axis=1)
     if not finite.all():
         bad = np.flatnonzero(~finite)
-        raise ConfigError(
+        raise ParameterError(
+            name,
             f"{name} has {bad.size} row(s) with NaN or infinite values (first at row {bad[0]}); "
             "these usually come from a diverged encoder: check the VAE run, or drop those rows."
         )
@@ -42,12 +47,13 @@ def as_variances(variances, X: np.ndarray, name: str = "variances") -> np.ndarra
     """Posterior variances matching ``X`` row for row, finite and non-negative."""
     V = as_vectors(variances, name)
     if V.shape != X.shape:
-        raise ConfigError(
+        raise ParameterError(
+            name,
             f"{name} has shape {V.shape} but the means have shape {X.shape}; pass the diagonal "
             "posterior variances (exp(logvar)) of the same vectors, in the same order."
         )
     if (V < 0).any():
-        raise ConfigError(f"{name} has negative entries; pass variances (exp(logvar)), not log-variances.")
+        raise ParameterError(name, f"{name} has negative entries; pass variances (exp(logvar)), not log-variances.")
     return V
 
 
@@ -63,11 +69,12 @@ def geometry_features(X: np.ndarray, variances, edge_weight: str) -> np.ndarray:
     these features and stays plain Euclidean.
     """
     if edge_weight not in EDGE_WEIGHTS:
-        raise ConfigError(f"edge_weight must be one of {EDGE_WEIGHTS}, got {edge_weight!r}.")
+        raise ParameterError("edge_weight", f"edge_weight must be one of {EDGE_WEIGHTS}, got {edge_weight!r}.")
     if edge_weight == "euclidean":
         return X
     if variances is None:
-        raise ConfigError(
+        raise ParameterError(
+            "variances",
             "edge_weight='wasserstein' needs the posterior variances: call fit(X, variances=...) "
             "and predict(X, variances=...), or use edge_weight='euclidean'."
         )
@@ -81,17 +88,17 @@ def resolve_n_jobs(n_jobs: int | None) -> int:
     if n_jobs is None or n_jobs == -1:
         return max(1, available)
     if not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0 or n_jobs < -1:
-        raise ConfigError(f"n_jobs must be a positive integer or -1 (all cores), got {n_jobs!r}.")
+        raise ParameterError("n_jobs", f"n_jobs must be a positive integer or -1 (all cores), got {n_jobs!r}.")
     return int(n_jobs)
 
 
 def check_positive_int(value, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+        raise ParameterError(name, f"{name} must be an integer >= {minimum}, got {value!r}.")
     return int(value)
 
 
 def check_choice(value, name: str, choices) -> str:
     if value not in choices:
-        raise ConfigError(f"{name} must be one of {tuple(choices)}, got {value!r}.")
+        raise ParameterError(name, f"{name} must be one of {tuple(choices)}, got {value!r}.")
     return value

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from geovq.errors import ConfigError
+from geovq.errors import ParameterError
 from geovq.quantize.nearest import nearest_neighbors
 
 
@@ -30,9 +30,10 @@ def knn_graph(
     """Symmetric CSR adjacency (float64 weights = Euclidean distances) of the k-NN graph."""
     n = points.shape[0]
     if not 1 <= n_neighbors < n:
-        raise ConfigError(
-            f"n_neighbors must be in [1, {n - 1}] for {n} distinct landmarks, got {n_neighbors}; "
-            "lower n_neighbors or use more landmarks."
+        raise ParameterError(
+            "n_neighbors",
+            f"n_neighbors must be in [1, {n - 1}] for {n} distinct points, got {n_neighbors}; "
+            "lower n_neighbors or pass more distinct points."
         )
     dist, idx = nearest_neighbors(
         points, points, n_neighbors, exclude_self=True, backend=backend, n_jobs=n_jobs,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from geovq.errors import ConfigError
+from geovq.errors import ParameterError
 from geovq.quantize.dedup import unique_rows
 from geovq.quantize.resources import progress_bar, torch_threads
 
@@ -39,14 +39,15 @@ def select_landmarks(
 ) -> np.ndarray:
     """Indices (sorted, into ``X``) of ``n_landmarks`` landmarks chosen by ``method``."""
     if method not in LANDMARK_SELECTIONS:
-        raise ConfigError(f"landmark_selection must be one of {LANDMARK_SELECTIONS}, got {method!r}.")
+        raise ParameterError("method", f"method (the landmark selection) must be one of {LANDMARK_SELECTIONS}, got {method!r}.")
     if duplicate_tolerance < 0:
-        raise ConfigError(f"duplicate_tolerance must be >= 0 (0 = exact duplicates), got {duplicate_tolerance}.")
+        raise ParameterError("duplicate_tolerance", f"duplicate_tolerance must be >= 0 (0 = exact duplicates), got {duplicate_tolerance}.")
     rng = np.random.default_rng(random_state)
     n = X.shape[0]
     if method == "uniform":
         if n_landmarks > n:
-            raise ConfigError(
+            raise ParameterError(
+                "n_landmarks",
                 f"n_landmarks={n_landmarks} but only {n} vectors were given; lower n_landmarks "
                 f"to at most {n} or pass more vectors."
             )
@@ -55,9 +56,10 @@ def select_landmarks(
     groups = unique_rows(X, duplicate_tolerance)
     if n_landmarks > groups.n_unique:
         what = "distinct" if duplicate_tolerance == 0 else f"distinct (at tolerance {duplicate_tolerance})"
-        raise ConfigError(
+        raise ParameterError(
+            "n_landmarks",
             f"n_landmarks={n_landmarks} but X has only {groups.n_unique} {what} vectors out of {n}; "
-            f"lower n_landmarks to at most {groups.n_unique}, or use landmark_selection='uniform' "
+            f"lower n_landmarks to at most {groups.n_unique}, or use method='uniform' "
             "(which repeats duplicates)."
         )
     if method == "unique":

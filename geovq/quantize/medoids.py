@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import kmedoids as kmedoids_pkg
 import numpy as np
 
-from geovq.errors import ConfigError
+from geovq.errors import ParameterError
 
 KMEDOIDS_BACKENDS = ("fasterpam", "sklearn_extra")
 
@@ -57,12 +57,12 @@ def kmedoids(
     matrix in its fast order.
     """
     if backend not in KMEDOIDS_BACKENDS:
-        raise ConfigError(f"backend must be one of {KMEDOIDS_BACKENDS}, got {backend!r}.")
+        raise ParameterError("backend", f"backend must be one of {KMEDOIDS_BACKENDS}, got {backend!r}.")
     n = D.shape[0]
     if D.ndim != 2 or D.shape[1] != n:
-        raise ConfigError(f"K-Medoids needs a square dissimilarity matrix, got shape {D.shape}.")
+        raise ParameterError("D", f"D must be a square dissimilarity matrix, got shape {D.shape}.")
     if not 1 <= n_clusters <= n:
-        raise ConfigError(f"n_clusters={n_clusters} must be in [1, {n}] (the number of points clustered).")
+        raise ParameterError("n_clusters", f"n_clusters={n_clusters} must be in [1, {n}] (the number of points clustered).")
     if backend == "fasterpam":
         medoids, n_iter = _fasterpam(D, n_clusters, random_state, max_iter, symmetric)
     else:
@@ -107,7 +107,8 @@ def _sklearn_extra(D, n_clusters, random_state, max_iter, method):
     try:
         from sklearn_extra.cluster import KMedoids
     except ImportError as exc:
-        raise ConfigError(
+        raise ParameterError(
+            "backend",
             "backend='sklearn_extra' needs scikit-learn-extra, which is not importable "
             f"({exc}). Install it from source against this numpy: {SKLEARN_EXTRA_INSTALL}; "
             "or use backend='fasterpam'."

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from geovq.errors import ConfigError
+from geovq.errors import ParameterError
 from geovq.quantize.resources import progress_bar, torch_threads
 
 NN_BACKENDS = ("auto", "kdtree", "brute")
@@ -35,7 +35,7 @@ _RERANK_EXTRA = 4
 
 def choose_backend(n_reference: int, dim: int, backend: str = "auto") -> str:
     if backend not in NN_BACKENDS:
-        raise ConfigError(f"nn_backend must be one of {NN_BACKENDS}, got {backend!r}.")
+        raise ParameterError("backend", f"backend must be one of {NN_BACKENDS}, got {backend!r}.")
     if backend != "auto":
         return backend
     return "brute" if n_reference <= _BRUTE_MAX_REFERENCE or dim > _KDTREE_MAX_DIM else "kdtree"
@@ -67,9 +67,10 @@ def nearest_neighbors(
     """
     n_ref = reference.shape[0]
     if k + int(exclude_self) > n_ref:
-        raise ConfigError(
-            f"asked for {k} nearest neighbours among only {n_ref - int(exclude_self)} candidate points; "
-            "lower n_neighbors or use more landmarks."
+        raise ParameterError(
+            "k",
+            f"k={k} nearest neighbours asked for among only {n_ref - int(exclude_self)} candidate points "
+            "of reference; lower k or pass more reference points."
         )
     backend = choose_backend(n_ref, reference.shape[1], backend)
     wanted = k + int(exclude_self)

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from geovq.artifacts import MODEL_FILE
 from geovq.loggers import log_final_and_finish
 from geovq.models.classifier import MNISTClassifier
-from geovq.models.io import save_model
-from geovq.run_folder import output_dir, result_config, write_run_files
+from geovq.run_folder import write_run_files
 from geovq.training import train_and_test
 
 
 def run(cfg: DictConfig) -> dict:
-    model, _, trainer, metrics = train_and_test(cfg, MNISTClassifier)
-    if trainer.is_global_zero:
-        save_model(output_dir(cfg) / MODEL_FILE, model, "classifier", stage="classifier", config=result_config(cfg))
-        write_run_files(cfg, metrics)
-    log_final_and_finish(trainer, metrics)
-    return metrics
+    trained = train_and_test(cfg, MNISTClassifier)
+    if trained.trainer.is_global_zero:
+        write_run_files(cfg, trained.metrics)
+    log_final_and_finish(trained.trainer, trained.metrics)
+    return trained.metrics

@@ -24,8 +24,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from geovq.aposteriori import continuous_mse
-from geovq.artifacts import EVALUATION_FILE, MODEL_FILE, SAMPLES_FILE, atomic_write_text, find_latest, load_artifact, load_input
-from geovq.errors import ConfigError
+from geovq.artifacts import (
+    EVALUATION_FILE,
+    MODEL_FILE,
+    SAMPLES_FILE,
+    atomic_write_text,
+    find_latest,
+    load_artifact,
+    load_input,
+)
+from geovq.errors import ConfigError, config_section
 from geovq.loggers import log_without_trainer
 from geovq.metrics.codebook import code_counts, usage_summary
 from geovq.metrics.fidelity import fidelity_report
@@ -57,7 +65,8 @@ def run(cfg: DictConfig) -> dict:
     prior = model_from_artifact(prior_art)
     classifier, _ = load_model(options.classifier or find_latest(cfg.paths.log_dir, "classifier", MODEL_FILE, kind="classifier"), "classifier")
 
-    datamodule = instantiate(cfg.data)
+    with config_section("data"):
+        datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     test_images = datamodule.split("test").tensors[0]
     grids = {split: grid.to(torch.int64) for split, grid in codes.payload["splits"].items()}

@@ -34,7 +34,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from geovq import CONF_DIR
-from geovq.artifacts import CODES_FILE, EVALUATION_FILE, MODEL_FILE, SAMPLES_FILE, atomic_write_text, config_hash
+from geovq.artifacts import (
+    CODES_FILE,
+    EVALUATION_FILE,
+    MODEL_FILE,
+    SAMPLES_FILE,
+    atomic_write_text,
+    config_hash,
+)
 from geovq.errors import ConfigError
 from geovq.loggers import log_without_trainer
 from geovq.run_folder import output_dir, result_config
@@ -72,7 +79,7 @@ def compose_step(overrides: list[str], step: str = "") -> DictConfig:
     except HydraException as err:
         raise ConfigError(
             f"the pipeline's step '{step}' cannot use these overrides ({str(err).splitlines()[0]}). "
-            f"Give overrides meant for one step in its list, e.g. 'pipeline.{step or 'vae'}=[model.latent_dim=32]'."
+            f"Give overrides meant for one step in its list, e.g. 'pipeline.{step or 'vae'}=[\"model.latent_dim=32\"]'."
         ) from None
 
 

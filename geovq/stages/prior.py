@@ -14,13 +14,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from geovq.artifacts import CODES_FILE, MODEL_FILE, find_latest, load_code_grids
+from geovq.artifacts import CODES_FILE, find_latest, load_code_grids
 from geovq.errors import ArtifactError, ConfigError
 from geovq.loggers import log_final_and_finish
 from geovq.metrics.prior import unigram_entropy
-from geovq.models.io import save_model
 from geovq.models.prior import TransformerPrior
-from geovq.run_folder import output_dir, result_config, write_run_files
+from geovq.run_folder import write_run_files
 from geovq.training import train_and_test
 
 # Where each pipeline's code grids come from.
@@ -57,20 +56,17 @@ def run(cfg: DictConfig) -> dict:
     # model.n_codes=null: the vocabulary is the codebook size recorded with the codes; a number
     # is checked against it by the data module.
     n_codes = cfg.model.n_codes or int(load_code_grids(codes_path).payload["n_codes"])
-    model, datamodule, trainer, metrics = train_and_test(
+    trained = train_and_test(
         cfg,
         TransformerPrior,
         data_kwargs={"path": str(codes_path), "n_codes": n_codes},
         model_kwargs={"n_codes": n_codes},
     )
-    baseline = unigram_entropy(datamodule.split("train"), datamodule.n_codes)
+    metrics = trained.metrics
+    baseline = unigram_entropy(trained.datamodule.split("train"), trained.datamodule.n_codes)
     metrics["unigram/nll"] = baseline
     metrics["unigram/perplexity"] = math.exp(baseline)
-    if trainer.is_global_zero:
-        save_model(
-            output_dir(cfg) / MODEL_FILE, model, "prior", stage="prior", config=result_config(cfg),
-            inputs={"codes": datamodule.artifact},
-        )
+    if trained.trainer.is_global_zero:
         write_run_files(cfg, metrics)
-    log_final_and_finish(trainer, metrics)
+    log_final_and_finish(trained.trainer, metrics)
     return metrics

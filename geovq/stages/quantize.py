@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from geovq.aposteriori import SPLITS, check_quantizer, quantize_vae
 from geovq.artifacts import MODEL_FILE, find_latest
+from geovq.errors import config_section
 from geovq.loggers import log_without_trainer
 from geovq.models.io import load_model
 from geovq.run_folder import output_dir, result_config, write_run_files
@@ -25,7 +26,8 @@ def run(cfg: DictConfig) -> dict:
     model, vae_artifact = load_model(vae_path, "grid_vae")
     quantizer = instantiate(cfg.quantizer)
     check_quantizer(quantizer)
-    datamodule = instantiate(cfg.data)
+    with config_section("data"):
+        datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     images = {split: datamodule.split(split).tensors[0] for split in SPLITS}
     if torch.cuda.is_available() and cfg.trainer.accelerator in ("gpu", "cuda", "auto"):
@@ -38,6 +40,7 @@ def run(cfg: DictConfig) -> dict:
         vae_artifact=vae_artifact,
         config=result_config(cfg),
         compare_assignments=cfg.stage.compare_assignments,
+        progress=cfg.quantizer.progress,
     )
     write_run_files(cfg, metrics)
     log_without_trainer(cfg, metrics, usage={"quantized/train": train_counts})

@@ -14,8 +14,14 @@ import time
 import torch
 from omegaconf import DictConfig
 
-from geovq.artifacts import MODEL_FILE, SAMPLES_FILE, find_latest, load_input, save_artifact
-from geovq.errors import ConfigError
+from geovq.artifacts import (
+    MODEL_FILE,
+    SAMPLES_FILE,
+    find_latest,
+    load_input,
+    save_artifact,
+)
+from geovq.errors import ConfigError, config_section
 from geovq.loggers import log_without_trainer
 from geovq.metrics.codebook import code_counts, usage_summary
 from geovq.models.decoding import code_decoder
@@ -35,7 +41,8 @@ def run(cfg: DictConfig) -> dict:
     decode, decoder_inputs, label = code_decoder(codes_art, options.decoder, options.codebook)
 
     started = time.perf_counter()
-    grids = prior.sample(options.n_samples, options.temperature, options.top_k, seed=cfg.seed, batch_size=options.batch_size)
+    with config_section("stage"):
+        grids = prior.sample(options.n_samples, options.temperature, options.top_k, seed=cfg.seed, batch_size=options.batch_size)
     sample_seconds = time.perf_counter() - started
     images = torch.cat([torch.sigmoid(decode(grids[s : s + options.batch_size])) for s in range(0, len(grids), options.batch_size)])
     decode_seconds = time.perf_counter() - started - sample_seconds

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from geovq.artifacts import CODES_FILE, MODEL_FILE, save_code_grids
+from geovq.artifacts import CODES_FILE, save_code_grids
 from geovq.callbacks.codebook_usage import CodebookUsageLogger
 from geovq.loggers import log_final_and_finish
 from geovq.metrics.codebook import code_counts, usage_summary
 from geovq.models.inference import map_images
-from geovq.models.io import save_model
 from geovq.models.vqvae import VQVAE
 from geovq.run_folder import output_dir, result_config, write_run_files
 from geovq.training import train_and_test
@@ -23,19 +22,19 @@ from geovq.viz.reconstructions import save_reconstructions
 
 def run(cfg: DictConfig) -> dict:
     usage_logger = CodebookUsageLogger(output_dir(cfg) / "code_usage.csv")
-    model, datamodule, trainer, metrics = train_and_test(cfg, VQVAE, extra_callbacks=[usage_logger])
+    trained = train_and_test(cfg, VQVAE, extra_callbacks=[usage_logger])
+    model, datamodule, trainer, metrics = trained.model, trained.datamodule, trained.trainer, trained.metrics
     grids = {
         split: map_images(model, datamodule.split(split).tensors[0], model.codes, trainer, desc=f"codes ({split})")
         for split in ("train", "val", "test")
     }
     # Usage of the final codebook over all training images (the paper's utilization figure).
-    for key, value in usage_summary(code_counts(grids["train"], model.hparams.n_codes)).items():
+    for key, value in usage_summary(code_counts(grids["train"], model.n_codes)).items():
         metrics[f"codes/train_{key}"] = value
     if trainer.is_global_zero:
-        provenance = {"stage": "vqvae", "config": result_config(cfg)}
-        model_artifact = save_model(output_dir(cfg) / MODEL_FILE, model, "vqvae", **provenance)
         save_code_grids(
-            output_dir(cfg) / CODES_FILE, grids, model.hparams.n_codes, inputs={"vqvae": model_artifact}, **provenance
+            output_dir(cfg) / CODES_FILE, grids, model.n_codes, stage="vqvae", config=result_config(cfg),
+            inputs={"vqvae": trained.model_artifact},
         )
         if cfg.figures:
             save_reconstructions({"VQ-VAE": model}, datamodule, output_dir(cfg) / "reconstructions.png")
