@@ -13,6 +13,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from geovq.console import route_warnings_to_log
 from geovq.errors import GeovqError
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ def run_stage(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> dict | None:
+    route_warnings_to_log()
     try:
         return run_stage(cfg)
     except Exception as err:

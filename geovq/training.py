@@ -148,7 +148,7 @@ def train_and_test(
     ``data_kwargs``/``model_kwargs`` fill in what the stage resolved at run time (an input path,
     the vocabulary size).
     """
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     with config_section("data"):
         datamodule = instantiate(cfg.data, **(data_kwargs or {}))
     datamodule.prepare_data()  # fail before training when the data is missing

@@ -21,23 +21,17 @@ DATA_ROOT = Path(os.environ.get("GEOVQ_DATA_ROOT", REPO.parent / "shared" / "dat
 
 
 def tiny_overrides(**extra) -> list[str]:
-    """Overrides for a CPU run of a few steps on a tiny MNIST subset."""
+    """Overrides for a CPU run of a few steps on a tiny MNIST subset: debug=tiny (the same
+    settings a user gets from the command line) plus small models."""
     base = {
         "data.root": str(DATA_ROOT),
-        "data.subset": 256,
-        "data.test_subset": 200,
-        "data.batch_size": 64,
         "data.download": "false",
-        "trainer.max_epochs": 1,
-        "trainer.log_every_n_steps": 1,
-        "trainer.enable_model_summary": "false",
-        "callbacks.progress_bar.refresh_rate": 0,
         "model.hidden_channels": 16,
         "model.n_res_blocks": 1,
         "model.latent_dim": 8,
     }
     base.update(extra)
-    return [f"{key}={value}" for key, value in base.items()]
+    return ["debug=tiny", *(f"{key}={value}" for key, value in base.items())]
 
 
 def compose_config(output_dir: Path, overrides: list[str]):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from conftest import run_cli, tiny_overrides
 
@@ -19,11 +21,13 @@ def test_unknown_stage_lists_the_choices(tmp_path):
     assert_clear_error(result, "stage/nope", "vae")
 
 
+@pytest.mark.slow
 def test_missing_data_folder(tmp_path):
     result = run_cli("stage=vae", f"hydra.run.dir={tmp_path / 'r'}", *tiny_overrides(**{"data.root": tmp_path / "nowhere"}))
     assert_clear_error(result, "error:", str(tmp_path / "nowhere"), "data.root")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "stage,override,needle",
     [
@@ -37,6 +41,7 @@ def test_invalid_config_values(tmp_path, stage, override, needle):
     assert_clear_error(result, "error:", needle)
 
 
+@pytest.mark.slow
 def test_unwritable_output_folder(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
@@ -44,6 +49,27 @@ def test_unwritable_output_folder(tmp_path):
     assert_clear_error(result, "cannot write the output folder", "paths.log_dir")
 
 
+@pytest.mark.slow
 def test_resume_without_a_checkpoint_says_how(tmp_path):
     result = run_cli("stage=vae", "ckpt_path=last", f"hydra.run.dir={tmp_path / 'r'}", *tiny_overrides())
     assert_clear_error(result, "cannot resume", "hydra.run.dir")
+
+
+@pytest.mark.slow
+def test_console_prints_each_message_once_without_adverts(tmp_path):
+    result = run_cli(
+        "stage=vae", "callbacks=quantize", "quantizer.progress=false", "quantizer.n_landmarks=200",
+        "quantizer.n_clusters=8", "quantizer.n_neighbors=5", f"hydra.run.dir={tmp_path / 'r'}", *tiny_overrides(),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    # Lines that are not progress bars (tqdm redraws those with carriage returns).
+    lines = [line.strip() for line in output.replace("\r", "\n").splitlines() if line.strip() and "it/s]" not in line]
+    # The same message from two handlers differs only by its prefix ("INFO: ", "[time][logger][INFO] - ").
+    bare = [re.sub(r"^(\[[^\]]*\])+ - |^(INFO|WARNING): ", "", line) for line in lines]
+    messages = [line for line in bare if not line.startswith(("|", "-", "0 |", "1 |", "2 |")) and "params" not in line.lower()]
+    repeated = {line for line in messages if messages.count(line) > 1}
+    assert not repeated, repeated
+    for noise in ("litlogger", "Seed set to", "LeafSpec", "latents (train)"):
+        assert noise not in output, noise
+    assert "fitting GeodesicKMedoids" in output

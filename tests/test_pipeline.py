@@ -33,6 +33,7 @@ STEPS = ["classifier", "vae", "quantize_geodesic", "quantize_kmeans", "vqvae", "
 ]
 
 
+@pytest.mark.slow
 def test_quick_experiment_writes_report_and_figures_and_resumes(tmp_path, monkeypatch):
     out = tmp_path / "experiments" / "quick"
     real_get_stage = pipeline_module.get_stage

@@ -100,6 +100,7 @@ def test_more_clusters_than_landmarks_is_refused(trained_vae, make_cfg):
                            "quantizer.n_clusters=64", "quantizer.n_neighbors=5"))
 
 
+@pytest.mark.slow
 def test_cluster_count_sweep_through_multirun(trained_vae, tmp_path):
     vae_dir, _ = trained_vae
     result = run_cli(

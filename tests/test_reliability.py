@@ -160,3 +160,8 @@ def test_picking_the_newest_input_says_which_file(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="geovq.artifacts"):
         assert find_latest(tmp_path, "vae", "model.pt") == newer
     assert str(newer) in caplog.text
+
+
+def test_resuming_without_a_checkpoint_says_how(make_cfg, tmp_path):
+    with pytest.raises(ConfigError, match=r"cannot resume: no checkpoint.*hydra\.run\.dir=.*ckpt_path=last"):
+        run_stage(make_cfg("stage=vae", "ckpt_path=last", output_dir=tmp_path / "fresh"))

@@ -72,6 +72,7 @@ def test_wandb_logger_works_offline_without_account(make_cfg, tmp_path, monkeypa
     assert (tmp_path / "run" / "csv" / "version_0" / "metrics.csv").is_file()
 
 
+@pytest.mark.slow
 def test_ddp_on_cpu_with_two_processes(tmp_path):
     out = tmp_path / "ddp"
     result = run_cli(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import csv
 import json
 
@@ -38,6 +40,7 @@ def test_stage_vqvae_writes_model_codes_and_usage(make_cfg, tmp_path):
     assert saved["test/mse"] == metrics["test/mse"] > 0
 
 
+@pytest.mark.slow
 def test_commitment_cost_sweep_writes_a_summary(tmp_path):
     result = run_cli(
         "-m",

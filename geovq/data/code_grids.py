@@ -29,8 +29,15 @@ class CodeGridDataModule(InMemoryDataModule):
         eval_batch_size: int = 1000,
         n_codes: int | None = None,
         num_workers: int = 0,
+        subset: int | None = None,
+        test_subset: int | None = None,
     ):
+        """``subset``: keep the first ``subset`` grids of the train and val splits, and the first
+        ``test_subset`` (default ``subset``) of the test split, for quick runs (null: all)."""
         super().__init__()
+        for name, value in (("subset", subset), ("test_subset", test_subset)):
+            if value is not None and value < 1:
+                raise ConfigError(f"data.{name} must be >= 1 code grid (or null for all), got {value}.")
         if batch_size < 1 or eval_batch_size < 1:
             raise ConfigError(
                 f"data.batch_size and data.eval_batch_size must be >= 1, got {batch_size} and {eval_batch_size}."
@@ -73,7 +80,8 @@ class CodeGridDataModule(InMemoryDataModule):
                     f"outside [0, {n_codes}) for its codebook of K={n_codes} codes; rerun the stage "
                     "that wrote it."
                 )
-            tokens[name] = grids.flatten(1).to(torch.int64).contiguous()
+            keep = self.hparams.subset if name != "test" or self.hparams.test_subset is None else self.hparams.test_subset
+            tokens[name] = grids[:keep].flatten(1).to(torch.int64).contiguous()
         self._tokens, self._n_codes, self._grid_shape = tokens, n_codes, grid_shape
 
     def setup(self, stage: str | None = None) -> None:

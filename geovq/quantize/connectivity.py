@@ -13,7 +13,6 @@ distances, so the geodesics stay metric. :class:`ConnectionReport` records what 
 
 from __future__ import annotations
 
-import logging
 import warnings
 from dataclasses import asdict, dataclass, field
 
@@ -25,7 +24,6 @@ from scipy.sparse.csgraph import connected_components
 from geovq.quantize.knn_graph import undirected_graph
 from geovq.quantize.resources import torch_threads
 
-log = logging.getLogger(__name__)
 
 CONNECTION_RULE = "minimum spanning tree over components, joined by their closest pairs of points (Boruvka)"
 
@@ -81,10 +79,8 @@ def connect_components(
             graph = undirected_graph(np.concatenate(rows), np.concatenate(cols), np.concatenate(weights), graph.shape[0])
             n_comp, comp = connected_components(graph, directed=False)
     report.n_edges_added = len(report.edges)
-    message = report.summary()
-    log.warning(message)
-    if warn:
-        warnings.warn(message, stacklevel=3)
+    if warn:  # one channel: the command line turns warnings into log lines (geovq.console)
+        warnings.warn(report.summary(), stacklevel=3)
     return graph, report
 
 

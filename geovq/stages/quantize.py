@@ -21,7 +21,7 @@ from geovq.run_folder import output_dir, result_config, write_run_files
 
 
 def run(cfg: DictConfig) -> dict:
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     vae_path = cfg.stage.vae or find_latest(cfg.paths.log_dir, "vae", MODEL_FILE, kind="grid_vae")
     model, vae_artifact = load_model(vae_path, "grid_vae")
     quantizer = instantiate(cfg.quantizer)
