@@ -92,7 +92,7 @@ def quantize_vae(
 
     log.info("fitting %s on %d vectors of dimension %d", type(quantizer).__name__, *vectors["train"].shape)
     started = time.perf_counter()
-    with config_section("quantizer"):
+    with config_section("quantizer", quantizer.get_params()):
         quantizer.fit(vectors["train"], variances=variances.get("train"))
     fit_seconds = time.perf_counter() - started
 

@@ -41,10 +41,11 @@ class ParameterError(ValueError):
 
 
 @contextmanager
-def config_section(section: str):
+def config_section(section: str, settings=None):
     """Building objects from the config section ``section``: a ParameterError becomes a
     ConfigError that names the config key (``quantizer.n_clusters``, ``model.quantizer.decay``),
-    and a GeovqError wrapped by Hydra's instantiate comes out as itself."""
+    and a GeovqError wrapped by Hydra's instantiate comes out as itself. ``settings``, when
+    given, are the section's keys: an error about anything else (the data ``X``) names no key."""
     try:
         yield
     except Exception as err:
@@ -55,6 +56,8 @@ def config_section(section: str):
             raise
         if isinstance(cause, GeovqError):
             raise cause from None
+        if settings is not None and cause.parameter not in settings:
+            raise ConfigError(f"{section}: {cause}") from None
         raise ConfigError(f"{section}.{cause.parameter}: {cause} Set it with {section}.{cause.parameter}=...") from None
 
 
