@@ -16,7 +16,7 @@ import lightning.pytorch  # noqa: F401  (imported before Hydra configures loggin
 from tqdm.auto import tqdm
 
 # Messages that are advertisements or third-party deprecations a geovq user cannot act on.
-_NOISE = ("litlogger", "LeafSpec")
+_NOISE = ("litlogger", "LeafSpec", "TPU available")
 
 
 class ProgressAwareHandler(logging.StreamHandler):

@@ -140,3 +140,21 @@ def test_quantize_callback_needs_a_gridvae_and_a_valid_quantizer(make_cfg):
     with pytest.raises(Exception) as err:
         instantiate(cfg.callbacks.quantize_on_fit_end)
     assert "n_clusters=64 is more than n_landmarks=50" in str(err.value)
+
+
+def test_the_callback_run_writes_model_pt_once_and_records_the_config_as_stage_quantize_does(make_cfg, tmp_path, monkeypatch):
+    import geovq.artifacts as artifacts
+    from geovq.artifacts import config_hash
+    from geovq.run_folder import result_config
+
+    writes = []
+    real_write = artifacts.atomic_write_bytes
+    monkeypatch.setattr(artifacts, "atomic_write_bytes", lambda path, data: (writes.append(path.name), real_write(path, data)))
+    cfg = make_cfg("stage=vae", "callbacks=quantize", "figures=false", *SMALL_QUANTIZER)
+    run_stage(cfg)
+    assert writes.count("model.pt") == 1 and writes.count("codes.pt") == 1
+    recorded = result_config(cfg)
+    assert load_code_grids(tmp_path / "run" / "codes.pt").provenance["config_hash"] == config_hash(recorded)
+    # The same sections as a stage=quantize run records: the quantizer's settings among them.
+    quantize_cfg = make_cfg("stage=quantize", *SMALL_QUANTIZER, output_dir=tmp_path / "q")
+    assert set(recorded) == set(result_config(quantize_cfg)) and recorded["quantizer"] == result_config(quantize_cfg)["quantizer"]

@@ -102,7 +102,8 @@ class Pipeline:
 
     def step(self, name: str, stage: str, overrides: list[str], output: str, inputs: tuple[str, ...] = ()) -> StepResult:
         folder = self.root / name
-        overrides = [*overrides, *self.base]
+        # Quiet by default (one summary table per training step is a screenful); yours come last and win.
+        overrides = ["trainer.enable_model_summary=false", *overrides, *self.base]
         if stage == "prior":  # the prior reads code grids (data=codes): image-data settings do not apply
             overrides = [item for item in overrides if override_key(item).split(".")[0] != "data"]
         cfg = compose_step([f"stage={stage}", *overrides], name)
