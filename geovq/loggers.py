@@ -22,6 +22,7 @@ def log_final_and_finish(trainer: L.Trainer, metrics: dict) -> None:
         logger.log_metrics({f"final/{k}": v for k, v in as_floats(metrics).items()}, step=trainer.global_step)
     finish_loggers(trainer.loggers)
 
+
 def log_without_trainer(cfg: DictConfig, metrics: dict, figures: Iterable[Path] = (), usage: dict | None = None) -> None:
     """Send a non-training stage's metrics to the configured loggers; W&B also gets the figures
     and the code-usage histograms (``usage``: name -> per-code counts)."""
@@ -36,6 +37,7 @@ def log_without_trainer(cfg: DictConfig, metrics: dict, figures: Iterable[Path] 
                 log_to_wandb(logger, name, counts, 0)
         logger.save()
     finish_loggers(loggers)
+
 
 def finish_loggers(loggers) -> None:
     """Close each logger; a W&B run is finished so the next stage in this process starts its own."""

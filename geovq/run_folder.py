@@ -25,12 +25,14 @@ NON_RESULT_SETTINGS = {
 def output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
 
+
 def resolved_config(cfg: DictConfig) -> dict:
     """The config as plain, resolved data, without Hydra's own section (present in tests)."""
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.pop("hydra", None)
     return OmegaConf.to_container(cfg, resolve=True)
+
 
 def result_config(cfg: DictConfig) -> dict:
     """The resolved config minus the parts that do not change results (for provenance)."""
@@ -45,11 +47,13 @@ def result_config(cfg: DictConfig) -> dict:
             (plain.get(section) or {}).pop(key, None)
     return plain
 
+
 def write_run_files(cfg: DictConfig, metrics: dict) -> None:
     """The resolved config and the stage's final metrics, beside the stage's artifacts."""
     folder = output_dir(cfg)
     atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(resolved_config(cfg)))
     atomic_write_text(folder / "metrics.json", json.dumps(as_floats(metrics), indent=2, sort_keys=True) + "\n")
+
 
 def as_floats(metrics: dict) -> dict:
     return {key: float(value) for key, value in metrics.items()}

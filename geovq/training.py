@@ -34,11 +34,13 @@ def check_trainer_config(cfg: DictConfig) -> None:
             "Set e.g. trainer.max_epochs=10."
         )
 
+
 def instantiate_list(section: DictConfig | None) -> list:
     """Instantiate every entry with a _target_ of a config section (callbacks, loggers)."""
     if not section:
         return []
     return [instantiate(entry) for entry in section.values() if entry is not None and "_target_" in entry]
+
 
 def build_trainer(cfg: DictConfig, stage_callbacks: Iterable[Callback] = ()) -> L.Trainer:
     """The configured Trainer; the stage's own callbacks run before the configured ones."""
@@ -46,6 +48,7 @@ def build_trainer(cfg: DictConfig, stage_callbacks: Iterable[Callback] = ()) -> 
     callbacks = list(stage_callbacks) + instantiate_list(cfg.get("callbacks"))
     loggers = instantiate_list(cfg.get("logger"))
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
 
 def resume_checkpoint(cfg: DictConfig) -> tuple[str, dict] | None:
     """``ckpt_path``'s file and its contents, loaded safely (``weights_only=True``); None when

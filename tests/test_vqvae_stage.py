@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 import csv
 import json
 
+import pytest
 import torch
 from conftest import run_cli, tiny_overrides
 

@@ -35,6 +35,7 @@ def save_model(path, model, kind: str, **provenance) -> Artifact:
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     return save_artifact(path, kind, {"hparams": hparams, "state_dict": state}, **provenance)
 
+
 def load_model(path, kind: str):
     """Rebuild a model from its artifact (eval mode, on CPU) and return ``(model, artifact)``."""
     try:
@@ -42,6 +43,7 @@ def load_model(path, kind: str):
     except ArtifactError as err:
         raise ArtifactError(f"{err} A '{kind}' model is written by its training stage (model.pt).") from None
     return model_from_artifact(artifact), artifact
+
 
 def model_from_artifact(artifact: Artifact):
     """The model a model artifact describes, in eval mode on the CPU."""

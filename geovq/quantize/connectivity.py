@@ -24,7 +24,6 @@ from scipy.sparse.csgraph import connected_components
 from geovq.quantize.knn_graph import undirected_graph
 from geovq.quantize.resources import torch_threads
 
-
 CONNECTION_RULE = "minimum spanning tree over components, joined by their closest pairs of points (Boruvka)"
 
 
