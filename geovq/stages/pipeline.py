@@ -15,6 +15,9 @@ every step. A step is skipped when its folder already holds its output made with
 config from the same inputs (``step.json`` records the config hash and the sha256 of the
 inputs and the output), so an interrupted run continues where it stopped, and every completed
 step's artifacts stay intact.
+
+On several devices (``trainer=ddp trainer.devices=N``) each training step runs distributed as
+its own command; quantization, sampling and evaluation run once, in this process.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +47,7 @@ from geovq.artifacts import (
     atomic_write_text,
     config_hash,
 )
-from geovq.errors import ConfigError
+from geovq.errors import ConfigError, TrainingError
 from geovq.loggers import log_without_trainer
 from geovq.run_folder import output_dir, result_config
 from geovq.stages import get_stage
@@ -50,6 +55,8 @@ from geovq.stages import get_stage
 log = logging.getLogger(__name__)
 
 STEP_FILE = "step.json"
+# Steps that train through a Lightning Trainer (and so may run distributed).
+TRAINING_STAGES = ("classifier", "vae", "vqvae", "prior")
 
 
 @dataclass
@@ -125,7 +132,10 @@ class Pipeline:
         log.info("step %s: running stage=%s in %s", name, stage, folder)
         folder.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        metrics = get_stage(stage)(cfg) or {}
+        if stage in TRAINING_STAGES and distributed(cfg):
+            metrics = self.run_in_own_process(name, stage, overrides, folder)
+        else:
+            metrics = get_stage(stage)(cfg) or {}
         seconds = time.perf_counter() - started
         metrics = {k: float(v) for k, v in metrics.items()}
         done = {"stage": stage, "key": key, "output_sha256": file_sha256(target), "seconds": seconds, "metrics": metrics}
@@ -135,15 +145,32 @@ class Pipeline:
         return result
 
 
+    def run_in_own_process(self, name: str, stage: str, overrides: list[str], folder: Path) -> dict:
+        """A distributed training step as its own ``python -m geovq.train`` command: Lightning's
+        DDP launcher starts the other ranks by running the current command again, which must be
+        that one stage, not the whole pipeline."""
+        command = [sys.executable, "-m", "geovq.train", f"stage={stage}", *overrides,
+                   f"hydra.run.dir={folder}", f"paths.log_dir={self.root}"]
+        result = subprocess.run(command, stdin=subprocess.DEVNULL)
+        if result.returncode != 0:
+            raise TrainingError(
+                f"the pipeline's step '{name}' (stage={stage}, distributed) failed with exit code "
+                f"{result.returncode}; its output above says why. Rerun the same command to continue: "
+                "finished steps are reused."
+            )
+        return json.loads((folder / "metrics.json").read_text())
+
+
+def distributed(cfg: DictConfig) -> bool:
+    """Whether the step's Trainer runs several processes (DDP on several devices)."""
+    devices = cfg.trainer.get("devices")
+    several = not (devices in (1, "1", "auto", None) or devices == [0])
+    return several or cfg.trainer.get("strategy") not in (None, "auto")
+
+
 def run(cfg: DictConfig) -> dict:
     from geovq.report import write_report
 
-    if cfg.trainer.get("strategy") not in (None, "auto") or cfg.trainer.get("devices") not in (1, "1", "auto"):
-        raise ConfigError(
-            "the pipeline runs on one device (its quantization and evaluation steps are not "
-            "distributed); drop trainer=ddp / trainer.devices, or run the training stages alone "
-            "with trainer=ddp."
-        )
     plan = OmegaConf.to_container(cfg.pipeline, resolve=True)
     pipe = Pipeline(output_dir(cfg), user_overrides())
     every = plan.get("all", [])
