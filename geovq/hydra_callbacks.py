@@ -18,6 +18,11 @@ class ClaimOutputFolder(Callback):
     def __init__(self) -> None:
         self.locks = []
 
+    def __getstate__(self) -> dict:
+        # Launchers that run jobs in other processes (launcher=submitit_local/slurm/joblib)
+        # pickle Hydra's callbacks with every job; the locks stay with the process that took them.
+        return {**self.__dict__, "locks": []}
+
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         self._claim(config.hydra.run.dir)
 

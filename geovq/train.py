@@ -52,16 +52,33 @@ def run_stage(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> dict | None:
+def main(cfg: DictConfig) -> dict | float | None:
     route_warnings_to_log()
     try:
-        return run_stage(cfg)
+        return optimized_value(cfg, run_stage(cfg))
     except Exception as err:
         user_error = find_user_error(err)
         if user_error is None:
             raise
         print(f"error: {user_error}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def optimized_value(cfg: DictConfig, metrics: dict | None) -> dict | float | None:
+    """What a run returns to Hydra: with ``optimized_metric`` set (hparams_search=...), that
+    metric of the stage as a float, the objective of a sweeper such as Optuna; else the metrics."""
+    name = cfg.get("optimized_metric")
+    if not name:
+        return metrics
+    if not metrics or name not in metrics:
+        from geovq.errors import ConfigError
+
+        known = ", ".join(sorted(metrics or {})) or "none"
+        raise ConfigError(
+            f"optimized_metric: stage {cfg.stage.name} has no metric '{name}' (its metrics: {known}). "
+            "Choose one of them with optimized_metric=<name>."
+        )
+    return float(metrics[name])
 
 
 def find_user_error(err: BaseException) -> GeovqError | None:
