@@ -228,6 +228,73 @@ def test_restart_with_ema_resets_statistics_to_the_new_vector():
     assert torch.allclose(ratio, vq.embedding, atol=1e-3)
 
 
+@pytest.mark.parametrize("ema", [True, False])
+def test_threshold_restarts_revive_codes_within_a_few_steps(ema):
+    """The short-run collapse in miniature: k-means fits the first batch, then the "encoder"
+    moves its outputs away and one code takes everything. Codes whose recent usage falls under
+    the threshold are re-seeded from the new outputs within a few steps; a 100-step window waits."""
+
+    def run(**criterion):
+        torch.manual_seed(0)
+        vq = VectorQuantizer(n_codes=16, code_dim=4, ema=ema, kmeans_init=True, restart_dead_codes=True,
+                             **criterion)
+        used = [int((vq(torch.randn(8, 4, 5, 5)).counts > 0).sum())]
+        restarted = []
+        for _ in range(5):
+            out = vq(torch.randn(8, 4, 5, 5) * 0.5 + 3)  # moved away from the k-means codebook
+            used.append(int((out.counts > 0).sum()))
+            restarted.append(out.restarted)
+        return vq, used, restarted
+
+    vq, used, restarted = run(dead_code_threshold=0.5, dead_code_window=None)
+    assert used[0] == 16 and used[1] <= 3  # k-means: all codes; after the move: collapse
+    assert restarted[0].numel() > 0 and restarted[1].numel() > 0  # restarted from the next step on
+    assert min(used[3:]) >= 14, used  # back to (nearly) the whole codebook within 3 steps
+    assert torch.isfinite(vq.codebook).all()
+    _, waiting, restarted = run(dead_code_window=100)
+    assert max(waiting[1:]) <= 3 and all(r.numel() == 0 for r in restarted)
+
+
+@pytest.mark.parametrize("scale", [1, 10])
+def test_usage_average_is_relative_and_starts_at_the_first_batch(scale):
+    """``scale`` repeats every vector: ten times the vectors per step, the same decisions."""
+    torch.manual_seed(0)
+    vq = VectorQuantizer(n_codes=4, code_dim=2, restart_dead_codes=True, dead_code_threshold=0.5,
+                         dead_code_decay=0.5, dead_code_window=None)
+    vq.embedding.data = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [-10.0, 0.0]])
+
+    def step(*codes):
+        z = vq.embedding.detach()[list(codes) * scale]
+        return vq(z.view(1, -1, 1, 2).movedim(-1, 1))
+
+    assert torch.equal(vq.ema_usage, torch.full((4,), -1.0))  # not started
+    step(0, 0, 1, 1, 2, 2, 3, 3)
+    assert vq.ema_usage.tolist() == [2.0 * scale] * 4  # the first batch's counts
+    out = step(0, 0, 0, 1, 1, 2, 2, 3)  # code 3: 1 vector against an average of 2
+    assert out.restarted.numel() == 0
+    assert vq.ema_usage.tolist() == [2.5 * scale, 2.0 * scale, 2.0 * scale, 1.5 * scale]
+    out = step(0, 0, 0, 0, 1, 1, 2, 2)  # code 3 unused: its average 0.75 < half the average 2
+    assert out.restarted.numel() == 0  # (restarts are decided at the start of a step)
+    out = step(0, 0, 1, 1, 2, 2, 3, 3)
+    assert out.restarted.tolist() == [3]
+    # Re-seeded: its usage starts again at the average, so one bad step does not kill it again.
+    assert vq.ema_usage[3] > 0.5 * vq.ema_usage.mean()
+    # Without the option the layer has no such buffer, so models saved before it load as before.
+    assert "ema_usage" not in VectorQuantizer(n_codes=4, code_dim=2).state_dict()
+
+
+def test_restart_seeds_come_from_the_current_step():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(n_codes=8, code_dim=3, restart_dead_codes=True, dead_code_window=1, restart_noise=0.0)
+    vq(torch.randn(2, 3, 4, 4) + 20)  # far from every code: the worst represented vectors...
+    latest = torch.randn(2, 3, 4, 4)
+    out = vq(latest)  # ... but an older encoder's: the codes unused at step 1 restart from step 2's
+    assert out.restarted.numel() > 0
+    flat = latest.movedim(1, -1).reshape(-1, 3)
+    for code in vq.codebook[out.restarted]:
+        assert (flat - code).norm(dim=1).min() < 1e-5  # a vector of this step, not an older one
+
+
 def test_restart_training_stays_finite_and_loss_falls():
     """The appendix's failure: restarts made the reconstruction loss explode. Ours must not."""
     import torchvision
@@ -308,6 +375,10 @@ def test_reset_optimizer_state_rows():
         (dict(n_codes=8, code_dim=4, dead_code_window=0), "dead_code_window"),
         (dict(n_codes=8, code_dim=4, restart_buffer_size=0), "restart_buffer_size"),
         (dict(n_codes=8, code_dim=4, restart_noise=-1.0), "restart_noise"),
+        (dict(n_codes=8, code_dim=4, dead_code_threshold=-0.1), "dead_code_threshold"),
+        (dict(n_codes=8, code_dim=4, dead_code_decay=0.0), "dead_code_decay"),
+        (dict(n_codes=8, code_dim=4, dead_code_decay=1.0), "dead_code_decay"),
+        (dict(n_codes=8, code_dim=4, restart_dead_codes=True, dead_code_window=None), "dead_code_threshold"),
     ],
 )
 def test_bad_arguments_raise_parameter_error(kwargs, parameter):
@@ -348,3 +419,44 @@ def test_deterministic_under_manual_seed():
     (a_cb, a_codes), (b_cb, b_codes) = run(), run()
     assert torch.equal(a_cb, b_cb) and torch.equal(a_codes, b_codes)
     assert not math.isnan(float(a_cb.sum()))
+
+
+# -- mixed precision ----------------------------------------------------------------------------
+def test_autocast_bf16_keeps_distances_and_losses_in_float32():
+    torch.manual_seed(0)
+    encoder = ConvEncoder(1, 16, 16, n_res_blocks=1)
+    x = torch.rand(32, 1, 28, 28)
+    vq = VectorQuantizer(n_codes=64, code_dim=16, ema=True)
+    with torch.no_grad():
+        z = encoder(x)
+        # Codes among the encoder's outputs, so close together that distances computed in
+        # bfloat16 (an autocast matmul) picked the wrong code for most vectors (89%).
+        vq.embedding.copy_(z.movedim(1, -1).reshape(-1, 16)[torch.randperm(32 * 49)[:64]])
+        vq.embed_sum.copy_(vq.embedding)
+    vq.eval()
+    reference = vq(z).codes
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        same_input = vq(z)
+        z_bf16 = encoder(x)
+        from_bf16 = vq(z_bf16)
+    assert z_bf16.dtype == torch.bfloat16
+    # A float32 batch gets exactly its float32 codes under autocast.
+    assert torch.equal(same_input.codes, reference)
+    # bf16 encoder outputs get exactly the float32 codes of their (rounded) values; against the
+    # float32 encoder's codes they differ only where bf16 rounding of the encoder's outputs
+    # (8-bit mantissa) moved a vector across the boundary of two close codes: a few percent here.
+    assert torch.equal(from_bf16.codes, vq(z_bf16.float()).codes)
+    assert (from_bf16.codes != reference).float().mean() < 0.1
+    assert from_bf16.quantized.dtype == torch.bfloat16 and same_input.quantized.dtype == torch.float32
+
+    # Training under autocast: float32 finite losses, float32 EMA statistics, gradient to z_e.
+    vq.train()
+    z_e = z_bf16.detach().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = vq(z_e)
+    for loss in (out.loss, out.commitment_loss, out.codebook_loss):
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert vq.embedding.dtype == vq.cluster_size.dtype == vq.embed_sum.dtype == torch.float32
+    assert torch.isfinite(vq.embedding).all()
+    (out.quantized.float().sum() + out.loss).backward()
+    assert z_e.grad is not None and z_e.grad.dtype == torch.bfloat16 and torch.isfinite(z_e.grad.float()).all()

@@ -27,6 +27,9 @@ full validation/test split, and codebook usage over each epoch: ``{split}/utiliz
 (fraction of codes used), ``{split}/code_perplexity`` (exp of the usage entropy) and
 ``{split}/dead_codes`` (codes never chosen during the epoch). The epoch's per-code counts are kept
 in ``epoch_code_counts[split]`` for callbacks (e.g. a usage histogram).
+
+Mixed precision and data parallelism are the quantizer's business: it works in float32 under
+autocast and keeps the codebook identical on every rank (``geovq.nn.vector_quantizer``).
 """
 
 from __future__ import annotations
@@ -185,7 +188,8 @@ class VQVAE(GeovqModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         # Codes re-seeded during this step's forward(s) (several with gradient accumulation) start
         # with fresh Adam moments: the step below must not push a new vector with the moments of
-        # the dead one it replaced.
+        # the dead one it replaced. Under data parallelism the quantizer chooses restarts on rank 0
+        # and broadcasts them, so every rank resets the same rows and the replicas stay identical.
         if self._pending_restarts:
             rows = torch.unique(torch.cat(self._pending_restarts))
             self._pending_restarts = []

@@ -22,25 +22,62 @@ arguments in the spirit of lucidrains/vector-quantize-pytorch:
 - ``kmeans_init``: the first training batch's encoder outputs initialise the codebook
   (:func:`kmeans_init_codebook`) with k-means++ seeding (distinct seeds: a vector identical to a chosen one has zero weight) and
   ``kmeans_iters`` Lloyd iterations.
-- ``restart_dead_codes``: a code unused for ``dead_code_window`` consecutive training steps is
-  re-seeded from a small random buffer of recent encoder outputs (favouring the ones the codebook
-  represents worst), plus a little noise. The paper's appendix reports that its resampling made
-  the reconstruction loss explode. Here the code's optimisation state is kept consistent with its
-  new vector: with ``ema`` its cluster size and embedding sum are reset to describe the new
-  vector; with a learned codebook the restarted indices are returned (``QuantizerOutput.restarted``)
-  so that the training loop resets those rows of the optimizer state with
-  ``reset_optimizer_state_rows`` before its next step (the VQVAE LightningModule does that).
-  Restarts happen at the start of a training forward, before the codebook is used, so the new
-  codes already compete for this batch's vectors.
+- ``restart_dead_codes``: dead codes are re-seeded from the encoder outputs of the current
+  training step (a random sample of ``restart_buffer_size`` of them when there are more),
+  favouring the ones the codebook represents worst, plus a little noise. Checked at every
+  training step; a code is dead when a criterion that is on says so:
+
+  * ``dead_code_threshold`` (> 0): its usage, an exponential moving average (decay
+    ``dead_code_decay``) of the number of vectors it wins per training step, fell below that
+    fraction of the average code's usage (like vector-quantize-pytorch's
+    ``threshold_ema_dead_code``, relative so that it does not depend on the batch size, the grid
+    or the number of processes). The average (``ema_usage``) is kept for a learned codebook and an
+    EMA codebook alike, with its own decay: the codebook's ``decay`` (0.99, a time constant of 100
+    steps) would let a code that stopped being used look alive for hundreds of steps, while early
+    in training the encoder's outputs move by more than the spacing of the codes at every step
+    and empty most of a k-means-initialised codebook within five steps. The average starts at the
+    first training batch's counts; a re-seeded code starts again at the average usage, so that it
+    counts as dead again only after a step or two without winning its share.
+  * ``dead_code_window`` (not null): it was unused for that many consecutive training steps.
+
+  Seeds come from the latest outputs only: older ones, from an encoder that has moved since, are
+  exactly the vectors the codebook represents worst, and codes seeded there die at once.
+
+  The paper's appendix reports that its resampling made the reconstruction loss explode. Here the
+  code's optimisation state is kept consistent with its new vector: with ``ema`` its cluster size
+  and embedding sum are reset to describe the new vector; with a learned codebook the restarted
+  indices are returned (``QuantizerOutput.restarted``) so that the training loop resets those rows
+  of the optimizer state with ``reset_optimizer_state_rows`` before its next step (the VQVAE
+  LightningModule does that). Restarts happen at the start of a training forward, before the
+  codebook is used, so the new codes already compete for this batch's vectors.
 
 Usage statistics: every forward returns the batch's per-code counts (training and evaluation
 alike, for per-epoch accumulation); in training mode they are also added to the ``usage_counts``
 buffer (``reset_usage()`` clears it), which ``utilization()``, ``perplexity()`` and
 ``dead_codes()`` summarise through ``geovq.metrics.codebook``.
 
+Precision: distances, the EMA updates and the losses are computed in float32 (at least) with
+autocast switched off, whatever the caller's autocast or input dtype (nearest-code search in
+bfloat16 would pick wrong codes); ``quantized`` is returned in the input's dtype.
+
+Data parallelism (``torch.distributed`` initialised with a world size > 1; DDP, Lightning's ddp
+strategy): every rank applies the same update, so the codebooks stay identical.
+
+- The per-batch code counts and, with ``ema``, the per-code sums of the assigned vectors are
+  all-reduced (summed) before the EMA update, the ``usage_counts`` buffer and the dead-code
+  statistics (``steps_since_used``, ``ema_usage``): they describe the global batch. (The counts
+  that ``forward`` *returns* stay this process's own, for per-epoch accumulation by the caller.)
+- ``kmeans_init`` runs on rank 0 over the first batch's vectors gathered from every rank, and the
+  codebook (with its cluster sizes) is broadcast.
+- Dead codes are chosen once, on rank 0 (seeds from rank 0's outputs of the step), and the
+  indices and new vectors are broadcast, so ``restarted`` is the same on every rank and the
+  caller resets the same optimizer rows everywhere.
+
+A single process does no collective at all.
+
 Randomness (initial codebook, k-means seeding, restarts) comes from torch's global generator, so
-``torch.manual_seed`` makes the layer deterministic. Under data-parallel training the statistics
-are per process (not all-reduced).
+``torch.manual_seed`` makes the layer deterministic (under data parallelism, rank 0's generator
+makes the k-means and restart choices).
 
 Invalid arguments raise :class:`geovq.errors.ParameterError` naming the argument (``n_codes``,
 ``code_dim``, ..., ``z_e`` for a badly shaped input); the layer knows nothing of config keys, the
@@ -52,6 +89,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -85,11 +123,17 @@ class VectorQuantizer(nn.Module):
         eps: Laplace smoothing of the EMA cluster sizes (> 0).
         kmeans_init: initialise the codebook by k-means on the first training batch.
         kmeans_iters: Lloyd iterations of that initialisation.
-        restart_dead_codes: re-seed codes unused for ``dead_code_window`` training steps.
-        dead_code_window: training steps without use after which a code counts as dead.
-        restart_buffer_size: how many recent encoder outputs are kept to seed restarts.
+        restart_dead_codes: re-seed dead codes (see ``dead_code_threshold`` and ``dead_code_window``).
+        dead_code_window: training steps without use after which a code counts as dead; None
+            turns this criterion off.
+        restart_buffer_size: at most this many of the step's encoder outputs are candidate seeds.
         restart_noise: std of the noise added to a re-seeded code, relative to the std of the
             buffered encoder outputs.
+        dead_code_threshold: a code whose moving average of the vectors it wins per training
+            step falls below this fraction of the average code's counts as dead (e.g. 0.5); 0
+            turns this criterion off.
+        dead_code_decay: decay in (0, 1) of that moving average (0.3: mostly the last two
+            steps).
     """
 
     def __init__(
@@ -103,13 +147,15 @@ class VectorQuantizer(nn.Module):
         kmeans_init: bool = False,
         kmeans_iters: int = 10,
         restart_dead_codes: bool = False,
-        dead_code_window: int = 100,
+        dead_code_window: int | None = 100,
         restart_buffer_size: int = 4096,
         restart_noise: float = 0.01,
+        dead_code_threshold: float = 0.0,
+        dead_code_decay: float = 0.3,
     ):
         super().__init__()
         _validate(n_codes, code_dim, commitment_cost, decay, eps, kmeans_iters, dead_code_window,
-                  restart_buffer_size, restart_noise)
+                  restart_buffer_size, restart_noise, restart_dead_codes, dead_code_threshold, dead_code_decay)
         self.n_codes = int(n_codes)
         self.code_dim = int(code_dim)
         self.commitment_cost = float(commitment_cost)
@@ -119,9 +165,11 @@ class VectorQuantizer(nn.Module):
         self.kmeans_init = bool(kmeans_init)
         self.kmeans_iters = int(kmeans_iters)
         self.restart_dead_codes = bool(restart_dead_codes)
-        self.dead_code_window = int(dead_code_window)
+        self.dead_code_window = None if dead_code_window is None else int(dead_code_window)
         self.restart_buffer_size = int(restart_buffer_size)
         self.restart_noise = float(restart_noise)
+        self.dead_code_threshold = float(dead_code_threshold)
+        self.dead_code_decay = float(dead_code_decay)
 
         # The usual VQ-VAE initialisation (Sonnet, most PyTorch ports): small uniform codes.
         initial = torch.empty(self.n_codes, self.code_dim).uniform_(-1.0 / self.n_codes, 1.0 / self.n_codes)
@@ -136,10 +184,18 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("initialized", torch.tensor(not self.kmeans_init))
         self.register_buffer("usage_counts", torch.zeros(self.n_codes, dtype=torch.int64))
         self.register_buffer("steps_since_used", torch.zeros(self.n_codes, dtype=torch.int64))
-        # Recent encoder outputs (a ring buffer); not worth a place in checkpoints.
+        if self._uses_threshold:
+            # Moving average of the vectors each code wins per training step; negative until the
+            # first training step, which sets it to that step's counts. (Registered only with the
+            # option on, so that models saved without it load as before.)
+            self.register_buffer("ema_usage", torch.full((self.n_codes,), -1.0))
+        # The latest encoder outputs, candidate seeds of restarts; not worth a place in checkpoints.
         self.register_buffer("recent_latents", torch.zeros(0, self.code_dim), persistent=False)
-        self._recent_next = 0
         self._initialized_seen = not self.kmeans_init
+
+    @property
+    def _uses_threshold(self) -> bool:
+        return self.restart_dead_codes and self.dead_code_threshold > 0
 
     def extra_repr(self) -> str:
         return (f"n_codes={self.n_codes}, code_dim={self.code_dim}, commitment_cost={self.commitment_cost}, "
@@ -169,8 +225,25 @@ class VectorQuantizer(nn.Module):
     # -- forward ----------------------------------------------------------------------------------
     def forward(self, z_e: Tensor) -> QuantizerOutput:
         flat = self._flatten(z_e)  # N x D, N = B*H*W
-        if flat.dtype != self.embedding.dtype:  # e.g. bf16 encoder outputs under autocast
-            flat = flat.to(self.embedding.dtype)
+        # Everything in float32 at least, whatever autocast says (bf16 distances pick wrong codes).
+        with torch.autocast(device_type=flat.device.type, enabled=False):
+            out = self._quantize_flat(flat)
+        quantized_flat, codes_flat, loss, codebook_loss, commitment_loss, counts, restarted = out
+        batch, _, *grid = z_e.shape
+        quantized = quantized_flat.view(batch, *grid, self.code_dim).movedim(-1, 1)
+        return QuantizerOutput(
+            quantized=quantized.to(z_e.dtype),
+            codes=codes_flat.view(batch, *grid),
+            loss=loss,
+            codebook_loss=codebook_loss,
+            commitment_loss=commitment_loss,
+            counts=counts,
+            restarted=restarted,
+        )
+
+    def _quantize_flat(self, flat: Tensor):
+        dtype = torch.promote_types(self.embedding.dtype, torch.float32)
+        flat = flat.to(dtype)  # e.g. bf16 encoder outputs under autocast
         restarted = torch.zeros(0, dtype=torch.int64, device=flat.device)
         if self.training:
             if not self._initialized_seen and not bool(self.initialized):  # one host sync at most
@@ -180,9 +253,10 @@ class VectorQuantizer(nn.Module):
                 self._remember(flat.detach())
                 restarted = self._restart_dead()
 
+        embedding = self.embedding.to(dtype)
         codes_flat = self._nearest_flat(flat)
         counts = torch.bincount(codes_flat, minlength=self.n_codes)
-        quantized_flat = F.embedding(codes_flat, self.embedding)
+        quantized_flat = F.embedding(codes_flat, embedding)
 
         commitment_loss = F.mse_loss(flat, quantized_flat.detach())
         if self.ema:
@@ -193,25 +267,32 @@ class VectorQuantizer(nn.Module):
 
         if self.training:
             with torch.no_grad():
-                self.usage_counts += counts
-                self.steps_since_used += 1
-                self.steps_since_used[counts > 0] = 0
-                if self.ema:
-                    self._ema_update(flat.detach(), codes_flat, counts)
+                self._update_statistics(flat.detach(), codes_flat, counts)
 
         # Straight-through estimator: forward value = codes, gradient w.r.t. z_e = identity.
         quantized_st = flat + (quantized_flat - flat).detach()
-        batch, _, *grid = z_e.shape
-        quantized_st = quantized_st.view(batch, *grid, self.code_dim).movedim(-1, 1)
-        return QuantizerOutput(
-            quantized=quantized_st,
-            codes=codes_flat.view(batch, *grid),
-            loss=loss,
-            codebook_loss=codebook_loss,
-            commitment_loss=commitment_loss,
-            counts=counts,
-            restarted=restarted,
-        )
+        return quantized_st, codes_flat, loss, codebook_loss, commitment_loss, counts, restarted
+
+    @torch.no_grad()
+    def _update_statistics(self, flat: Tensor, codes: Tensor, counts: Tensor) -> None:
+        """Usage counts, dead-code statistics and the EMA codebook, from the global batch."""
+        sums = None
+        if self.ema:
+            sums = torch.zeros_like(self.embed_sum).index_add_(0, codes, flat.to(self.embed_sum.dtype))
+        if _world_size() > 1:
+            counts = counts.clone()
+            dist.all_reduce(counts)
+            if sums is not None:
+                dist.all_reduce(sums)
+        self.usage_counts += counts
+        self.steps_since_used += 1
+        self.steps_since_used[counts > 0] = 0
+        if self._uses_threshold:
+            current = counts.to(self.ema_usage.dtype)
+            averaged = self.ema_usage * self.dead_code_decay + current * (1 - self.dead_code_decay)
+            self.ema_usage.copy_(torch.where(self.ema_usage < 0, current, averaged))
+        if self.ema:
+            self._ema_update(sums, counts)
 
     # -- usage statistics ---------------------------------------------------------------------
     def reset_usage(self) -> None:
@@ -253,11 +334,11 @@ class VectorQuantizer(nn.Module):
     def _nearest_flat(self, flat: Tensor) -> Tensor:
         # In float32 at least: low-precision distances would pick the wrong nearest code.
         dtype = torch.promote_types(flat.dtype, torch.float32)
-        return _squared_distances(flat.to(dtype), self.embedding.to(dtype)).argmin(dim=1)
+        with torch.autocast(device_type=flat.device.type, enabled=False):
+            return _squared_distances(flat.to(dtype), self.embedding.to(dtype)).argmin(dim=1)
 
     @torch.no_grad()
-    def _ema_update(self, flat: Tensor, codes: Tensor, counts: Tensor) -> None:
-        sums = torch.zeros_like(self.embed_sum).index_add_(0, codes, flat.to(self.embed_sum.dtype))
+    def _ema_update(self, sums: Tensor, counts: Tensor) -> None:
         self.cluster_size.mul_(self.decay).add_(counts.to(self.cluster_size.dtype), alpha=1 - self.decay)
         self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         total = self.cluster_size.sum()
@@ -269,36 +350,87 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _kmeans_initialise(self, flat: Tensor) -> None:
-        centers = kmeans_init_codebook(flat.float(), self.n_codes, self.kmeans_iters)
+        world = _world_size()
+        if world > 1:
+            # k-means on rank 0 over every rank's first batch; the codebook and the cluster sizes
+            # are broadcast, so that every rank starts from the same statistics.
+            flat = _all_gather_rows(flat)
+            packed = torch.zeros(self.n_codes, self.code_dim + 1, device=flat.device, dtype=self.embedding.dtype)
+            if dist.get_rank() == 0:
+                packed[:, :-1] = kmeans_init_codebook(flat.float(), self.n_codes, self.kmeans_iters)
+                packed[:, -1] = self._kmeans_sizes(flat, packed[:, :-1]).to(packed.dtype)
+            dist.broadcast(packed, src=0)
+            centers, sizes = packed[:, :-1], packed[:, -1]
+        else:
+            centers = kmeans_init_codebook(flat.float(), self.n_codes, self.kmeans_iters)
+            sizes = None
         self.embedding.data.copy_(centers.to(self.embedding.dtype))
         if self.ema:
             # Sizes of the k-means clusters on this batch, so that the EMA update on this same
             # batch leaves the statistics as they are (decay * c + (1 - decay) * c = c).
-            sizes = torch.bincount(_squared_distances(flat, self.embedding).argmin(1), minlength=self.n_codes)
+            if sizes is None:
+                sizes = self._kmeans_sizes(flat, self.embedding)
             self.cluster_size.copy_(sizes.clamp(min=1).to(self.cluster_size.dtype))
             self.embed_sum.copy_(self.embedding * self.cluster_size.unsqueeze(1))
         self.initialized.fill_(True)
 
+    def _kmeans_sizes(self, flat: Tensor, centers: Tensor) -> Tensor:
+        return torch.bincount(_squared_distances(flat, centers).argmin(1), minlength=self.n_codes)
+
     @torch.no_grad()
     def _remember(self, flat: Tensor) -> None:
-        """Add a random sample of this batch's vectors to the ring buffer of recent outputs."""
-        take = min(flat.shape[0], max(1, self.restart_buffer_size // 4))
-        sample = flat[torch.randperm(flat.shape[0], device=flat.device)[:take]].to(self.embedding.dtype)
-        buf = self.recent_latents
-        if buf.shape[0] < self.restart_buffer_size:
-            room = self.restart_buffer_size - buf.shape[0]
-            self.recent_latents = torch.cat([buf, sample[:room]])
-            sample = sample[room:]
-        if sample.shape[0]:
-            idx = (self._recent_next + torch.arange(sample.shape[0], device=flat.device)) % self.restart_buffer_size
-            self.recent_latents[idx] = sample
-            self._recent_next = int((self._recent_next + sample.shape[0]) % self.restart_buffer_size)
+        """Keep the candidate seeds of restarts: this batch's vectors (a random sample of
+        ``restart_buffer_size`` of them when there are more)."""
+        if flat.shape[0] > self.restart_buffer_size:
+            flat = flat[torch.randperm(flat.shape[0], device=flat.device)[: self.restart_buffer_size]]
+        self.recent_latents = flat.to(self.embedding.dtype)
+
+    def _dead_mask(self) -> Tensor:
+        dead = torch.zeros(self.n_codes, dtype=torch.bool, device=self.steps_since_used.device)
+        if self.dead_code_window is not None:
+            dead |= self.steps_since_used >= self.dead_code_window
+        if self._uses_threshold:
+            dead |= (self.ema_usage >= 0) & (self.ema_usage < self.dead_code_threshold * self.ema_usage.mean())
+        return dead
 
     @torch.no_grad()
     def _restart_dead(self) -> Tensor:
-        dead = torch.nonzero(self.steps_since_used >= self.dead_code_window).flatten()
+        if _world_size() > 1:
+            # Chosen once, on rank 0, and broadcast: a flag column and the new vectors.
+            packed = torch.zeros(self.n_codes, self.code_dim + 1, device=self.embedding.device,
+                                 dtype=self.embedding.dtype)
+            if dist.get_rank() == 0:
+                dead = torch.nonzero(self._dead_mask()).flatten()
+                seeds = self._restart_seeds(dead)
+                if seeds is not None:
+                    packed[dead, 0] = 1
+                    packed[dead, 1:] = seeds.to(packed.dtype)
+            dist.broadcast(packed, src=0)
+            dead = torch.nonzero(packed[:, 0] > 0).flatten()
+            if dead.numel() == 0:
+                return dead
+            seeds = packed[dead, 1:]
+        else:
+            dead = torch.nonzero(self._dead_mask()).flatten()
+            seeds = self._restart_seeds(dead)
+            if seeds is None:
+                return dead[:0]
+        self.embedding.data[dead] = seeds.to(self.embedding.dtype)
+        if self.ema:
+            # The new code starts as "one vector seen: itself"; its old statistics would drag it
+            # straight back to where it died.
+            self.cluster_size[dead] = 1.0
+            self.embed_sum[dead] = self.embedding[dead]
+        self.steps_since_used[dead] = 0
+        if self._uses_threshold:
+            # As if it had won its share so far: dead again after a step or two without it.
+            self.ema_usage[dead] = self.ema_usage.clamp(min=0).mean()
+        return dead
+
+    def _restart_seeds(self, dead: Tensor) -> Tensor | None:
+        """New vectors for the ``dead`` codes, from this step's encoder outputs (None: no restart)."""
         if dead.numel() == 0 or self.recent_latents.shape[0] == 0:
-            return dead[:0]
+            return None
         pool = self.recent_latents
         alive = torch.ones(self.n_codes, dtype=torch.bool, device=pool.device)
         alive[dead] = False
@@ -313,15 +445,28 @@ class VectorQuantizer(nn.Module):
         else:
             chosen = torch.randint(pool.shape[0], (n,), device=pool.device)
         scale = self.restart_noise * float(pool.std()) if pool.shape[0] > 1 else self.restart_noise
-        seeds = pool[chosen] + torch.randn(n, self.code_dim, device=pool.device) * max(scale, 1e-6)
-        self.embedding.data[dead] = seeds.to(self.embedding.dtype)
-        if self.ema:
-            # The new code starts as "one vector seen: itself"; its old statistics would drag it
-            # straight back to where it died.
-            self.cluster_size[dead] = 1.0
-            self.embed_sum[dead] = self.embedding[dead]
-        self.steps_since_used[dead] = 0
-        return dead
+        return pool[chosen] + torch.randn(n, self.code_dim, device=pool.device) * max(scale, 1e-6)
+
+
+def _world_size() -> int:
+    """The number of data-parallel processes (1 without torch.distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def _all_gather_rows(x: Tensor) -> Tensor:
+    """Every rank's rows of ``x`` (N_r x D, N_r may differ), concatenated in rank order."""
+    world = dist.get_world_size()
+    size = torch.tensor([x.shape[0]], device=x.device, dtype=torch.int64)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    sizes = [int(s) for s in sizes]
+    padded = x.new_zeros(max(sizes), x.shape[1])
+    padded[: x.shape[0]] = x
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded.contiguous())
+    return torch.cat([rows[:n] for rows, n in zip(gathered, sizes)])
 
 
 def _squared_distances(x: Tensor, codebook: Tensor) -> Tensor:
@@ -392,7 +537,7 @@ def reset_optimizer_state_rows(optimizer, param: Tensor, rows) -> int:
 
 
 def _validate(n_codes, code_dim, commitment_cost, decay, eps, kmeans_iters, dead_code_window,
-              restart_buffer_size, restart_noise) -> None:
+              restart_buffer_size, restart_noise, restart_dead_codes, dead_code_threshold, dead_code_decay) -> None:
     if n_codes < 1:
         raise ParameterError("n_codes", f"the codebook needs at least one code: n_codes (K) must be >= 1, got {n_codes}.")
     if code_dim < 1:
@@ -405,9 +550,21 @@ def _validate(n_codes, code_dim, commitment_cost, decay, eps, kmeans_iters, dead
         raise ParameterError("eps", f"eps (the EMA Laplace smoothing) must be > 0 (e.g. 1e-5), got {eps}.")
     if kmeans_iters < 0:
         raise ParameterError("kmeans_iters", f"kmeans_iters must be >= 0, got {kmeans_iters}.")
-    if dead_code_window < 1:
-        raise ParameterError("dead_code_window", f"dead_code_window must be >= 1 training step, got {dead_code_window}.")
+    if dead_code_window is not None and dead_code_window < 1:
+        raise ParameterError("dead_code_window",
+                             f"dead_code_window must be >= 1 training step (or null: off), got {dead_code_window}.")
     if restart_buffer_size < 1:
         raise ParameterError("restart_buffer_size", f"restart_buffer_size must be >= 1, got {restart_buffer_size}.")
     if restart_noise < 0:
         raise ParameterError("restart_noise", f"restart_noise must be >= 0, got {restart_noise}.")
+    if dead_code_threshold < 0:
+        raise ParameterError("dead_code_threshold",
+                             f"dead_code_threshold must be >= 0 (a fraction of the average code's usage; 0: off), "
+                             f"got {dead_code_threshold}.")
+    if not 0.0 < dead_code_decay < 1.0:
+        raise ParameterError("dead_code_decay",
+                             f"dead_code_decay must lie strictly between 0 and 1 (e.g. 0.3), got {dead_code_decay}.")
+    if restart_dead_codes and dead_code_window is None and dead_code_threshold <= 0:
+        raise ParameterError("dead_code_threshold",
+                             "restart_dead_codes needs a criterion for a dead code: dead_code_threshold > 0 or "
+                             "a dead_code_window; both are off.")
