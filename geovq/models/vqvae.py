@@ -69,12 +69,12 @@ class VQVAE(GeovqModule):
         super().__init__(optimizer, scheduler)
         quantizer = dict(quantizer or {})
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
-        # (built in this order, so that a seed gives the same initial weights as before)
-        with caller_names(out_channels="latent_dim", in_channels="latent_dim"):  # the blocks' latent side
-            self.encoder = ConvEncoder(in_channels, hidden_channels, latent_dim, n_res_blocks)
-        with caller_names(prefix="quantizer.", code_dim="latent_dim"):
-            self.quantizer = VectorQuantizer(code_dim=latent_dim, **{"n_codes": 128, **quantizer})
+        # Built in this order, so that a seed gives the same initial weights as before. The conv
+        # blocks' latent side is latent_dim (checked by the encoder before the quantizer sees it).
         with caller_names(out_channels="latent_dim", in_channels="latent_dim"):
+            self.encoder = ConvEncoder(in_channels, hidden_channels, latent_dim, n_res_blocks)
+            with caller_names(prefix="quantizer."):
+                self.quantizer = VectorQuantizer(code_dim=latent_dim, **{"n_codes": 128, **quantizer})
             self.decoder = ConvDecoder(latent_dim, hidden_channels, in_channels, n_res_blocks)
         self.mse = torch.nn.ModuleDict({s: MeanSquaredError() for s in ("val", "test")})
         # Per-code counts of the current (or last finished) epoch of each split, on the model's
