@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -26,6 +27,7 @@ def test_stage_vae_writes_checkpoints_metrics_figure_and_model(make_cfg, tmp_pat
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert list((out / "checkpoints").glob("best-*.ckpt"))
     assert (out / "reconstructions.png").stat().st_size > 1000
+    assert (out / "kl_per_dimension.png").stat().st_size > 1000
     assert (out / "config.yaml").read_text().count("root:") >= 1
     saved = json.loads((out / "metrics.json").read_text())
     assert 0 < saved["test/mse"] < 0.3 and saved["test/mse"] == pytest.approx(metrics["test/mse"])
@@ -34,6 +36,15 @@ def test_stage_vae_writes_checkpoints_metrics_figure_and_model(make_cfg, tmp_pat
     model, artifact = load_model(out / "model.pt", "grid_vae")
     assert isinstance(model, GridVAE) and artifact.provenance["stage"] == "vae"
     assert model.encode(torch.rand(2, 1, 28, 28))[0].shape == (2, 8, 7, 7)
+
+
+def test_stage_vae_reports_its_rate_against_the_codebook(make_cfg):
+    metrics = run_stage(make_cfg("stage=vae", "figures=false", "quantizer.n_clusters=64"))
+    # The same KL as the test loss's KL term, per image, then per position of the 7x7 grid.
+    assert metrics["rate/kl_per_image"] == pytest.approx(metrics["test/kl"], rel=1e-4)
+    assert metrics["rate/kl_per_position"] == pytest.approx(metrics["test/kl"] / 49, rel=1e-4)
+    assert 0 <= metrics["rate/active_dims"] <= metrics["rate/latent_dims"] == 8
+    assert metrics["rate/ln_codebook_size"] == pytest.approx(math.log(64))
 
 
 def test_same_seed_same_model(make_cfg, tmp_path):
@@ -66,9 +77,12 @@ def test_wandb_logger_works_offline_without_account(make_cfg, tmp_path, monkeypa
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc, no stored login
-    run_stage(make_cfg("stage=vae", "logger=wandb", "figures=false"))
+    run_stage(make_cfg("stage=vae", "logger=wandb"))
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert runs, "no offline W&B run folder written"
+    # The offline run's record file holds the logged keys as plain protobuf strings.
+    record = next(runs[0].glob("run-*.wandb")).read_bytes()
+    assert b"figures/kl_per_dimension" in record and b"final/rate/kl_per_position" in record
     assert (tmp_path / "run" / "csv" / "version_0" / "metrics.csv").is_file()
 
 
@@ -89,6 +103,8 @@ def test_ddp_on_cpu_with_two_processes(tmp_path):
     assert (out / "checkpoints" / "last.ckpt").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test/mse"] > 0
+    # The rate is measured over the whole test split, each rank encoding its shard.
+    assert metrics["rate/kl_per_image"] == pytest.approx(metrics["test/kl"], rel=1e-4)
     assert "world_size=2" in result.stderr + result.stdout or "Initializing distributed: GLOBAL_RANK: 1" in (
         result.stderr + result.stdout
     )

@@ -6,6 +6,7 @@ STAGES = {
     "vae": "geovq.stages.vae",
     "vqvae": "geovq.stages.vqvae",
     "quantize": "geovq.stages.quantize",
+    "finetune": "geovq.stages.finetune",
     "prior": "geovq.stages.prior",
     "sample": "geovq.stages.sample",
     "classifier": "geovq.stages.classifier",
