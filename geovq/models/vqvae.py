@@ -3,7 +3,7 @@
 Same encoder/decoder family and 7x7 latent grid as the GridVAE, so that the comparison is about
 quantization alone.
 
-Loss scale (per image, averaged over the batch)::
+Loss scale, ``loss_reduction="per_image"`` (the default; per image, averaged over the batch)::
 
     loss = rec + vq_loss
     rec     = BCE(logits, x) summed over the pixels of an image                (as in the GridVAE)
@@ -22,6 +22,24 @@ With both terms per image, the VQ term starts at the same order as the reconstru
 the commitment gradient on the encoder is comparable to the reconstruction gradient, so
 ``commitment_cost`` keeps a real effect. ``rec`` is also directly comparable with the GridVAE's.
 
+``loss_reduction="paper"`` reproduces the paper's reduction exactly, to show its collapse under
+its own objective::
+
+    objective = BCE(logits, x) summed over the whole batch (not divided by B)
+              + codebook_loss + commitment_cost * commitment_loss   (the quantizer's means, unscaled)
+
+Training minimises ``objective``; the logs keep the per-image scale of the default, so that the
+two reductions compare: ``{split}/rec`` and ``{split}/vq_loss`` (and its two terms) are per image
+in both, and ``{split}/loss`` is the optimised objective per image (``objective / B``; in the
+default that is ``rec + vq_loss``, as before).
+
+The quantizer is swappable (``quantizer.kind``, ``geovq.nn.quantizers``): ``vq``, the hand-written
+layer above (the default), or a layer of vector-quantize-pytorch (``fsq``, ``library_vq`` with the
+rotation trick, ``simvq``). Whatever the kind, the model gives code grids B x 7 x 7 in
+[0, n_codes), ``lookup``/``decode_codes`` for grids sampled by a prior, and per-epoch usage.
+``init_from_grid_vae`` starts the encoder, decoder and codebook from a GridVAE and its a
+posteriori codebook (stage=vqvae ``stage.init_codes``).
+
 Reported alongside: per-pixel MSE of the [0, 1] reconstructions (through the VQ layer) over the
 full validation/test split, and codebook usage over each epoch: ``{split}/utilization``
 (fraction of codes used), ``{split}/code_perplexity`` (exp of the usage entropy) and
@@ -39,16 +57,21 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torchmetrics import MeanSquaredError
 
-from geovq.errors import caller_names
+from geovq.errors import ConfigError, ParameterError, caller_names
 from geovq.metrics.codebook import usage_summary
 from geovq.models.base import GeovqModule
 from geovq.nn.conv import ConvDecoder, ConvEncoder
-from geovq.nn.vector_quantizer import VectorQuantizer, reset_optimizer_state_rows
+from geovq.nn.quantizers import build_quantizer
+from geovq.nn.vector_quantizer import reset_optimizer_state_rows
 
 SPLITS = ("train", "val", "test")
+LOSS_REDUCTIONS = ("per_image", "paper")
+# What must agree between a GridVAE and a VQ-VAE that starts from it.
+SHARED_ARCHITECTURE = ("latent_dim", "hidden_channels", "n_res_blocks", "in_channels")
 
 
 class VQVAE(GeovqModule):
@@ -61,20 +84,27 @@ class VQVAE(GeovqModule):
         quantizer: dict | None = None,
         optimizer: Any = None,
         scheduler: Any = None,
+        loss_reduction: str = "per_image",
     ):
-        """``quantizer``: the keyword arguments of :class:`VectorQuantizer` (``n_codes``,
-        ``commitment_cost``, ``ema``, ``kmeans_init``, ...) as one block, so that every option of
-        the layer is one config key (``model.quantizer.<option>``); its ``code_dim`` is
-        ``latent_dim``."""
+        """``quantizer``: ``kind`` (``vq`` when absent) and that quantizer's keyword arguments
+        (for ``vq``: ``n_codes``, ``commitment_cost``, ``ema``, ``kmeans_init``, ...) as one block,
+        so that every option of the layer is one config key (``model.quantizer.<option>``); its
+        ``code_dim`` is ``latent_dim``. ``loss_reduction``: ``per_image`` or ``paper`` (above)."""
         super().__init__(optimizer, scheduler)
-        quantizer = dict(quantizer or {})
+        # Plain values (Hydra passes configs), so that checkpoints load with weights_only=True.
+        quantizer = OmegaConf.to_container(quantizer) if isinstance(quantizer, DictConfig) else dict(quantizer or {})
+        if loss_reduction not in LOSS_REDUCTIONS:
+            raise ParameterError("loss_reduction",
+                                 f"loss_reduction must be one of {', '.join(LOSS_REDUCTIONS)}, got '{loss_reduction}'.")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         # Built in this order, so that a seed gives the same initial weights as before. The conv
         # blocks' latent side is latent_dim (checked by the encoder before the quantizer sees it).
         with caller_names(out_channels="latent_dim", in_channels="latent_dim"):
             self.encoder = ConvEncoder(in_channels, hidden_channels, latent_dim, n_res_blocks)
             with caller_names(prefix="quantizer."):
-                self.quantizer = VectorQuantizer(code_dim=latent_dim, **{"n_codes": 128, **quantizer})
+                if quantizer.get("kind", "vq") == "vq":
+                    quantizer.setdefault("n_codes", 128)
+                self.quantizer = build_quantizer(latent_dim, **quantizer)
             self.decoder = ConvDecoder(latent_dim, hidden_channels, in_channels, n_res_blocks)
         self.mse = torch.nn.ModuleDict({s: MeanSquaredError() for s in ("val", "test")})
         # Per-code counts of the current (or last finished) epoch of each split, on the model's
@@ -118,16 +148,57 @@ class VQVAE(GeovqModule):
         """Images in [0, 1] decoded from the quantized encoder outputs."""
         return torch.sigmoid(self.decode(self.quantize(self.encode(x))[0]))
 
+    @torch.no_grad()
+    def init_from_grid_vae(self, vae, codebook: Tensor, source: str = "the GridVAE") -> None:
+        """Start from a GridVAE and its K x D a posteriori codebook: its decoder, its encoder's
+        posterior-mean half (the GridVAE's last layer emits mu then logvar), the codebook as codes.
+
+        Then ``codes(x)`` is the nearest codebook vector of the GridVAE's mu, and the quantized
+        reconstruction is the GridVAE's a posteriori one with nearest-code assignment.
+        Mismatched settings raise a ConfigError naming the model key to set; ``source`` names
+        where the GridVAE comes from in that message.
+        """
+        for key in SHARED_ARCHITECTURE:
+            if self.hparams[key] != vae.hparams[key]:
+                raise ConfigError(
+                    f"model.{key}={self.hparams[key]}, but {source} has {key}={vae.hparams[key]}: the VQ-VAE "
+                    f"starts from its weights, so the two must agree. Set model.{key}={vae.hparams[key]}."
+                )
+        if not hasattr(self.quantizer, "set_codebook"):
+            raise ConfigError(
+                f"model.quantizer.kind={(self.hparams.quantizer or {}).get('kind', 'vq')} has no codebook of free vectors to start "
+                "from an a posteriori codebook; use the hand-written layer (model=vqvae_hybrid, kind vq)."
+            )
+        if codebook.shape[0] != self.n_codes:
+            raise ConfigError(
+                f"model.quantizer.n_codes={self.n_codes}, but the a posteriori codebook of {source} has "
+                f"{codebook.shape[0]} codes. Set model.quantizer.n_codes={codebook.shape[0]}."
+            )
+        encoder = vae.encoder.state_dict()
+        last = f"net.{len(self.encoder.net) - 1}."  # the 1x1 conv that emits [mu, logvar]
+        latent_dim = self.hparams.latent_dim
+        encoder = {k: v[:latent_dim] if k.startswith(last) else v for k, v in encoder.items()}
+        self.encoder.load_state_dict(encoder)
+        self.decoder.load_state_dict(vae.decoder.state_dict())
+        self.quantizer.set_codebook(codebook.to(self.quantizer.codebook))
+
     def loss_terms(self, x: Tensor) -> dict[str, Tensor]:
         z_e = self.encode(x)
         vq = self.quantizer(z_e)
         logits = self.decode(vq.quantized)
         batch = x.shape[0]
         per_image = z_e[0].numel()  # H * W * D: the quantizer's means -> sums per image
-        rec = F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / batch
+        rec_sum = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+        rec = rec_sum / batch
         vq_loss = vq.loss * per_image
+        if self.hparams.loss_reduction == "paper":
+            objective = rec_sum + vq.loss
+            loss = objective / batch
+        else:
+            objective = loss = rec + vq_loss
         return {
-            "loss": rec + vq_loss,
+            "objective": objective,
+            "loss": loss,
             "rec": rec,
             "vq_loss": vq_loss,
             "codebook_loss": vq.codebook_loss * per_image,
@@ -179,11 +250,11 @@ class VQVAE(GeovqModule):
         self.log(f"{split}/rec", terms["rec"], **log)
         self.log(f"{split}/vq_loss", terms["vq_loss"], **log)
         self.log(f"{split}/commitment_loss", terms["commitment_loss"], **log)
-        if not self.quantizer.ema:
+        if self.quantizer.has_codebook_loss:
             self.log(f"{split}/codebook_loss", terms["codebook_loss"], **log)
         if split == "train" and terms["restarted"].numel():
             self._pending_restarts.append(terms["restarted"])
-        return terms["loss"]
+        return terms["objective"]
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # Codes re-seeded during this step's forward(s) (several with gradient accumulation) start
@@ -193,7 +264,7 @@ class VQVAE(GeovqModule):
         if self._pending_restarts:
             rows = torch.unique(torch.cat(self._pending_restarts))
             self._pending_restarts = []
-            if not self.quantizer.ema:
+            if self.quantizer.has_codebook_loss:
                 reset_optimizer_state_rows(optimizer, self.quantizer.embedding, rows)
             self.log("train/restarted_codes", float(rows.numel()), on_step=False, on_epoch=True, reduce_fx="sum")
 

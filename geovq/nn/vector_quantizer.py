@@ -207,6 +207,26 @@ class VectorQuantizer(nn.Module):
         """The K x D codebook (detached)."""
         return self.embedding.detach()
 
+    @property
+    def has_codebook_loss(self) -> bool:
+        """Whether the codebook learns from ``codebook_loss`` (not from EMA updates)."""
+        return not self.ema
+
+    @torch.no_grad()
+    def set_codebook(self, vectors: Tensor) -> None:
+        """Start from the K x D codes ``vectors`` (e.g. an a posteriori codebook): no k-means
+        initialisation follows, and the EMA statistics say "each code has seen one vector: itself"."""
+        if tuple(vectors.shape) != (self.n_codes, self.code_dim):
+            raise ParameterError(
+                "vectors", f"the codebook is {self.n_codes} x {self.code_dim}, got vectors of shape {tuple(vectors.shape)}."
+            )
+        self.embedding.data.copy_(vectors)
+        if self.ema:
+            self.cluster_size.fill_(1.0)
+            self.embed_sum.copy_(self.embedding)
+        self.initialized.fill_(True)
+        self._initialized_seen = True
+
     def nearest(self, z_e: Tensor) -> Tensor:
         """Codes B x H x W (int64) of the nearest codebook vectors; no side effects."""
         return self._nearest_flat(self._flatten(z_e)).view(z_e.shape[0], *z_e.shape[2:])

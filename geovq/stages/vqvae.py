@@ -3,26 +3,96 @@
 Writes to the run folder: checkpoints/, csv/, code_usage.csv (per-code counts every epoch),
 model.pt (kind ``vqvae``), codes.pt (kind ``code_grids``: train/val/test N x 7 x 7, the same
 format as the quantize stage's), reconstructions.png, metrics.json, config.yaml.
+
+``stage.init_codes`` (a codes.pt of stage=quantize, or ``quantize``: the newest one) starts the
+VQ-VAE from the GridVAE and the a posteriori codebook behind those codes (``VQVAE.init_from_grid_vae``),
+then trains it end to end (model=vqvae_hybrid). codes.pt records those codes as its input
+``init_codes``; metrics.json gets ``init/test_code_agreement`` (the fraction of the test codes of
+stage=quantize that the started model reproduces: 1 with nearest-code assignment, less with the
+geodesic landmark assignment) and ``init/test_mse`` (its quantized test MSE before training).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
-from geovq.artifacts import CODES_FILE, save_code_grids
+from geovq.artifacts import (
+    CODES_FILE,
+    find_latest,
+    load_code_grids,
+    load_input,
+    save_code_grids,
+)
 from geovq.callbacks.codebook_usage import CodebookUsageLogger
+from geovq.errors import ArtifactError
 from geovq.loggers import log_final_and_finish
 from geovq.metrics.codebook import code_counts, usage_summary
+from geovq.metrics.reconstruction import decoded_mse
 from geovq.models.inference import map_images
+from geovq.models.io import model_from_artifact
 from geovq.models.vqvae import VQVAE
 from geovq.run_folder import output_dir, result_config, write_run_files
 from geovq.training import train_and_test
 from geovq.viz.reconstructions import save_reconstructions
 
 
+class StartFromAposteriori(Callback):
+    """Puts the GridVAE and the a posteriori codebook behind a codes.pt of stage=quantize into the
+    VQ-VAE when its fit is set up: before the optimizer exists, and before a resumed run loads
+    its checkpoint over them."""
+
+    def __init__(self, codes_path: str | Path):
+        self.codes = load_code_grids(codes_path)
+        recorded = self.codes.provenance.get("inputs", {})
+        if "codebook" not in recorded or "vae" not in recorded:
+            raise ArtifactError(
+                f"stage.init_codes={codes_path} was written by stage={self.codes.provenance.get('stage')}, "
+                "which records no GridVAE and a posteriori codebook to start from. Point stage.init_codes at "
+                "a codes.pt of stage=quantize (outputs/quantize/runs/<run>/codes.pt)."
+            )
+        self.codebook = load_input(self.codes, "codebook", kind="codebook")
+        self.vae = load_input(self.codes, "vae", kind="grid_vae")
+        self.metrics: dict = {}
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit":
+            return
+        vae = model_from_artifact(self.vae)
+        pl_module.init_from_grid_vae(vae, self.codebook.payload["vectors"], source=f"the GridVAE {self.vae.path}")
+        if trainer.is_global_zero:
+            self.metrics = self._agreement(pl_module, trainer.datamodule.split("test").tensors[0])
+
+    @torch.no_grad()
+    def _agreement(self, model: VQVAE, images) -> dict:
+        # Both test splits are the first N test images: compare what both hold.
+        expected = self.codes.payload["splits"]["test"]
+        n = min(len(images), len(expected))
+        codes = map_images(model, images[:n], model.codes)
+        return {
+            "init/test_code_agreement": float((codes == expected[:n]).float().mean()),
+            "init/test_mse": decoded_mse(model.decode_codes, codes, images[:n]),
+        }
+
+
+def init_codes_path(cfg: DictConfig) -> Path | None:
+    """The codes.pt named by ``stage.init_codes`` (``quantize``: the newest of stage=quantize)."""
+    choice = cfg.stage.get("init_codes")
+    if not choice:
+        return None
+    if str(choice) == "quantize":
+        return find_latest(cfg.paths.log_dir, "quantize", CODES_FILE, kind="code_grids")
+    return Path(choice)
+
+
 def run(cfg: DictConfig) -> dict:
     usage_logger = CodebookUsageLogger(output_dir(cfg) / "code_usage.csv")
-    trained = train_and_test(cfg, VQVAE, extra_callbacks=[usage_logger])
+    codes_path = init_codes_path(cfg)
+    start = StartFromAposteriori(codes_path) if codes_path else None
+    trained = train_and_test(cfg, VQVAE, extra_callbacks=[usage_logger, *([start] if start else [])])
     model, datamodule, trainer, metrics = trained.model, trained.datamodule, trained.trainer, trained.metrics
     grids = {
         split: map_images(model, datamodule.split(split).tensors[0], model.codes, trainer, desc=f"codes ({split})")
@@ -31,10 +101,14 @@ def run(cfg: DictConfig) -> dict:
     # Usage of the final codebook over all training images (the paper's utilization figure).
     for key, value in usage_summary(code_counts(grids["train"], model.n_codes)).items():
         metrics[f"codes/train_{key}"] = value
+    inputs = {"vqvae": trained.model_artifact}
+    if start is not None:
+        metrics.update(start.metrics)
+        inputs["init_codes"] = start.codes
     if trainer.is_global_zero:
         save_code_grids(
             output_dir(cfg) / CODES_FILE, grids, model.n_codes, stage="vqvae", config=result_config(cfg),
-            inputs={"vqvae": trained.model_artifact},
+            inputs=inputs,
         )
         if cfg.figures:
             save_reconstructions({"VQ-VAE": model}, datamodule, output_dir(cfg) / "reconstructions.png")
