@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import lightning as L
 import numpy as np
@@ -29,14 +29,21 @@ def log_without_trainer(cfg: DictConfig, metrics: dict, figures: Iterable[Path] 
     loggers = instantiate_list(cfg.get("logger"))
     for logger in loggers:
         logger.log_metrics(as_floats(metrics), step=0)
+        log_figures([logger], figures)
         if isinstance(logger, WandbLogger):
-            for figure in figures:
-                if Path(figure).exists():
-                    logger.log_image(key=f"figures/{Path(figure).stem}", images=[str(figure)])
             for name, counts in (usage or {}).items():
                 log_to_wandb(logger, name, counts, 0)
         logger.save()
     finish_loggers(loggers)
+
+
+def log_figures(loggers, figures: Iterable[Path]) -> None:
+    """Send saved figures to the W&B loggers among ``loggers`` (as ``figures/<file stem>``)."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            for figure in figures:
+                if Path(figure).exists():
+                    logger.log_image(key=f"figures/{Path(figure).stem}", images=[str(figure)])
 
 
 def finish_loggers(loggers) -> None:

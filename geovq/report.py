@@ -1,9 +1,11 @@
-"""report.md, report.json and Figures 1-4 of a pipeline run (stage=pipeline).
+"""report.md and report.json of a pipeline run (stage=pipeline): one row per method of the study.
 
-Every figure is measured on held-out data and says so: reconstruction MSE over the whole test
-split, prior NLL on the test code grids, Fréchet distances against the test images. The paper's
-Table 1 is printed alongside; its MSE came from a single test batch and its perplexity from
-training data.
+Every figure is measured on held-out data and says so (the full protocol): reconstruction MSE
+over the whole test split, prior NLL on the test code grids, Fréchet distances against the test
+images. A second table gives each method under the paper's own protocol (MSE on the first test
+batch of 128, prior perplexity on the training codes) next to the paper's Table 1. With several
+seeds every figure is the mean ± standard deviation over n seeds (per-seed values in
+report.json), and the findings state each declared comparison with its spread.
 """
 
 from __future__ import annotations
@@ -12,25 +14,19 @@ import json
 import math
 from pathlib import Path
 
-import torch
+import numpy as np
 
-from geovq.aposteriori import grid_to_rows
-from geovq.artifacts import atomic_write_text, load_artifact, load_code_grids
-from geovq.metrics.codebook import code_counts
-from geovq.models.decoding import code_decoder
-from geovq.models.inference import map_images
-from geovq.models.io import load_model
-from geovq.viz.images import image_rows_figure, save_figure
-from geovq.viz.study import sample_panels_figure, tsne_figure, usage_figure
+from geovq.artifacts import atomic_write_text
+from geovq.stages.prior import HISTORY_FILE
+from geovq.study import Study
 
 # Table 1 of the paper (MSE on one test batch; perplexity on training data).
 PAPER_TABLE = {
-    "A_geodesic": {"recon_mse": 0.016125, "utilization": 1.0, "prior_perplexity": 4.9448},
-    "B_vqvae": {"recon_mse": 0.011385, "utilization": 0.117, "prior_perplexity": 4.2686},
+    "A": {"recon_mse": 0.016125, "utilization": 1.0, "prior_perplexity": 4.9448},
+    "B": {"recon_mse": 0.011385, "utilization": 0.117, "prior_perplexity": 4.2686},
 }
-TITLES = {"A_geodesic": "A: GridVAE + geodesic K-Medoids", "B_vqvae": "B: VQ-VAE (paper config)", "B_vqvae_ema": "B: VQ-VAE + EMA/init/restarts"}
 
-COLUMNS = [
+FULL_PROTOCOL = [
     ("recon MSE (test)", "recon/test_mse", "{:.5f}"),
     ("codes used", "codes/codes_used", "{:.0f}"),
     ("utilization", "codes/utilization", "{:.1%}"),
@@ -43,109 +39,197 @@ COLUMNS = [
     ("classifier confidence", "fidelity/confidence", "{:.3f}"),
     ("digit entropy (nats)", "fidelity/class_entropy", "{:.3f}"),
 ]
+# (title, our key, our format, the paper's key, the paper's format: its values as published)
+PAPER_PROTOCOL = [
+    ("recon MSE (first test batch of 128)", "paper/recon_mse_first_batch", "{:.5f}", "recon_mse", "{}"),
+    ("utilization (training codes)", "codes/utilization", "{:.1%}", "utilization", "{:.1%}"),
+    ("prior perplexity (training codes)", "paper/prior_train_perplexity", "{:.4f}", "prior_perplexity", "{}"),
+]
+# What the findings compare, lower is better for each.
+FINDINGS = [("test MSE", "recon/test_mse", "{:+.5f}"), ("prior test NLL", "prior/test_nll", "{:+.4f}"),
+            ("FD", "fidelity/fid", "{:+.2f}")]
+PRIOR_KEYS = ("prior/epochs", "prior/stopped_on_patience", "prior/max_epochs", "prior/best_epoch", "prior/best_val_nll")
 
 
-def _fmt(template: str, value) -> str:
+def fmt(template: str, value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return template.format(0.0 if abs(value) < 1e-9 else value)  # no "-0.000"
 
 
-def write_report(pipe, methods: dict[str, str], out_dir: Path, figures: bool = True, tsne_points: int = 10000, images=None) -> dict:
-    results = pipe.results
-    evaluations = {m: json.loads(results[f"evaluate_{m}"].output.read_text()) for m in methods}
-    times = {name: round(r.seconds, 1) for name, r in results.items()}
-    fidelity_floor = next((e.get("fidelity/fid_floor") for e in evaluations.values() if "fidelity/fid_floor" in e), None)
-    continuous = evaluations.get("A_geodesic", {}).get("recon/continuous_test_mse")
-    classifier_accuracy = results["classifier"].metrics.get("test/accuracy")
+def spread(values: list[float]) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (nan for one value) and n."""
+    array = np.asarray([v for v in values if v is not None], dtype=float)
+    if not len(array):
+        return float("nan"), float("nan"), 0
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else float("nan"), len(array)
+
+
+def cell(values: list[float], template: str) -> str:
+    mean, std, n = spread(values)
+    if n > 1:
+        return f"{fmt(template, mean)} ± {fmt(template, std).lstrip('+')}"
+    return fmt(template, mean)
+
+
+def method_runs(pipe, study: Study, seeds: list[int]) -> dict[str, dict[int, dict]]:
+    """Per method and seed: the evaluation, with the prior's convergence figures."""
+    runs = {}
+    for name in study.methods:
+        runs[name] = {}
+        for seed in seeds:
+            evaluation = json.loads(pipe.results[f"seed_{seed}/evaluate_{name}"].output.read_text())
+            prior = pipe.results[f"seed_{seed}/prior_{name}"].metrics
+            evaluation.update({key: prior[key] for key in PRIOR_KEYS if key in prior})
+            runs[name][seed] = evaluation
+    return runs
+
+
+def values(runs: dict[int, dict], key: str) -> list[float]:
+    return [run[key] for run in runs.values() if isinstance(run.get(key), (int, float))]
+
+
+def findings(study: Study, runs: dict, comparisons: list) -> tuple[list[str], list[dict]]:
+    """Each declared comparison (first minus second), paired by seed, against its spread."""
+    lines, records = [], []
+    for first, second in comparisons or []:
+        if first not in runs or second not in runs:
+            continue
+        parts = []
+        for label, key, template in FINDINGS:
+            diffs = [runs[first][s][key] - runs[second][s][key] for s in runs[first] if key in runs[first][s] and key in runs[second][s]]
+            mean, std, n = spread(diffs)
+            if n == 0:
+                continue
+            if n > 1:
+                verdict = "smaller than its spread: not distinguishable" if abs(mean) <= std else "larger than its spread"
+                parts.append(f"{label} {fmt(template, mean)} ± {fmt(template, std).lstrip('+')} ({verdict})")
+            else:
+                parts.append(f"{label} {fmt(template, mean)} (one seed: spread unknown)")
+            records.append({"first": first, "second": second, "metric": key, "mean_difference": mean, "std": std, "n": n})
+        lines.append(f"- {study.methods[first].title} minus {study.methods[second].title}: " + "; ".join(parts) + ".")
+    return lines, records
+
+
+def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: dict, images=None) -> dict:
+    runs = method_runs(pipe, study, seeds)
+    first = {name: r[seeds[0]] for name, r in runs.items()}
+    n_seeds = len(seeds)
+    continuous = next((e["recon/continuous_test_mse"] for e in first.values() if "recon/continuous_test_mse" in e), None)
+    fid_floor = next((e["fidelity/fid_floor"] for e in first.values() if "fidelity/fid_floor" in e), None)
+    accuracy = pipe.results["classifier"].metrics.get("test/accuracy")
+    n_test = next(iter(first.values())).get("data/n_test")
+    seeds_note = f"mean ± standard deviation over n = {n_seeds} seeds ({', '.join(map(str, seeds))})" if n_seeds > 1 else f"one seed ({seeds[0]})"
 
     lines = [
-        "# geovq report: a posteriori geodesic quantization vs end-to-end VQ-VAE",
+        "# geovq report: a posteriori quantization vs end-to-end VQ-VAE",
         "",
-        "All figures on held-out data: reconstruction MSE per pixel over the whole test split "
-        f"({_n_test(results)} images); prior NLL on the test code grids; Fréchet distance (FD) of "
-        "the project's MNIST classifier features between the samples and the test images.",
+        f"Seeds: {seeds_note}; the per-seed values are in report.json.",
         "",
-        "| method | " + " | ".join(title for title, _, _ in COLUMNS) + " |",
-        "|---|" + "---|" * len(COLUMNS),
+        "## Full protocol (held-out data)",
+        "",
+        f"Reconstruction MSE per pixel over the whole test split ({fmt('{:.0f}', n_test)} images); codebook use of the "
+        "training codes; prior NLL on the test code grids; Fréchet distance (FD) of the project's MNIST classifier "
+        "features between the samples and the test images.",
+        "",
+        "| method | " + " | ".join(title for title, _, _ in FULL_PROTOCOL) + " |",
+        "|---|" + "---|" * len(FULL_PROTOCOL),
     ]
-    for method, evaluation in evaluations.items():
-        cells = [_fmt(fmt, evaluation.get(key)) for _, key, fmt in COLUMNS]
-        lines.append(f"| {TITLES.get(method, method)} | " + " | ".join(cells) + " |")
+    for name, method in study.methods.items():
+        lines.append(f"| {method.title} | " + " | ".join(cell(values(runs[name], key), t) for _, key, t in FULL_PROTOCOL) + " |")
     lines += [
         "",
-        f"References: continuous GridVAE (posterior mean) test MSE {_fmt('{:.5f}', continuous)}; FD floor (training "
-        f"vs test images) {_fmt('{:.2f}', fidelity_floor)}; classifier test accuracy {_fmt('{:.2%}', classifier_accuracy)}.",
+        f"References: continuous GridVAE (posterior mean) test MSE {fmt('{:.5f}', continuous)}; FD floor (training vs "
+        f"test images) {fmt('{:.2f}', fid_floor)}; classifier test accuracy {fmt('{:.2%}', accuracy)}.",
         "",
-        "The paper's Table 1 (MSE on a single test batch, perplexity on training data):",
+        "## The paper's protocol (Table 1 like for like)",
         "",
-        "| method | recon MSE | utilization | Transformer perplexity |",
-        "|---|---|---|---|",
+        "The paper measured MSE on a single test batch of 128 images and the Transformer's perplexity on its training "
+        "data. The same measurements of our runs, next to the paper's published values for the row each method reproduces:",
+        "",
+        "| method | " + " | ".join(title for title, *_ in PAPER_PROTOCOL) + " | paper: " + " | paper: ".join(
+            ("recon MSE", "utilization", "perplexity")) + " |",
+        "|---|" + "---|" * (2 * len(PAPER_PROTOCOL)),
     ]
-    for method, paper in PAPER_TABLE.items():
-        lines.append(f"| {TITLES[method]} | {paper['recon_mse']} | {paper['utilization']:.1%} | {paper['prior_perplexity']} |")
-    lines += ["", "Time of each step (seconds; reused steps show the time of the run that made them):", ""]
-    lines += [f"- {name}: {seconds}" + (" (reused)" if results[name].reused else "") for name, seconds in times.items()]
+    for name, method in study.methods.items():
+        ours = [cell(values(runs[name], key), t) for _, key, t, _, _ in PAPER_PROTOCOL]
+        paper = PAPER_TABLE.get(method.paper)
+        theirs = [fmt(t, paper[k]) if paper else "" for _, _, _, k, t in PAPER_PROTOCOL]
+        lines.append(f"| {method.title} | " + " | ".join(ours + theirs) + " |")
+
+    prior_lines, prior_records, capped = prior_section(study, runs)
+    lines += ["", "## Priors", ""] + prior_lines
+    finding_lines, finding_records = findings(study, runs, options.get("comparisons"))
+    if finding_lines:
+        lines += ["", "## Findings", "",
+                  "Differences of the means (first minus second; lower is better for each figure), paired by seed, "
+                  "± the standard deviation of the per-seed differences:", ""] + finding_lines
+    times = {name: round(r.seconds, 1) for name, r in pipe.results.items()}
+    lines += ["", "## Time of each step", "", "Seconds; reused steps show the time of the run that made them.", ""]
+    lines += [f"- {name}: {seconds}" + (" (reused)" if pipe.results[name].reused else "") for name, seconds in times.items()]
 
     figure_files = []
-    if figures:
-        figure_files = write_figures(pipe, methods, out_dir, tsne_points, images)
-        lines += ["", "Figures:", ""] + [f"![{name}]({name})" for name in figure_files]
+    if options.get("figures", True):
+        from geovq.report_figures import write_figures
+
+        figure_files = write_figures(pipe, study, seeds, out_dir, options, images, runs, capped)
+        lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figure_files]
 
     atomic_write_text(out_dir / "report.md", "\n".join(lines) + "\n")
-    summary = {f"{method}/{key}": value for method, e in evaluations.items() for key, value in e.items() if isinstance(value, (int, float))}
-    report = {"methods": evaluations, "paper_table_1": PAPER_TABLE, "step_seconds": times, "figures": figure_files,
-              "references": {"continuous_test_mse": continuous, "fid_floor": fidelity_floor, "classifier_test_accuracy": classifier_accuracy},
-              "summary": summary}
+    summary = {}
+    for name, r in runs.items():
+        keys = {key for run in r.values() for key, value in run.items() if isinstance(value, (int, float))}
+        for key in keys:
+            mean, std, n = spread(values(r, key))
+            summary[f"{name}/{key}"] = mean
+            if n > 1:
+                summary[f"{name}/{key}_std"] = std
+    report = {
+        "seeds": seeds,
+        "methods": {name: {"title": study.methods[name].title, "paper_row": study.methods[name].paper,
+                           "seeds": {str(s): run for s, run in r.items()}} for name, r in runs.items()},
+        "findings": finding_records,
+        "priors": prior_records,
+        "paper_table_1": PAPER_TABLE,
+        "step_seconds": times,
+        "figures": figure_files,
+        "references": {"continuous_test_mse": continuous, "fid_floor": fid_floor, "classifier_test_accuracy": accuracy},
+        "summary": summary,
+    }
     atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
     return report
 
 
-def _n_test(results) -> int:
-    return len(load_code_grids(results["vqvae"].output).payload["splits"]["test"])
+def prior_section(study: Study, runs: dict) -> tuple[list[str], list[dict], set[str]]:
+    """Per method: epochs run, whether early stopping ended training or the cap did."""
+    lines = [
+        "Each prior trains until its validation NLL stops improving (early stopping) or reaches the epoch cap. "
+        "A prior that hit the cap may be undertrained: its samples measure the prior as much as the codes.",
+        "",
+        "| method | epochs run | ended by | best epoch | best val NLL |",
+        "|---|---|---|---|---|",
+    ]
+    records, capped = [], set()
+    for name, method in study.methods.items():
+        ends, epochs, best = [], [], []
+        for seed, run in runs[name].items():
+            epochs.append(f"{run.get('prior/epochs', float('nan')):.0f}")
+            best.append(f"{run.get('prior/best_epoch', float('nan')):.0f}")
+            ended = "patience" if run.get("prior/stopped_on_patience") else "**the cap**"
+            ends.append(ended)
+            if ended != "patience":
+                capped.add(method.title)
+            records.append({"method": name, "seed": seed, **{k: run.get(k) for k in PRIOR_KEYS}})
+        lines.append(f"| {method.title} | {', '.join(epochs)} | {', '.join(ends)} | {', '.join(best)} | "
+                     f"{cell(values(runs[name], 'prior/best_val_nll'), '{:.4f}')} |")
+    return lines, records, capped
 
 
-@torch.no_grad()
-def write_figures(pipe, methods: dict[str, str], out_dir: Path, tsne_points: int, images) -> list[str]:
-    results = pipe.results
-    train_images, test_images = images
-    files = []
-
-    # Figure 1: the same latent vectors under geodesic K-Medoids and Euclidean K-Means.
-    vae, _ = load_model(results["vae"].output, "grid_vae")
-    geodesic = load_code_grids(results["quantize_geodesic"].output).payload["splits"]["train"]
-    kmeans = load_code_grids(results["quantize_kmeans"].output).payload["splits"]["train"]
-    cells = geodesic[0].numel()
-    generator = torch.Generator().manual_seed(0)
-    picked = torch.randperm(geodesic.numel(), generator=generator)[: min(tsne_points, geodesic.numel())]
-    image_ids, cell_ids = picked // cells, picked % cells
-    unique_images, inverse = torch.unique(image_ids, return_inverse=True)
-    mu = map_images(vae, train_images[unique_images], lambda x: vae.encode(x)[0])
-    vectors = grid_to_rows(mu).reshape(len(unique_images), cells, -1)[inverse.numpy(), cell_ids.numpy()]
-    labelings = {"geodesic K-Medoids": geodesic.reshape(-1)[picked].numpy(), "Euclidean K-Means": kmeans.reshape(-1)[picked].numpy()}
-    save_figure(tsne_figure(vectors, labelings), out_dir / "fig1_tsne_clusters.png")
-    files.append("fig1_tsne_clusters.png")
-
-    # Figure 2: codebook usage.
-    usage = {}
-    decoders = {}
-    for method, codes_step in methods.items():
-        codes = load_code_grids(results[codes_step].output)
-        usage[TITLES[method]] = code_counts(codes.payload["splits"]["train"], codes.payload["n_codes"])
-        decoders[method] = (code_decoder(codes)[0], codes.payload["splits"]["test"])
-    save_figure(usage_figure(usage), out_dir / "fig2_codebook_usage.png")
-    files.append("fig2_codebook_usage.png")
-
-    # Figure 3: reconstructions of the same test images.
-    n = 12
-    rows = {"test images": test_images[:n], "GridVAE (continuous)": vae.reconstruct(test_images[:n])}
-    for method, (decode, test_codes) in decoders.items():
-        rows[TITLES[method]] = torch.sigmoid(decode(test_codes[:n]))
-    save_figure(image_rows_figure(rows), out_dir / "fig3_reconstructions.png")
-    files.append("fig3_reconstructions.png")
-
-    # Figure 4: samples.
-    samples = {TITLES[m]: load_artifact(results[f"sample_{m}"].output).payload["images"].float() / 255 for m in methods}
-    save_figure(sample_panels_figure(samples), out_dir / "fig4_samples.png")
-    files.append("fig4_samples.png")
-    return files
+def prior_histories(pipe, name: str, seeds: list[int]) -> list[list[float]]:
+    """The validation NLL per epoch of the method's prior, one list per seed."""
+    curves = []
+    for seed in seeds:
+        history_file = pipe.results[f"seed_{seed}/prior_{name}"].folder / HISTORY_FILE
+        if history_file.is_file():
+            curves.append(json.loads(history_file.read_text()).get("val/nll", []))
+    return curves

@@ -21,15 +21,20 @@ OVERRIDES = [
     "pipeline.all=['data.subset=300','data.test_subset=100','trainer.max_epochs=1']",
     f"pipeline.vae=[{SMALL_AE}]",
     f"pipeline.vqvae=[{SMALL_AE},'model.quantizer.n_codes=16']",
-    f"pipeline.vqvae_ema=[{SMALL_AE},'model.quantizer.n_codes=16']",
-    "pipeline.quantize=['quantizer.n_landmarks=300','quantizer.n_neighbors=6','quantizer.n_clusters=16','quantizer.progress=false']",
-    "pipeline.kmeans=['quantizer.n_landmarks=300','quantizer.n_clusters=16','quantizer.progress=false']",
+    "pipeline.quantize=['quantizer.n_landmarks=300','quantizer.n_clusters=16','quantizer.progress=false']",
     "pipeline.prior=['model.n_layer=1','model.d_model=32','model.n_head=2']",
     "pipeline.sample=['stage.n_samples=100']",
     "pipeline.tsne_points=300",
 ]
-STEPS = ["classifier", "vae", "quantize_geodesic", "quantize_kmeans", "vqvae", "vqvae_ema"] + [
-    f"{kind}_{method}" for method in ("A_geodesic", "B_vqvae", "B_vqvae_ema") for kind in ("prior", "sample", "evaluate")
+METHODS = ("A_geodesic", "A_kmeans", "B_paper_objective", "B_per_image", "B_ema")
+STEPS = ["classifier"] + [f"seed_0/{step}" for step in ("vae", "quantize_geodesic", "quantize_kmeans", "vqvae_paper_objective", "vqvae", "vqvae_ema")] + [
+    f"seed_0/{kind}_{method}" for method in METHODS for kind in ("prior", "sample", "evaluate")
+]
+# A study of one method, declared on the command line: a GridVAE and a K-Means codebook of 8 codes.
+ONE_METHOD = [
+    "~study",
+    "+pipeline.steps={vae: {stage: vae}, kmeans8: {stage: quantize, inputs: {stage.vae: vae}, overrides: ['quantizer=kmeans', 'quantizer.n_clusters=8']}}",
+    "+pipeline.methods={A_kmeans8: {codes: kmeans8, title: 'A: K-Means, K=8'}}",
 ]
 
 
@@ -46,8 +51,8 @@ def test_quick_experiment_writes_report_and_figures_and_resumes(tmp_path, monkey
     monkeypatch.setattr(pipeline_module, "get_stage", interrupted)
     with pytest.raises(TrainingError):
         run_stage(compose_config(out, OVERRIDES))
-    finished = {step: (out / step / "step.json").stat().st_mtime_ns for step in ("vae", "quantize_geodesic", "sample_A_geodesic")}
-    assert not (out / "evaluate_A_geodesic" / "step.json").exists()
+    finished = {step: (out / step / "step.json").stat().st_mtime_ns for step in ("seed_0/vae", "seed_0/quantize_geodesic", "seed_0/sample_A_geodesic")}
+    assert not (out / "seed_0/evaluate_A_geodesic" / "step.json").exists()
 
     monkeypatch.setattr(pipeline_module, "get_stage", real_get_stage)
     summary = run_stage(compose_config(out, OVERRIDES))
@@ -57,15 +62,19 @@ def test_quick_experiment_writes_report_and_figures_and_resumes(tmp_path, monkey
     for step in STEPS:
         assert (out / step / "step.json").is_file(), step
     report = json.loads((out / "report.json").read_text())
-    assert set(report["methods"]) == {"A_geodesic", "B_vqvae", "B_vqvae_ema"}
-    for evaluation in report["methods"].values():
+    assert list(report["methods"]) == list(METHODS)
+    for method in report["methods"].values():
+        evaluation = method["seeds"]["0"]
         assert 0 < evaluation["recon/test_mse"] < 0.5
+        assert 0 < evaluation["paper/recon_mse_first_batch"] < 0.5 and evaluation["paper/prior_train_perplexity"] > 1
         assert 0 < evaluation["codes/utilization"] <= 1
         assert evaluation["prior/test_nll"] > 0 and "fidelity/fid" in evaluation
     assert summary["A_geodesic/codes/n_codes"] == 16
     text = (out / "report.md").read_text()
-    assert "| A: GridVAE + geodesic K-Medoids |" in text and "0.016125" in text
-    for figure in ("fig1_tsne_clusters.png", "fig2_codebook_usage.png", "fig3_reconstructions.png", "fig4_samples.png"):
+    assert "| A: GridVAE + geodesic K-Medoids |" in text and "0.016125" in text and "0.011385" in text
+    assert "## Findings" in text and "one seed: spread unknown" in text
+    for figure in ("fig1_tsne_clusters.png", "fig2_codebook_usage.png", "fig3_reconstructions.png", "fig4_samples.png",
+                   "fig5_prior_val_nll.png"):
         assert (out / figure).stat().st_size > 5000, figure
 
     # A third run does nothing but the report: every step is reused.
@@ -91,8 +100,42 @@ def test_quick_experiment_on_two_cpu_processes(tmp_path):
                      "pipeline.figures=false", f"hydra.run.dir={out}", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
-    assert output.count("Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2") == 7  # the 7 training steps
+    # the 10 training steps: classifier, GridVAE, three VQ-VAEs, five priors
+    assert output.count("Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2") == 10
     report = json.loads((out / "report.json").read_text())
-    assert set(report["methods"]) == {"A_geodesic", "B_vqvae", "B_vqvae_ema"}
+    assert list(report["methods"]) == list(METHODS)
     for step in STEPS:
         assert (out / step / "step.json").is_file(), step
+
+
+def test_a_method_declared_in_config_runs_for_two_seeds_and_reports_its_spread(tmp_path):
+    out = tmp_path / "study"
+    summary = run_stage(compose_config(out, OVERRIDES + ONE_METHOD + ["pipeline.seeds=[3,4]", "pipeline.prior=['model.n_layer=1','model.d_model=32','model.n_head=2','trainer.max_epochs=3','callbacks.early_stopping.patience=1']"]))
+    for seed in (3, 4):
+        for step in ("vae", "kmeans8", "prior_A_kmeans8", "sample_A_kmeans8", "evaluate_A_kmeans8"):
+            assert (out / f"seed_{seed}" / step / "step.json").is_file(), (seed, step)
+        history = json.loads((out / f"seed_{seed}" / "prior_A_kmeans8" / "history.json").read_text())
+        assert 1 <= len(history["val/nll"]) <= 3 and all(v > 0 for v in history["val/nll"])
+    assert (out / "classifier" / "step.json").is_file() and not (out / "seed_3" / "classifier").exists()
+    report = json.loads((out / "report.json").read_text())
+    runs = report["methods"]["A_kmeans8"]["seeds"]
+    assert set(runs) == {"3", "4"} and all(run["codes/n_codes"] == 8 for run in runs.values())
+    # Different seeds, different models: the spread is real, and the summary is the mean of the two.
+    mses = [run["recon/test_mse"] for run in runs.values()]
+    assert mses[0] != mses[1]
+    assert summary["A_kmeans8/recon/test_mse"] == pytest.approx(sum(mses) / 2)
+    assert summary["A_kmeans8/recon/test_mse_std"] > 0
+    text = (out / "report.md").read_text()
+    assert "n = 2 seeds (3, 4)" in text and "| A: K-Means, K=8 |" in text and " ± " in text
+    assert "## Priors" in text and (out / "fig5_prior_val_nll.png").stat().st_size > 5000
+    for record in report["priors"]:
+        assert record["prior/epochs"] <= record["prior/max_epochs"] == 3
+
+
+def test_a_study_mistake_stops_before_any_step_runs(tmp_path):
+    from geovq.errors import ConfigError
+
+    out = tmp_path / "bad"
+    with pytest.raises(ConfigError, match=r"pipeline.methods.A_kmeans8.codes=vae .* makes no code grids"):
+        run_stage(compose_config(out, OVERRIDES + ONE_METHOD[:2] + ["+pipeline.methods={A_kmeans8: {codes: vae}}"]))
+    assert not (out / "classifier").exists()

@@ -22,9 +22,11 @@ from hydra._internal.utils import get_args_parser
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
+from omegaconf import OmegaConf
 
 import geovq.train  # noqa: F401  (registers the config resolvers)
 from geovq import CONF_DIR
+from geovq.study import plan_study
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -33,9 +35,8 @@ PIPELINE_STEP_ARGS = {
     "classifier": ["stage=classifier"],
     "vae": ["stage=vae"],
     "quantize": ["stage=quantize"],
-    "kmeans": ["stage=quantize", "quantizer=kmeans"],
     "vqvae": ["stage=vqvae"],
-    "vqvae_ema": ["stage=vqvae", "model=vqvae_ema"],
+    "finetune": ["stage=finetune"],
     "prior": ["stage=prior"],
     "sample": ["stage=sample"],
     "evaluate": ["stage=evaluate"],
@@ -105,11 +106,11 @@ def compose_train(overrides: list[str], config_name: str = "train"):
 
 
 def check_pipeline_lists(overrides) -> None:
-    """Each `pipeline.<step>=[...]` item is an override that the step's stage accepts."""
+    """Each `pipeline.<stage>=[...]` item is an override that the stage accepts."""
     parser = OverridesParser.create()
     for override in overrides:
         key = override.key_or_group
-        if not key.startswith("pipeline.") or not isinstance(override.value(), list):
+        if not key.startswith("pipeline.") or not isinstance(override.value(), list) or key == "pipeline.seeds":
             continue
         step, items = key.removeprefix("pipeline."), override.value()
         assert all(isinstance(item, str) for item in items), f"{override.input_line}: items must be override strings"
@@ -133,8 +134,11 @@ def check_command(arguments: list[str]) -> None:
         f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line
         for o in overrides
     ]
-    compose_train(first_points, args.config_name or "train")
+    cfg = compose_train(first_points, args.config_name or "train")
     check_pipeline_lists(overrides)
+    if cfg.stage.name == "pipeline":  # the study it runs is well formed
+        pipeline = OmegaConf.to_container(cfg.pipeline, resolve=False)
+        plan_study(pipeline["steps"], pipeline["methods"])
 
 
 def check_overrides_span(span: str) -> None:

@@ -1,20 +1,20 @@
-"""stage=pipeline (``experiment=paper`` / ``experiment=quick``): the whole study as one command.
+"""stage=pipeline (``experiment=paper`` / ``experiment=quick``): a whole study as one command.
 
-Runs, each in a subfolder of one fixed experiment folder:
+The study is data (``geovq/study.py``): the experiment declares its representation steps and its
+methods in YAML (``geovq/conf/study/``). For every seed of ``pipeline.seeds`` the pipeline runs,
+in ``seed_<n>/`` of one experiment folder, each method's chain of steps (inputs first, a step
+shared by several methods once), then per method ``prior_<m>``, ``sample_<m>`` and
+``evaluate_<m>``. The classifier that measures sample fidelity is trained once, in
+``classifier/``. Then report.md, report.json and the figures (``geovq/report.py``).
 
-    classifier                        (for sample fidelity)
-    vae -> quantize_geodesic -> prior_A -> sample_A -> evaluate_A        pipeline A
-           quantize_kmeans                                               (Figure 1's baseline)
-    vqvae -> prior_B -> sample_B -> evaluate_B                           pipeline B (paper config)
-    vqvae_ema -> prior_B_ema -> sample_B_ema -> evaluate_B_ema           B with anti-collapse
-    report.md, report.json, figures
-
-Each step's config is composed like a command line (``stage=<name>``, the experiment's
-overrides for it, then the overrides you gave), so ``experiment=paper data.root=...`` reaches
-every step. A step is skipped when its folder already holds its output made with the same
-config from the same inputs (``step.json`` records the config hash and the sha256 of the
-inputs and the output), so an interrupted run continues where it stopped, and every completed
-step's artifacts stay intact.
+Each step's config is composed like a command line: ``stage=<stage>``, ``pipeline.all``, the
+overrides listed under the stage's name (``pipeline.vqvae`` reaches every VQ-VAE step), the
+step's or method's own overrides, its inputs (``stage.vae=<path of the vae step's model.pt>``),
+``seed=<n>``, then the overrides you gave, so ``experiment=paper data.root=...`` reaches every
+step. A step is skipped when its folder already holds its output made with the same config from
+the same inputs (``step.json`` records the config hash and the sha256 of the inputs and the
+output), so an interrupted run continues where it stopped, and every completed step's artifacts
+stay intact.
 
 On several devices (``trainer=ddp trainer.devices=N``) each training step runs distributed as
 its own command; quantization, sampling and evaluation run once, in this process.
@@ -40,10 +40,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from geovq import CONF_DIR
 from geovq.artifacts import (
-    CODES_FILE,
-    EVALUATION_FILE,
-    MODEL_FILE,
-    SAMPLES_FILE,
     atomic_write_text,
     config_hash,
 )
@@ -51,12 +47,13 @@ from geovq.errors import ConfigError, TrainingError
 from geovq.loggers import log_without_trainer
 from geovq.run_folder import output_dir, result_config
 from geovq.stages import get_stage
+from geovq.study import STAGE_OUTPUTS, Method, Study, plan_study
 
 log = logging.getLogger(__name__)
 
 STEP_FILE = "step.json"
 # Steps that train through a Lightning Trainer (and so may run distributed).
-TRAINING_STAGES = ("classifier", "vae", "vqvae", "prior")
+TRAINING_STAGES = ("classifier", "vae", "vqvae", "finetune", "prior")
 
 
 @dataclass
@@ -73,8 +70,8 @@ def user_overrides() -> list[str]:
     """The command line's overrides, minus those that pick the experiment, the stage or the run folder."""
     if not HydraConfig.initialized():
         return []
-    skip = ("experiment=", "stage=", "hydra.", "+experiment=", "pipeline.")
-    return [item for item in HydraConfig.get().overrides.task if not item.startswith(skip)]
+    skip = ("experiment", "stage", "hydra", "pipeline", "study")
+    return [item for item in HydraConfig.get().overrides.task if override_key(item).split(".")[0].split("@")[0] not in skip]
 
 
 def compose_step(overrides: list[str], step: str = "") -> DictConfig:
@@ -100,28 +97,37 @@ def file_sha256(path: Path) -> str:
 
 
 class Pipeline:
-    """Runs named steps in order, skipping those already done with the same config and inputs."""
+    """Runs named steps, each in ``root/<name>``, skipping those already done with the same
+    config and inputs. ``inputs`` maps a config key of the step to an earlier step, whose
+    output path the key receives (and whose output's hash is part of the step's key)."""
 
-    def __init__(self, root: Path, base_overrides: list[str]):
+    def __init__(self, root: Path, base_overrides: list[str], stage_overrides: dict[str, list[str]]):
         self.root = root
         self.base = base_overrides
+        self.stage_overrides = stage_overrides
         self.results: dict[str, StepResult] = {}
 
-    def step(self, name: str, stage: str, overrides: list[str], output: str, inputs: tuple[str, ...] = ()) -> StepResult:
+    def step(self, name: str, stage: str, overrides: list[str] = (), inputs: dict[str, str] | None = None) -> StepResult:
+        if name in self.results:  # shared by several methods: run once
+            return self.results[name]
+        inputs = inputs or {}
         folder = self.root / name
         # Quiet by default (one summary table per training step is a screenful); yours come last and win.
-        overrides = ["trainer.enable_model_summary=false", *overrides, *self.base]
+        overrides = ["trainer.enable_model_summary=false", *self.stage_overrides.get("all", []),
+                     *self.stage_overrides.get(stage, []), *overrides,
+                     *(f"{key}={self.results[upstream].output}" for key, upstream in inputs.items()), *self.base]
         if stage == "prior":  # the prior reads code grids (data=codes): image-data settings do not apply
             overrides = [item for item in overrides if override_key(item).split(".")[0] != "data"]
         cfg = compose_step([f"stage={stage}", *overrides], name)
         with open_dict(cfg):
             cfg.paths.output_dir = str(folder)
             cfg.paths.log_dir = str(self.root)
-        key = config_hash(
-            {"config": result_config(cfg), "inputs": {i: file_sha256(self.results[i].output) for i in inputs}}
-        )
+        key = config_hash({
+            "config": result_config(cfg),
+            "inputs": {upstream: file_sha256(self.results[upstream].output) for upstream in inputs.values()},
+        })
         record = folder / STEP_FILE
-        target = folder / output
+        target = folder / STAGE_OUTPUTS[stage]
         if record.exists() and target.exists():
             done = json.loads(record.read_text())
             if done.get("key") == key and done.get("output_sha256") == file_sha256(target):
@@ -143,7 +149,6 @@ class Pipeline:
         result = StepResult(name, folder, target, metrics, seconds, False)
         self.results[name] = result
         return result
-
 
     def run_in_own_process(self, name: str, stage: str, overrides: list[str], folder: Path) -> dict:
         """A distributed training step as its own ``python -m geovq.train`` command: Lightning's
@@ -168,36 +173,44 @@ def distributed(cfg: DictConfig) -> bool:
     return several or cfg.trainer.get("strategy") not in (None, "auto")
 
 
+def seed_list(cfg: DictConfig) -> list[int]:
+    seeds = cfg.pipeline.get("seeds")
+    seeds = [cfg.seed] if seeds is None else list(seeds)
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"pipeline.seeds must be distinct integers, e.g. pipeline.seeds=[0,1,2]; got {seeds}.")
+    return seeds
+
+
+def run_method(pipe: Pipeline, study: Study, method: Method, seed_folder: str) -> None:
+    """The method's representation chain, then its prior, samples and evaluation, in ``seed_folder``."""
+    for step in study.chain(method.codes):
+        pipe.step(f"{seed_folder}/{step.name}", step.stage, list(step.overrides),
+                  {key: f"{seed_folder}/{upstream}" for key, upstream in step.inputs})
+    m = f"{seed_folder}/{{}}_{method.name}"
+    pipe.step(m.format("prior"), "prior", list(method.overrides["prior"]), {"stage.codes": f"{seed_folder}/{method.codes}"})
+    pipe.step(m.format("sample"), "sample", list(method.overrides["sample"]), {"stage.prior": m.format("prior")})
+    pipe.step(m.format("evaluate"), "evaluate", list(method.overrides["evaluate"]),
+              {"stage.samples": m.format("sample"), "stage.classifier": "classifier"})
+
+
 def run(cfg: DictConfig) -> dict:
     from geovq.report import write_report
 
-    plan = OmegaConf.to_container(cfg.pipeline, resolve=True)
-    pipe = Pipeline(output_dir(cfg), user_overrides())
-    every = plan.get("all", [])
-    pipe.step("classifier", "classifier", every + plan["classifier"], MODEL_FILE)
-    vae = pipe.step("vae", "vae", every + plan["vae"], MODEL_FILE)
-    pipe.step("quantize_geodesic", "quantize", [f"stage.vae={vae.output}", *every, *plan["quantize"]], CODES_FILE, ("vae",))
-    pipe.step("quantize_kmeans", "quantize", [f"stage.vae={vae.output}", "quantizer=kmeans", *every, *plan["kmeans"]], CODES_FILE, ("vae",))
-    pipe.step("vqvae", "vqvae", every + plan["vqvae"], CODES_FILE)
-    pipe.step("vqvae_ema", "vqvae", ["model=vqvae_ema", *every, *plan["vqvae_ema"]], CODES_FILE)
-    methods = {"A_geodesic": "quantize_geodesic", "B_vqvae": "vqvae", "B_vqvae_ema": "vqvae_ema"}
-    for method, codes in methods.items():
-        codes_path = pipe.results[codes].output
-        prior = pipe.step(f"prior_{method}", "prior", [f"stage.codes={codes_path}", *every, *plan["prior"]], MODEL_FILE, (codes,))
-        samples = pipe.step(
-            f"sample_{method}", "sample", [f"stage.prior={prior.output}", *every, *plan["sample"]], SAMPLES_FILE, (f"prior_{method}",)
-        )
-        pipe.step(
-            f"evaluate_{method}",
-            "evaluate",
-            [f"stage.samples={samples.output}", f"stage.classifier={pipe.results['classifier'].output}", *every, *plan["evaluate"]],
-            EVALUATION_FILE,
-            (f"sample_{method}", "classifier"),
-        )
+    options = OmegaConf.to_container(cfg.pipeline, resolve=True)
+    study = plan_study(options.get("steps"), options.get("methods"))
+    seeds = seed_list(cfg)
+    per_stage = {key: options.get(key) or [] for key in ("all", *STAGE_OUTPUTS)}
+    pipe = Pipeline(output_dir(cfg), user_overrides(), per_stage)
+    pipe.step("classifier", "classifier")  # the measuring instrument: one for every seed and method
+    for seed in seeds:
+        seeded = Pipeline(pipe.root, [f"seed={seed}", *pipe.base], per_stage)
+        seeded.results = pipe.results
+        for method in study.methods.values():
+            run_method(seeded, study, method, f"seed_{seed}")
     images = None
-    if plan.get("figures", True):
-        data = instantiate(compose_step(["stage=vae", *every, *pipe.base], "vae").data)
+    if options.get("figures", True):
+        data = instantiate(compose_step(["stage=vae", *options.get("all", []), *pipe.base], "vae").data)
         images = (data.split("train").tensors[0], data.split("test").tensors[0])
-    report = write_report(pipe, methods, output_dir(cfg), plan.get("figures", True), plan.get("tsne_points", 10000), images)
+    report = write_report(pipe, study, seeds, output_dir(cfg), options, images)
     log_without_trainer(cfg, report["summary"], [output_dir(cfg) / name for name in report["figures"]])
     return report["summary"]

@@ -9,14 +9,11 @@ build from it, since a VAE carrying far fewer nats per position than ln K wastes
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig
 
 from geovq.callbacks.quantize_on_fit_end import QuantizeOnFitEnd
-from geovq.loggers import log_final_and_finish
+from geovq.loggers import log_figures, log_final_and_finish
 from geovq.metrics.rate import ACTIVE_KL, kl_per_dimension, rate_summary
 from geovq.models.grid_vae import GridVAE
 from geovq.models.inference import map_images
@@ -39,7 +36,7 @@ def run(cfg: DictConfig) -> dict:
         if cfg.figures:
             save_reconstructions({"GridVAE (posterior mean)": trained.model}, trained.datamodule, output_dir(cfg) / "reconstructions.png")
             figure = save_figure(kl_per_dimension_figure(mean_kl, rate, ACTIVE_KL), output_dir(cfg) / "kl_per_dimension.png")
-            log_figure(trained.trainer, figure)
+            log_figures(trained.trainer.loggers, [figure])
         write_run_files(cfg, metrics)
     log_final_and_finish(trained.trainer, metrics)
     return metrics
@@ -55,9 +52,3 @@ def rate_on_test_split(trained: Trained, n_codes: int | None) -> tuple[torch.Ten
     mean_kl = kl.mean(dim=0)
     return mean_kl, rate_summary(mean_kl, n_positions, n_codes)
 
-
-def log_figure(trainer, path: Path) -> None:
-    """Send a figure to the run's W&B logger, as geovq.loggers does for the other stages."""
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            logger.log_image(key=f"figures/{path.stem}", images=[str(path)])

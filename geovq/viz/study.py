@@ -67,3 +67,21 @@ def sweep_figure(values: list, series: dict[str, list], axis: str):
             ax.set_xscale("log")
     fig.tight_layout()
     return fig
+
+
+def learning_curves_figure(curves: dict[str, list[list[float]]], ylabel: str, marked: set[str] = frozenset()):
+    """One line per run (several per method: one per seed) of a value per epoch; methods in
+    ``marked`` (e.g. priors that hit the epoch cap) are drawn dashed and say so."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (title, runs) in enumerate(curves.items()):
+        style = "--" if title in marked else "-"
+        for j, values in enumerate(runs):
+            label = (f"{title} (hit the epoch cap)" if title in marked else title) if j == 0 else None
+            ax.plot(range(1, len(values) + 1), values, style, marker="o", ms=3, color=colors[i % len(colors)], label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,126 @@
+"""What makes a Transformer prior epoch cheaper on this CPU, and what it costs in NLL.
+
+Times one training step (forward, backward, AdamW step) of ``geovq.models.prior.TransformerPrior``
+on 7x7 code grids, for precision (float32 vs bf16 autocast), batch size and model size, and
+prints each as a ratio to the reference setting (float32, batch 128, d_model 128, 3 layers: the
+model of experiment=paper) measured in the same process. Then trains the reference model and
+the chosen cheaper settings for the same number of images on real code grids and compares
+their validation NLL, so that a faster setting which learns worse shows.
+
+    python bench/prior_step.py --codes outputs/experiments/quick/vqvae_ema/codes.pt
+    python bench/prior_step.py --steps 20 --no-nll      # timings only, random codes
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+
+from geovq.artifacts import load_code_grids
+from geovq.models.prior import TransformerPrior
+
+REFERENCE = {"precision": "fp32", "batch": 128, "d_model": 128, "n_layer": 3}
+SETTINGS = [
+    REFERENCE,
+    {"precision": "bf16", "batch": 128, "d_model": 128, "n_layer": 3},
+    {"precision": "fp32", "batch": 256, "d_model": 128, "n_layer": 3},
+    {"precision": "bf16", "batch": 256, "d_model": 128, "n_layer": 3},
+    {"precision": "bf16", "batch": 512, "d_model": 128, "n_layer": 3},
+    {"precision": "fp32", "batch": 128, "d_model": 64, "n_layer": 3},
+    {"precision": "bf16", "batch": 256, "d_model": 96, "n_layer": 3},
+]
+
+
+def build(setting: dict, n_codes: int) -> tuple[TransformerPrior, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = TransformerPrior(n_codes=n_codes, n_layer=setting["n_layer"], n_head=4, d_model=setting["d_model"])
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+
+
+def train_step(model, optimizer, grids: torch.Tensor, precision: str) -> float:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss = model.token_nll(grids).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def step_seconds(setting: dict, grids: torch.Tensor, n_codes: int, steps: int) -> float:
+    model, optimizer = build(setting, n_codes)
+    model.train()
+    batch = grids[: setting["batch"]]
+    for _ in range(3):  # warm-up: first calls allocate and pick kernels
+        train_step(model, optimizer, batch, setting["precision"])
+    started = time.perf_counter()
+    for _ in range(steps):
+        train_step(model, optimizer, batch, setting["precision"])
+    return (time.perf_counter() - started) / steps
+
+
+@torch.no_grad()
+def mean_nll(model, grids: torch.Tensor) -> float:
+    model.eval()
+    return float(torch.cat([model.token_nll(grids[s : s + 1000]) for s in range(0, len(grids), 1000)]).mean())
+
+
+def nll_after(setting: dict, train: torch.Tensor, val: torch.Tensor, n_codes: int, images: int) -> tuple[float, float]:
+    """Validation NLL after training on ``images`` grids (the same grids in the same order for
+    every setting), and the seconds it took."""
+    model, optimizer = build(setting, n_codes)
+    model.train()
+    generator = torch.Generator().manual_seed(0)
+    order = torch.cat([torch.randperm(len(train), generator=generator) for _ in range(math.ceil(images / len(train)))])[:images]
+    started = time.perf_counter()
+    for start in range(0, images, setting["batch"]):
+        train_step(model, optimizer, train[order[start : start + setting["batch"]]], setting["precision"])
+    seconds = time.perf_counter() - started
+    return mean_nll(model, val), seconds
+
+
+def label(setting: dict) -> str:
+    return f"{setting['precision']}, batch {setting['batch']}, d={setting['d_model']}, {setting['n_layer']} layers"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--codes", help="a codes.pt (stage=quantize or stage=vqvae); random codes if omitted")
+    parser.add_argument("--steps", type=int, default=30, help="timed training steps per setting")
+    parser.add_argument("--images", type=int, default=20000, help="training images for the NLL comparison")
+    parser.add_argument("--no-nll", action="store_true", help="skip the NLL comparison")
+    args = parser.parse_args()
+
+    if args.codes:
+        payload = load_code_grids(args.codes).payload
+        n_codes, splits = int(payload["n_codes"]), payload["splits"]
+        train, val = splits["train"].long(), splits["val"].long()
+    else:
+        n_codes = 128
+        train = torch.randint(0, n_codes, (4096, 7, 7), generator=torch.Generator().manual_seed(0))
+        val = train[:1000]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {n_codes} codes, {len(train)} training grids")
+
+    reference = step_seconds(REFERENCE, train, n_codes, args.steps)
+    print("\n| setting | ms / step | images / s | epoch of 55k images | speed vs reference |")
+    print("|---|---|---|---|---|")
+    for setting in SETTINGS:
+        seconds = reference if setting is REFERENCE else step_seconds(setting, train, n_codes, args.steps)
+        per_image = seconds / setting["batch"]
+        ratio = (reference / REFERENCE["batch"]) / per_image
+        print(f"| {label(setting)} | {seconds * 1e3:.0f} | {1 / per_image:.0f} | {55000 * per_image:.0f} s | {ratio:.2f}x |")
+
+    if args.no_nll or not args.codes:
+        return
+    print(f"\nValidation NLL (nats/token) after {args.images} training images, same order for each setting:")
+    print("\n| setting | val NLL | training seconds |")
+    print("|---|---|---|")
+    for setting in (REFERENCE, SETTINGS[1], SETTINGS[3], SETTINGS[4]):
+        nll, seconds = nll_after(setting, train, val, n_codes, args.images)
+        print(f"| {label(setting)} | {nll:.4f} | {seconds:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""A study as data: the steps and methods an experiment declares in YAML (``pipeline.steps``,
+``pipeline.methods``), checked and put in the order they run.
+
+A *step* is one stage run: ``{stage: quantize, inputs: {stage.vae: vae}, overrides: [...]}``.
+``inputs`` maps a config key of that stage to another step, whose output file the key receives,
+so one GridVAE step serves every a posteriori quantizer that names it. A *method* names the step
+whose code grids it studies (``codes:``); the pipeline derives its prior, samples and evaluation.
+
+    steps:
+      vae: {stage: vae}
+      quantize_kmeans: {stage: quantize, inputs: {stage.vae: vae}, overrides: [quantizer=kmeans]}
+    methods:
+      A_kmeans: {codes: quantize_kmeans, title: "A: GridVAE + Euclidean K-Means"}
+
+Nothing here runs anything: ``plan_study`` turns the config into checked plain objects, so a
+mistake (a method naming a step that does not exist, a cycle, a step that makes no code grids)
+is one message before any training starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from geovq.artifacts import CODES_FILE, EVALUATION_FILE, MODEL_FILE, SAMPLES_FILE
+from geovq.errors import ConfigError
+
+# What each stage leaves in its folder for the next steps.
+STAGE_OUTPUTS = {
+    "classifier": MODEL_FILE,
+    "vae": MODEL_FILE,
+    "quantize": CODES_FILE,
+    "vqvae": CODES_FILE,
+    "finetune": CODES_FILE,
+    "prior": MODEL_FILE,
+    "sample": SAMPLES_FILE,
+    "evaluate": EVALUATION_FILE,
+}
+# Stages whose output is code grids, i.e. what a method may study.
+CODE_STAGES = tuple(stage for stage, output in STAGE_OUTPUTS.items() if output == CODES_FILE)
+# Steps the pipeline itself adds for every method (their names are reserved).
+DERIVED = ("prior", "sample", "evaluate")
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    stage: str
+    overrides: tuple[str, ...] = ()
+    inputs: tuple[tuple[str, str], ...] = ()  # (config key, step name)
+
+    @property
+    def output(self) -> str:
+        return STAGE_OUTPUTS[self.stage]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    codes: str
+    title: str
+    paper: str | None = None  # the paper's Table 1 row it reproduces (A or B)
+    overrides: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # per derived stage
+
+
+@dataclass(frozen=True)
+class Study:
+    steps: dict[str, Step]
+    methods: dict[str, Method]
+
+    def chain(self, step: str) -> list[Step]:
+        """The steps ``step`` needs, inputs first, ending with ``step`` itself."""
+        order: list[Step] = []
+
+        def visit(name: str) -> None:
+            if any(s.name == name for s in order):
+                return
+            for _, upstream in self.steps[name].inputs:
+                visit(upstream)
+            order.append(self.steps[name])
+
+        visit(step)
+        return order
+
+
+def _strings(value: Any, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{where} must be a list of overrides like ['trainer.max_epochs=5'], got {value!r}.")
+    return tuple(value)
+
+
+def _step(name: str, spec: Any) -> Step:
+    where = f"pipeline.steps.{name}"
+    if not isinstance(spec, Mapping) or "stage" not in spec:
+        raise ConfigError(f"{where} must be a mapping with a stage, e.g. {{stage: vae}}; got {spec!r}.")
+    unknown = set(spec) - {"stage", "overrides", "inputs"}
+    if unknown:
+        raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; a step takes stage, inputs and overrides.")
+    stage = spec["stage"]
+    if stage not in STAGE_OUTPUTS or stage in DERIVED:
+        choices = [s for s in STAGE_OUTPUTS if s not in DERIVED]
+        raise ConfigError(f"{where}.stage={stage} is not a step a study declares; choose one of {', '.join(choices)} "
+                          "(prior, sample and evaluate are added for every method).")
+    inputs = spec.get("inputs") or {}
+    if not isinstance(inputs, Mapping):
+        raise ConfigError(f"{where}.inputs must map config keys to step names, e.g. {{stage.vae: vae}}; got {inputs!r}.")
+    return Step(name, stage, _strings(spec.get("overrides"), f"{where}.overrides"), tuple((str(k), str(v)) for k, v in inputs.items()))
+
+
+def _method(name: str, spec: Any, steps: dict[str, Step]) -> Method:
+    where = f"pipeline.methods.{name}"
+    if not isinstance(spec, Mapping) or "codes" not in spec:
+        raise ConfigError(f"{where} must name the step whose code grids it studies, e.g. {{codes: quantize_geodesic}}; got {spec!r}.")
+    unknown = set(spec) - {"codes", "title", "paper", *DERIVED}
+    if unknown:
+        raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; a method takes codes, title, paper, "
+                          "and override lists for prior, sample and evaluate.")
+    codes = spec["codes"]
+    if codes not in steps:
+        raise ConfigError(f"{where}.codes={codes} is not a step of this study; declared steps: {', '.join(steps) or 'none'}.")
+    if steps[codes].stage not in CODE_STAGES:
+        raise ConfigError(f"{where}.codes={codes} is a stage={steps[codes].stage} step, which makes no code grids; "
+                          f"name a step of stage {' | '.join(CODE_STAGES)}.")
+    paper = spec.get("paper")
+    if paper not in (None, "A", "B"):
+        raise ConfigError(f"{where}.paper={paper}: the paper's Table 1 has rows A and B only (or leave it out).")
+    overrides = {stage: _strings(spec.get(stage), f"{where}.{stage}") for stage in DERIVED}
+    return Method(name, codes, str(spec.get("title") or name), paper, overrides)
+
+
+def plan_study(steps_cfg: Mapping | None, methods_cfg: Mapping | None) -> Study:
+    """The checked study of ``pipeline.steps`` / ``pipeline.methods`` (plain containers)."""
+    steps = {str(name): _step(str(name), spec) for name, spec in (steps_cfg or {}).items() if spec is not None}
+    for step in steps.values():
+        for key, upstream in step.inputs:
+            if upstream not in steps:
+                raise ConfigError(f"pipeline.steps.{step.name}.inputs.{key}={upstream} is not a step of this study; "
+                                  f"declared steps: {', '.join(steps)}.")
+    _check_acyclic(steps)
+    methods = {str(name): _method(str(name), spec, steps) for name, spec in (methods_cfg or {}).items() if spec is not None}
+    if not methods:
+        raise ConfigError("the study declares no methods: pick one with experiment=paper (or quick), or add "
+                          "pipeline.methods.<name>={codes: <step>}.")
+    clashes = [name for name in steps if name == "classifier" or name.split("_")[0] in DERIVED]
+    if clashes:
+        raise ConfigError(f"step names {clashes} are reserved for the steps the pipeline adds; rename them.")
+    return Study(steps, methods)
+
+
+def _check_acyclic(steps: dict[str, Step]) -> None:
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "open":
+            raise ConfigError(f"pipeline.steps form a cycle: {' -> '.join(path + [name])}; a step cannot need its own output.")
+        state[name] = "open"
+        for _, upstream in steps[name].inputs:
+            visit(upstream, path + [name])
+        state[name] = "done"
+
+    for name in steps:
+        visit(name, [])

@@ -1,0 +1,76 @@
+"""A study as data: steps and methods declared in YAML, checked before anything runs."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import DATA_ROOT, compose_config
+from omegaconf import OmegaConf
+
+from geovq.errors import ConfigError
+from geovq.study import plan_study
+
+STEPS = {
+    "vae": {"stage": "vae"},
+    "quantize_geodesic": {"stage": "quantize", "inputs": {"stage.vae": "vae"}},
+    "quantize_kmeans": {"stage": "quantize", "inputs": {"stage.vae": "vae"}, "overrides": ["quantizer=kmeans"]},
+    "vqvae": {"stage": "vqvae"},
+}
+METHODS = {
+    "A_geodesic": {"codes": "quantize_geodesic", "paper": "A"},
+    "A_kmeans": {"codes": "quantize_kmeans", "prior": ["model.n_layer=1"]},
+    "B": {"codes": "vqvae", "title": "B: VQ-VAE"},
+}
+
+
+def test_a_chain_lists_inputs_first_and_shares_the_vae():
+    study = plan_study(STEPS, METHODS)
+    assert [s.name for s in study.chain("quantize_kmeans")] == ["vae", "quantize_kmeans"]
+    assert [s.name for s in study.chain("vqvae")] == ["vqvae"]
+    assert study.steps["quantize_kmeans"].inputs == (("stage.vae", "vae"),)
+    assert study.steps["quantize_kmeans"].output == "codes.pt" and study.steps["vae"].output == "model.pt"
+    assert study.methods["A_kmeans"].overrides["prior"] == ("model.n_layer=1",)
+    assert study.methods["A_geodesic"].title == "A_geodesic" and study.methods["B"].title == "B: VQ-VAE"
+
+
+@pytest.mark.parametrize(
+    ("steps", "methods", "message"),
+    [
+        (STEPS, {"X": {"codes": "nowhere"}}, r"pipeline.methods.X.codes=nowhere is not a step"),
+        (STEPS, {"X": {"codes": "vae"}}, r"stage=vae step, which makes no code grids"),
+        (STEPS, {"X": {"title": "no codes"}}, r"must name the step whose code grids"),
+        (STEPS, {"X": {"codes": "vqvae", "paper": "C"}}, r"rows A and B only"),
+        (STEPS, {"X": {"codes": "vqvae", "priorr": []}}, r"unknown keys \['priorr'\]"),
+        ({**STEPS, "q": {"stage": "quantize", "inputs": {"stage.vae": "missing"}}}, METHODS, r"inputs.stage.vae=missing is not a step"),
+        ({"a": {"stage": "quantize", "inputs": {"stage.vae": "b"}}, "b": {"stage": "finetune", "inputs": {"stage.codes": "a"}}},
+         {"X": {"codes": "a"}}, r"cycle: a -> b -> a"),
+        ({"p": {"stage": "prior"}}, {"X": {"codes": "p"}}, r"stage=prior is not a step a study declares"),
+        ({"v": {"stage": "vae", "overrides": "model.beta=1"}}, {"X": {"codes": "v"}}, r"must be a list of overrides"),
+        (STEPS, {}, r"declares no methods"),
+    ],
+)
+def test_mistakes_in_a_study_are_one_message(steps, methods, message):
+    with pytest.raises(ConfigError, match=message):
+        plan_study(steps, methods)
+
+
+def test_experiment_paper_declares_the_paper_and_its_controls(tmp_path):
+    cfg = compose_config(tmp_path / "e", ["experiment=paper", f"data.root={DATA_ROOT}"])
+    pipeline = OmegaConf.to_container(cfg.pipeline, resolve=True)
+    study = plan_study(pipeline["steps"], pipeline["methods"])
+    assert list(study.methods) == ["A_geodesic", "A_kmeans", "B_paper_objective", "B_per_image", "B_ema"]
+    # One GridVAE serves both a posteriori quantizers.
+    assert study.chain(study.methods["A_kmeans"].codes)[0] is study.chain(study.methods["A_geodesic"].codes)[0]
+    assert {m.paper for m in study.methods.values()} == {"A", "B", None}
+
+
+def test_a_method_is_added_from_the_command_line(tmp_path):
+    cfg = compose_config(tmp_path / "e", [
+        "experiment=quick", f"data.root={DATA_ROOT}",
+        "+pipeline.steps.quantize_k64={stage: quantize, inputs: {stage.vae: vae}, overrides: ['quantizer=kmeans', 'quantizer.n_clusters=64']}",
+        "+pipeline.methods.A_kmeans_64={codes: quantize_k64, title: 'A: K-Means, K=64'}",
+    ])
+    pipeline = OmegaConf.to_container(cfg.pipeline, resolve=True)
+    study = plan_study(pipeline["steps"], pipeline["methods"])
+    assert study.methods["A_kmeans_64"].title == "A: K-Means, K=64"
+    assert [s.name for s in study.chain("quantize_k64")] == ["vae", "quantize_k64"]
+    assert study.steps["quantize_k64"].overrides == ("quantizer=kmeans", "quantizer.n_clusters=64")
