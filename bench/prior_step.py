@@ -30,8 +30,13 @@ SETTINGS = [
     {"precision": "bf16", "batch": 256, "d_model": 128, "n_layer": 3},
     {"precision": "bf16", "batch": 512, "d_model": 128, "n_layer": 3},
     {"precision": "fp32", "batch": 128, "d_model": 64, "n_layer": 3},
+    {"precision": "bf16", "batch": 128, "d_model": 64, "n_layer": 3},
     {"precision": "bf16", "batch": 256, "d_model": 96, "n_layer": 3},
 ]
+# Compared on validation NLL: float32 against bf16 at the same model and batch, a larger batch
+# (fewer steps for the same images), and the half-width model given the same images and twice
+# as many (about the reference's training time).
+NLL_SETTINGS = [(REFERENCE, 1), (SETTINGS[1], 1), (SETTINGS[3], 1), (SETTINGS[6], 1), (SETTINGS[6], 2)]
 
 
 def build(setting: dict, n_codes: int) -> tuple[TransformerPrior, torch.optim.Optimizer]:
@@ -91,6 +96,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed training steps per setting")
     parser.add_argument("--images", type=int, default=20000, help="training images for the NLL comparison")
     parser.add_argument("--no-nll", action="store_true", help="skip the NLL comparison")
+    parser.add_argument("--nll-only", action="store_true", help="skip the step timings")
     args = parser.parse_args()
 
     if args.codes:
@@ -103,23 +109,30 @@ def main() -> None:
         val = train[:1000]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {n_codes} codes, {len(train)} training grids")
 
-    reference = step_seconds(REFERENCE, train, n_codes, args.steps)
+    if not args.nll_only:
+        timings(train, n_codes, args.steps)
+    if not args.no_nll and args.codes:
+        nll_comparison(train, val, n_codes, args.images)
+
+
+def timings(train: torch.Tensor, n_codes: int, steps: int) -> None:
+    reference = step_seconds(REFERENCE, train, n_codes, steps)
     print("\n| setting | ms / step | images / s | epoch of 55k images | speed vs reference |")
     print("|---|---|---|---|---|")
     for setting in SETTINGS:
-        seconds = reference if setting is REFERENCE else step_seconds(setting, train, n_codes, args.steps)
+        seconds = reference if setting is REFERENCE else step_seconds(setting, train, n_codes, steps)
         per_image = seconds / setting["batch"]
         ratio = (reference / REFERENCE["batch"]) / per_image
         print(f"| {label(setting)} | {seconds * 1e3:.0f} | {1 / per_image:.0f} | {55000 * per_image:.0f} s | {ratio:.2f}x |")
 
-    if args.no_nll or not args.codes:
-        return
-    print(f"\nValidation NLL (nats/token) after {args.images} training images, same order for each setting:")
-    print("\n| setting | val NLL | training seconds |")
-    print("|---|---|---|")
-    for setting in (REFERENCE, SETTINGS[1], SETTINGS[3], SETTINGS[4]):
-        nll, seconds = nll_after(setting, train, val, n_codes, args.images)
-        print(f"| {label(setting)} | {nll:.4f} | {seconds:.0f} |")
+
+def nll_comparison(train: torch.Tensor, val: torch.Tensor, n_codes: int, images: int) -> None:
+    print(f"\nValidation NLL (nats/token) after training on {images} images (x2: twice as many), same order for each setting:")
+    print("\n| setting | images | val NLL | training seconds |")
+    print("|---|---|---|---|")
+    for setting, times in NLL_SETTINGS:
+        nll, seconds = nll_after(setting, train, val, n_codes, images * times)
+        print(f"| {label(setting)} | {images * times} | {nll:.4f} | {seconds:.0f} |")
 
 
 if __name__ == "__main__":
