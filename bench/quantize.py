@@ -11,16 +11,20 @@ Reference (same landmarks, same k, same process):
 Ours: geovq.quantize.GeodesicKMedoids(landmark_selection="uniform", backend="fasterpam",
       assignment="landmark") fit on the vectors, then predict on all of them.
 
-Input vectors, in order of preference:
-    --latents FILE.pt   a float tensor N x D (or N x D x H x W, or a dict with "latents"/"mu")
-    --checkpoint FILE   a GridVAE model artifact (geovq.artifacts.load_model): posterior means
-                        of the 60,000 MNIST training images
-    otherwise           "MNIST-derived vectors": each training image cut into its 7x7 grid of
-                        4x4 patches (2.94M vectors of dim 16, 62% of them identical background
-                        patches), optionally projected to --dim by a fixed random matrix.
+Input vectors (--vectors):
+    latents (default)   GridVAE posterior means of the 60,000 MNIST training images (2.94M x 64):
+                        from --latents FILE.pt (a float tensor N x D, N x D x H x W, or a dict with
+                        "latents"/"mu"), from --checkpoint (a GridVAE model artifact), or else from
+                        a small GridVAE the benchmark trains itself (stage=vae on 10k images, cached
+                        in outputs/bench/gridvae/model.pt)
+    patches             "MNIST-derived vectors": each training image cut into its 7x7 grid of 4x4
+                        patches (2.94M vectors of dim 16, 62% of them identical background patches),
+                        optionally projected to --dim by a fixed random matrix.
 
-    python bench/quantize.py                                 # sizes 2000 5000 10000 20000
-    python bench/quantize.py --ours-only --sizes 40000       # shows N=40k fits in memory
+    python bench/quantize.py --sizes 10000 --k 15             # the study's setting, GridVAE latents
+    python bench/quantize.py --vectors patches                # sizes 2000 5000 10000 20000
+    python bench/quantize.py --ours-only --sizes 40000        # shows N=40k fits in memory
+    python bench/quantize.py --graph-sizes 10000 40000 100000 --k 15   # method=graph, no N x N matrix
 
 Times are wall-clock seconds on this machine; memory is the extra resident memory each step
 needed at its peak (see geovq/quantize/resources.py). Run it on an otherwise idle machine.
@@ -90,17 +94,30 @@ def latents_from_checkpoint(path: str, root: Path) -> np.ndarray:
     return torch.cat(means).numpy()
 
 
+BENCH_VAE = Path("outputs/bench/gridvae/model.pt")
+REFERENCE_TOTAL: dict[int, float] = {}  # N -> seconds of the reference stack in this run
+
+
+def train_small_gridvae(root: Path) -> str:
+    """A GridVAE trained by the project's own stage (10k images, 2 epochs), cached."""
+    import subprocess
+
+    if not BENCH_VAE.exists():
+        print(f"training a small GridVAE (stage=vae, 10k images) into {BENCH_VAE.parent} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "geovq.train", "stage=vae", f"data.root={root}", "data.subset=10000",
+                        "data.test_subset=2000", "trainer.max_epochs=2", "logger=csv",
+                        f"hydra.run.dir={BENCH_VAE.parent}"], check=True)
+    return str(BENCH_VAE)
+
+
 def load_vectors(args) -> tuple[np.ndarray, str]:
+    if args.vectors == "patches":
+        X = mnist_patches(args.data_root, args.dim, args.seed)
+        return X, f"MNIST-derived vectors (4x4 patches of the 60,000 training images, dim {X.shape[1]})"
     if args.latents:
         return latents_from_file(args.latents), f"latents from {args.latents}"
-    if args.checkpoint:
-        try:
-            return latents_from_checkpoint(args.checkpoint, args.data_root), f"GridVAE means ({args.checkpoint})"
-        except Exception as err:  # the artifact format belongs to another stage; do not die on it
-            print(f"could not load --checkpoint {args.checkpoint} ({type(err).__name__}: {err}); "
-                  "using MNIST-derived vectors instead", flush=True)
-    X = mnist_patches(args.data_root, args.dim, args.seed)
-    return X, f"MNIST-derived vectors (4x4 patches of the 60,000 training images, dim {X.shape[1]})"
+    checkpoint = args.checkpoint or train_small_gridvae(args.data_root)
+    return latents_from_checkpoint(checkpoint, args.data_root), f"GridVAE posterior means ({checkpoint})"
 
 
 # -- the two stacks ------------------------------------------------------------------------------
@@ -200,7 +217,12 @@ def run_size(X, n, args):
         print(f"codes equal to the reference's nearest-landmark codes (up to cluster naming): "
               f"{agreement(ref_codes, our_codes):.3f}")
         print(f"TOTAL  reference {rtot:.2f} s   ours {otot:.2f} s   speedup {rtot / otot:.1f}x", flush=True)
+        REFERENCE_TOTAL[n] = rtot
         del ref_D
+        floor = dijkstra_floor(X, landmark_idx, args.k, torch.get_num_threads())
+        print(f"shortest paths: ours {our_steps.timings['shortest_paths']:.2f} s; one Dijkstra per node spread "
+              f"over {torch.get_num_threads()} cores {floor:.2f} s; ratio {our_steps.timings['shortest_paths'] / floor:.2f}",
+              flush=True)
     else:
         text, _, otot = table(n, None, our_steps)
         print(text)
@@ -211,7 +233,7 @@ def run_size(X, n, args):
 
 
 def assignment_study(X, n, args):
-    """Where the assignment time goes: duplicates collapsed or not, k-d tree or torch matmul."""
+    """Where the assignment time goes: duplicates collapsed or not; pruned BLAS, k-d tree or torch matmul."""
     from geovq.quantize import nearest_neighbors, unique_rows
 
     landmarks = X[select_landmarks(X, n, "uniform", args.seed)]
@@ -225,7 +247,8 @@ def assignment_study(X, n, args):
     print(f"collapse duplicates: {t_dedup:6.2f} s -> {groups.n_unique} distinct vectors "
           f"({groups.n_unique / X.shape[0]:.0%})", flush=True)
     results = {}
-    for name, queries, backend in (("k-d tree, distinct vectors", distinct, "kdtree"),
+    for name, queries, backend in (("pruned BLAS, distinct vectors", distinct, "pruned"),
+                                   ("k-d tree, distinct vectors", distinct, "kdtree"),
                                    ("torch matmul, distinct vectors", distinct, "brute"),
                                    ("k-d tree, all vectors", X, "kdtree")):
         t = time.perf_counter()
@@ -242,6 +265,74 @@ def assignment_study(X, n, args):
               f"vectors, of which {worse} are not ties (equal distance within 1e-6)")
 
 
+def dijkstra_floor(X, landmark_idx, k, n_jobs, n_sources=400, seed=0):
+    """Seconds that one Dijkstra from every node would take, spread over ``n_jobs`` cores:
+    scipy's Dijkstra, one process, timed from a sample of sources on the same graph as ours."""
+    from scipy.sparse.csgraph import dijkstra
+
+    from geovq.quantize import connect_components, knn_graph, unique_rows
+
+    points = X[landmark_idx][unique_rows(X[landmark_idx]).first_index]
+    graph, _ = connect_components(knn_graph(points, k, n_jobs=n_jobs), points, n_jobs=n_jobs, warn=False)
+    sources = np.random.default_rng(seed).choice(len(points), min(n_sources, len(points)), replace=False)
+    t = time.perf_counter()
+    dijkstra(graph, directed=True, indices=sources)
+    return (time.perf_counter() - t) * len(points) / len(sources) / n_jobs
+
+
+def graph_size(X, n, args):
+    """method=graph: time, peak memory and objective of the whole stage at ``n`` landmarks; at
+    n <= 10k also its objective against FasterPAM on the dense matrix (same graph and landmarks)."""
+    print(f"\n=== method=graph, N = {n} landmarks, k = {args.k}, K = {args.clusters} ===", flush=True)
+    gc.collect()
+    gkm = GeodesicKMedoids(n_clusters=args.clusters, n_landmarks=n, n_neighbors=args.k, method="graph",
+                           random_state=args.seed, progress=args.progress)
+    gkm.fit(X)
+    rec = StepRecorder()
+    rec.timings.update(gkm.timings_)
+    rec.peak_memory.update(gkm.peak_memory_)
+    with rec.step("assignment"):
+        gkm.predict(X)
+    print(f"{'step':<18}{'s':>9}{'extra MB':>10}")
+    for step, seconds in rec.timings.items():
+        print(f"{step:<18}{seconds:9.2f}{rec.peak_memory[step] / 2**20:10.0f}")
+    total = sum(rec.timings.values())
+    versus = f"   speedup over the reference stack of this run {REFERENCE_TOTAL[n] / total:.1f}x" if n in REFERENCE_TOTAL else ""
+    print(f"{'total':<18}{total:9.2f}{versus}")
+    print(f"objective {gkm.inertia_:.2f}; distinct landmarks {gkm.n_unique_landmarks_}; iterations "
+          f"{gkm.kmedoids_n_iter_}; peak RSS of this process so far {lifetime_peak_rss() / 2**30:.2f} GiB", flush=True)
+    if n <= 10000 and args.graph_seeds:
+        compare_with_fasterpam(X, n, args)
+
+
+def compare_with_fasterpam(X, n, args):
+    from geovq.quantize import connect_components, geodesic_distances, kmedoids, knn_graph, unique_rows
+    from geovq.quantize.estimator import _expand
+    from geovq.quantize.graph_kmedoids import graph_kmedoids
+
+    n_jobs = torch.get_num_threads()
+    idx = select_landmarks(X, n, "uniform", args.seed)
+    nodes = unique_rows(X[idx])
+    points = X[idx][nodes.first_index]
+    graph, _ = connect_components(knn_graph(points, args.k, n_jobs=n_jobs), points, n_jobs=n_jobs, warn=False)
+    D = _expand(geodesic_distances(graph, n_jobs=n_jobs), nodes.inverse)
+    print(f"same graph and landmarks, K-Medoids seed varied:\n{'seed':<6}{'FasterPAM (dense)':>20}{'s':>7}"
+          f"{'graph':>12}{'s':>7}{'graph / FasterPAM':>19}")
+    ratios = []
+    for seed in range(args.graph_seeds):
+        t = time.perf_counter()
+        dense = kmedoids(D, args.clusters, random_state=seed)
+        t_dense = time.perf_counter() - t
+        t = time.perf_counter()
+        found = graph_kmedoids(graph, args.clusters, weights=nodes.counts, random_state=seed, n_jobs=n_jobs)
+        t_graph = time.perf_counter() - t
+        ratios.append(found.inertia / dense.inertia)
+        print(f"{seed:<6}{dense.inertia:20.2f}{t_dense:7.1f}{found.inertia:12.2f}{t_graph:7.1f}{ratios[-1]:19.4f}")
+    print(f"graph / FasterPAM: mean {np.mean(ratios):.4f}, worst {max(ratios):.4f} "
+          "(FasterPAM time excludes the all-pairs shortest paths it needs)", flush=True)
+    del D
+
+
 def agreement(a, b) -> float:
     """Share of vectors on which two codings agree after matching clusters by majority."""
     k = int(max(a.max(), b.max())) + 1
@@ -252,9 +343,17 @@ def agreement(a, b) -> float:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", help="a GridVAE model artifact")
+    parser.add_argument("--vectors", choices=("latents", "patches"), default="latents",
+                        help="GridVAE latents (default) or MNIST 4x4 patches")
+    parser.add_argument("--checkpoint", help="a GridVAE model artifact (default: train a small one)")
     parser.add_argument("--latents", help="a .pt file with a float tensor of latents N x D")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 5000, 10000, 20000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=None,
+                        help="landmark counts of the dense comparison (default 2000 5000 10000 20000; "
+                             "none with --graph-sizes)")
+    parser.add_argument("--graph-sizes", type=int, nargs="*", default=[],
+                        help="landmark counts for method=graph (time, peak memory, objective)")
+    parser.add_argument("--graph-seeds", type=int, default=3,
+                        help="seeds of the method=graph vs dense FasterPAM comparison (N <= 10k)")
     parser.add_argument("--k", type=int, default=10, help="neighbours of the k-NN graph")
     parser.add_argument("--clusters", type=int, default=128)
     parser.add_argument("--dim", type=int, default=16, help="dimension of the MNIST-derived vectors")
@@ -272,10 +371,13 @@ def main(argv=None):
           f"torch {torch.__version__}  cores {torch.get_num_threads()}  {platform.processor() or platform.machine()}")
     print(f"vectors: {source}: {X.shape[0]} x {X.shape[1]} (loaded in {time.perf_counter() - start:.1f} s)")
     print(f"command: python bench/quantize.py {' '.join(sys.argv[1:] if argv is None else argv)}", flush=True)
-    for n in args.sizes:
+    sizes = args.sizes if args.sizes is not None else ([] if args.graph_sizes else [2000, 5000, 10000, 20000])
+    for n in sizes:
         run_size(X, n, args)
         if args.assignment_study:
             assignment_study(X, n, args)
+    for n in args.graph_sizes:
+        graph_size(X, n, args)
     print(f"\npeak RSS of this process {lifetime_peak_rss() / 2**30:.2f} GiB; of any worker process "
           f"{children_peak_rss() / 2**30:.2f} GiB")
 

@@ -660,3 +660,12 @@ def test_a_new_quantizer_is_one_subclass():
     assert clone(est).get_params() == {"n_clusters": 3} and not est.uses_variances
     with pytest.raises(ParameterError):
         FirstVectors(0).fit(X)
+
+
+def test_geodesic_distances_from_some_sources_are_rows_of_the_full_matrix(monkeypatch):
+    G = knn_graph(gaussian(300, 3, seed=4), 6)
+    full = geodesic_distances(G)
+    sources = np.array([7, 0, 299, 42])
+    np.testing.assert_array_equal(geodesic_distances(G, sources=sources), full[sources])
+    monkeypatch.setattr(geodesic_module, "_MIN_NODES_FOR_PROCESSES", 0)  # the forked pool too
+    np.testing.assert_array_equal(geodesic_distances(G, sources=sources, n_jobs=2, chunk_rows=3), full[sources])

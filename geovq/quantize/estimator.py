@@ -42,11 +42,14 @@ from geovq.quantize.inputs import (
 )
 from geovq.quantize.knn_graph import knn_graph
 from geovq.quantize.landmarks import LANDMARK_SELECTIONS, select_landmarks
-from geovq.quantize.medoids import KMEDOIDS_BACKENDS, kmedoids
+from geovq.quantize.graph_kmedoids import graph_kmedoids
+from geovq.quantize.medoids import KMEDOIDS_BACKENDS, KMedoidsResult, kmedoids
 from geovq.quantize.nearest import NN_BACKENDS
 from geovq.quantize.resources import StepRecorder
 
 log = logging.getLogger(__name__)
+
+METHODS = ("dense", "graph")
 
 
 class GeodesicKMedoids(CodebookQuantizer):
@@ -64,7 +67,11 @@ class GeodesicKMedoids(CodebookQuantizer):
         :attr:`uses_variances` is true).
     assignment: default rule of :meth:`predict`, one of :attr:`assignment_rules`:
         ``"landmark"`` (paper), ``"medoid"``, ``"geodesic"``.
-    backend: K-Medoids backend, ``"fasterpam"`` or ``"sklearn_extra"``.
+    backend: K-Medoids backend of ``method="dense"``, ``"fasterpam"`` or ``"sklearn_extra"``.
+    method: ``"dense"`` (the paper: all-pairs geodesic matrix, 4 N^2 bytes, then K-Medoids on it)
+        or ``"graph"``: K-Medoids on the k-NN graph itself, no N x N matrix (seeding, Voronoi
+        iteration and regional PAM swaps, see :mod:`geovq.quantize.graph_kmedoids`); memory
+        O(N (k + K)), for 100k landmarks and more.
     random_state: seed of the landmark draw and of K-Medoids; same seed, same codebook.
     n_jobs: cores to use (-1: all).
     progress: show tqdm bars for the long steps.
@@ -72,8 +79,11 @@ class GeodesicKMedoids(CodebookQuantizer):
     duplicate_tolerance: grid size under which vectors count as duplicates for
         ``landmark_selection="unique"``/``"maxmin"`` (0: bit-identical only).
     max_iter: K-Medoids iteration limit.
-    nn_backend: exact neighbour search, ``"auto"``, ``"kdtree"`` or ``"brute"``.
-    store_distances: keep the landmark geodesic matrix as ``geodesic_distances_`` (4 N^2 bytes).
+    nn_backend: exact neighbour search, ``"auto"``, ``"kdtree"``, ``"brute"`` or ``"pruned"`` (see
+        :mod:`geovq.quantize.nearest`; with ``"pruned"``, which finds one neighbour, the k-NN
+        graph uses ``"auto"``).
+    store_distances: keep the landmark geodesic matrix as ``geodesic_distances_`` (4 N^2 bytes;
+        ``method="dense"`` only).
 
     Fitted attributes
     -----------------
@@ -88,7 +98,8 @@ class GeodesicKMedoids(CodebookQuantizer):
         connection_report_: dict of what was done to connect it (see ConnectionReport).
     n_unique_landmarks_: distinct landmark vectors (= graph nodes).
     n_features_in_: the dimension D of the fitted vectors.
-    timings_: seconds per fit step (landmarks, knn_graph, connect, shortest_paths, kmedoids);
+    timings_: seconds per fit step (landmarks, knn_graph, connect, shortest_paths, kmedoids; with
+        ``method="graph"``: kmedoids, then medoid_distances, the K single-source Dijkstras);
         predict records nothing (time it yourself). peak_memory_: bytes per step, the peak
         resident memory of this process during the step minus that at its start (see
         :mod:`geovq.quantize.resources`); for shortest_paths the shared result matrix and the
@@ -114,6 +125,7 @@ class GeodesicKMedoids(CodebookQuantizer):
         max_iter: int = 300,
         nn_backend: str = "auto",
         store_distances: bool = False,
+        method: str = "dense",
     ):
         self.n_clusters = n_clusters
         self.n_landmarks = n_landmarks
@@ -130,6 +142,7 @@ class GeodesicKMedoids(CodebookQuantizer):
         self.max_iter = max_iter
         self.nn_backend = nn_backend
         self.store_distances = store_distances
+        self.method = method
 
     # -- parameters ---------------------------------------------------------------------------
 
@@ -157,6 +170,10 @@ class GeodesicKMedoids(CodebookQuantizer):
         check_choice(self.edge_weight, "edge_weight", EDGE_WEIGHTS)
         check_choice(self.assignment, "assignment", self.assignment_rules)
         check_choice(self.backend, "backend", KMEDOIDS_BACKENDS)
+        check_choice(self.method, "method", METHODS)
+        if self.method == "graph" and self.store_distances:
+            raise ParameterError("store_distances", "store_distances=True keeps the N x N geodesic matrix, which "
+                                 "method='graph' never forms; use method='dense' or store_distances=False.")
         check_choice(self.nn_backend, "nn_backend", NN_BACKENDS)
         check_positive_int(self.n_candidates, "n_candidates")
         check_positive_int(self.max_iter, "max_iter")
@@ -185,18 +202,14 @@ class GeodesicKMedoids(CodebookQuantizer):
         self._check_distinct(nodes.n_unique)
 
         with rec.step("knn_graph"):
-            graph = knn_graph(node_points, self.n_neighbors, backend=self.nn_backend, **common)
+            knn_backend = "auto" if self.nn_backend == "pruned" else self.nn_backend  # pruned: k = 1 only
+            graph = knn_graph(node_points, self.n_neighbors, backend=knn_backend, **common)
         with rec.step("connect"):
             graph, report = connect_components(graph, node_points, n_jobs=n_jobs)
-        with rec.step("shortest_paths"):
-            node_dist = geodesic_distances(graph, **common)
-        rec.peak_memory["shortest_paths"] += worker_memory_bytes(node_dist.shape[0], n_jobs)
-
-        with rec.step("kmedoids"):
-            D = _expand(node_dist, nodes.inverse)
-            result = kmedoids(D, self.n_clusters, backend=self.backend, random_state=self.random_state,
-                              max_iter=self.max_iter)
-        medoid_nodes = nodes.inverse[result.medoids]
+        if self.method == "graph":
+            result, node_to_medoids = self._graph_kmedoids(graph, nodes, rec, n_jobs)
+        else:
+            result, node_to_medoids, D = self._dense_kmedoids(graph, nodes, rec, n_jobs)
 
         self.landmark_indices_ = idx
         self.landmarks_ = X[idx]
@@ -207,7 +220,7 @@ class GeodesicKMedoids(CodebookQuantizer):
         self.labels_ = result.labels
         self.inertia_ = result.inertia
         self.kmedoids_n_iter_ = result.n_iter
-        self.landmark_geodesic_to_medoids_ = np.ascontiguousarray(node_dist[:, medoid_nodes][nodes.inverse])
+        self.landmark_geodesic_to_medoids_ = np.ascontiguousarray(node_to_medoids[nodes.inverse])
         self.n_unique_landmarks_ = nodes.n_unique
         self.n_components_ = report.n_components_before
         self.connection_report_ = report.as_dict()
@@ -216,12 +229,36 @@ class GeodesicKMedoids(CodebookQuantizer):
         # The graph side of predict: distinct landmarks, their labels and medoid distances.
         self._node_points = node_points
         self._node_labels = result.labels[nodes.first_index]
-        self._node_to_medoids = np.ascontiguousarray(node_dist[:, medoid_nodes])
+        self._node_to_medoids = node_to_medoids
         self._medoid_points = features[idx[result.medoids]]
-        del D, node_dist
         log.info("geodesic k-medoids: %d landmarks (%d distinct), K=%d, objective %.6g, %s",
                  len(idx), nodes.n_unique, self.n_clusters, self.inertia_,
                  ", ".join(f"{k} {v:.2f}s" for k, v in rec.timings.items()))
+
+    def _dense_kmedoids(self, graph, nodes, rec: StepRecorder, n_jobs: int):
+        """All-pairs geodesics, expanded to every landmark, then K-Medoids on that matrix."""
+        with rec.step("shortest_paths"):
+            node_dist = geodesic_distances(graph, n_jobs=n_jobs, progress=self.progress)
+        rec.peak_memory["shortest_paths"] += worker_memory_bytes(node_dist.shape[0], n_jobs)
+        with rec.step("kmedoids"):
+            D = _expand(node_dist, nodes.inverse)
+            result = kmedoids(D, self.n_clusters, backend=self.backend, random_state=self.random_state,
+                              max_iter=self.max_iter)
+        medoid_nodes = nodes.inverse[result.medoids]
+        return result, np.ascontiguousarray(node_dist[:, medoid_nodes]), D
+
+    def _graph_kmedoids(self, graph, nodes, rec: StepRecorder, n_jobs: int):
+        """K-Medoids of the graph nodes (weighted by their copies among the landmarks), then the
+        K rows of geodesics from the medoids; no N x N matrix."""
+        with rec.step("kmedoids"):
+            found = graph_kmedoids(graph, self.n_clusters, weights=nodes.counts, random_state=self.random_state,
+                                   max_iter=self.max_iter, n_jobs=n_jobs)
+        with rec.step("medoid_distances"):
+            node_to_medoids = np.ascontiguousarray(
+                geodesic_distances(graph, n_jobs=n_jobs, progress=self.progress, sources=found.medoids).T)
+        result = KMedoidsResult(nodes.first_index[found.medoids], found.labels[nodes.inverse], found.inertia,
+                                found.n_iter, "graph")
+        return result, node_to_medoids
 
     def _check_distinct(self, n_distinct: int) -> None:
         if n_distinct < self.n_clusters:

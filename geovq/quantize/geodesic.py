@@ -34,9 +34,11 @@ _CALLS = itertools.count()
 
 
 def geodesic_distances(
-    graph: sp.csr_matrix, *, n_jobs: int = 1, progress: bool = False, chunk_rows: int | None = None
+    graph: sp.csr_matrix, *, n_jobs: int = 1, progress: bool = False, chunk_rows: int | None = None,
+    sources: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``D[i, j]`` = length of the shortest path from node ``i`` to ``j`` (float32, n x n).
+    """``D[i, j]`` = length of the shortest path from node ``i`` to ``j`` (float32, n x n), or
+    from ``sources[i]`` to ``j`` (len(sources) x n) when ``sources`` are given.
 
     ``graph`` must be a symmetric, connected adjacency matrix with non-negative weights (see
     :func:`geovq.quantize.connectivity.connect_components`).
@@ -52,19 +54,21 @@ def geodesic_distances(
         )
     if graph.nnz and graph.data.min() < 0:
         raise ParameterError("graph", "graph has negative edge weights; edge weights must be non-negative distances.")
+    sources = np.arange(n) if sources is None else np.asarray(sources, dtype=np.int64)
+    m = sources.size
     chunk_rows = chunk_rows or default_chunk_rows(n, n_jobs)
     key = next(_CALLS)  # this call's entry in _SHARED (calls from several threads do not mix)
-    bounds = [(key, s, min(n, s + chunk_rows)) for s in range(0, n, chunk_rows)]
+    bounds = [(key, s, min(m, s + chunk_rows)) for s in range(0, m, chunk_rows)]
 
     use_fork = uses_worker_processes(n, n_jobs)
     if use_fork:
-        buffer = mmap.mmap(-1, max(1, n * n * 4))  # anonymous and MAP_SHARED: workers write into it
-        out = np.frombuffer(buffer, dtype=np.float32, count=n * n).reshape(n, n)
+        buffer = mmap.mmap(-1, max(1, m * n * 4))  # anonymous and MAP_SHARED: workers write into it
+        out = np.frombuffer(buffer, dtype=np.float32, count=m * n).reshape(m, n)
     else:
-        out = np.empty((n, n), dtype=np.float32)
-    _SHARED[key] = (graph, out)
+        out = np.empty((m, n), dtype=np.float32)
+    _SHARED[key] = (graph, out, sources)
     try:
-        with progress_bar(n, "shortest paths", progress, unit="src") as bar:
+        with progress_bar(m, "shortest paths", progress, unit="src") as bar:
             if use_fork:
                 with mp.get_context("fork").Pool(n_jobs) as pool:
                     for done in pool.imap_unordered(_rows_from, bounds):
@@ -99,6 +103,6 @@ def worker_memory_bytes(n: int, n_jobs: int) -> int:
 
 def _rows_from(task) -> int:
     key, start, stop = task
-    graph, out = _SHARED[key]
-    out[start:stop] = dijkstra(graph, directed=True, indices=np.arange(start, stop))  # float64 -> float32 per chunk
+    graph, out, sources = _SHARED[key]
+    out[start:stop] = dijkstra(graph, directed=True, indices=sources[start:stop])  # float64 -> float32 per chunk
     return stop - start

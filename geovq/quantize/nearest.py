@@ -1,22 +1,25 @@
 """Exact Euclidean k-nearest-neighbour search, chunked, on every core.
 
-Two exact backends:
+Three exact backends:
 
+* ``"pruned"`` (single nearest point only): blocked float32 BLAS in the reference's principal
+  axes with exact lower bounds, pruning by groups of reference points, exact float64 re-ranking
+  (:mod:`geovq.quantize.pruned_search`). The assignment of millions of latents uses it.
 * ``"kdtree"``: scipy's ``cKDTree`` (C++, releases the GIL, ``workers`` threads) built on the
   reference points rotated to their principal axes. A rotation keeps every distance, and the
   tree then splits along the directions the data actually spreads in: 1.7x faster on 16-d
   MNIST patches, 2.5x on the same projected to 64-d (intrinsic dimension 16), measured here.
-  Fast when the data has few dimensions or low intrinsic dimension (MNIST patches, VAE latents).
+  Used for the k-NN graph (k neighbours of every landmark).
 * ``"brute"``: torch matmul, ``||q||^2 - 2 q.r + ||r||^2``, over chunks of queries, then
   ``topk``. Predictable cost, the better choice in many dimensions or for a small reference set.
 
-``"auto"`` takes the brute force for small reference sets (a few hundred, e.g. medoids) or more
-than 64 dimensions, the k-d tree otherwise: on this project's 2-core machine the nearest of 3.6k
-landmarks for 949k distinct MNIST patches took 13.1 s by matmul and 2.3 s with the tree
-(``bench/quantize.py --assignment-study``, results in ``bench/results/``). The float32 matmul formula loses precision for near points
+``"auto"`` takes the brute force for small reference sets (a few hundred, e.g. medoids), the
+pruned search for the single nearest point, and otherwise the k-d tree (brute force above 64
+dimensions). On GridVAE latents (2.94M x 64, N = 10k landmarks) the pruned search is several
+times faster than the tree (``bench/quantize.py --assignment-study``, results in
+``bench/results/``). The float32 matmul formula loses precision for near points
 (cancellation), so the brute force keeps a few extra candidates and re-ranks them by the exact
-distance computed from the differences.
-"""
+distance computed from the differences."""
 
 from __future__ import annotations
 
@@ -25,20 +28,27 @@ import torch
 from scipy.spatial import cKDTree
 
 from geovq.errors import ParameterError
+from geovq.quantize.pruned_search import build_index, nearest_pruned
 from geovq.quantize.resources import progress_bar, torch_threads
 
-NN_BACKENDS = ("auto", "kdtree", "brute")
+NN_BACKENDS = ("auto", "kdtree", "brute", "pruned")
 _BRUTE_MAX_REFERENCE = 512  # below this many reference points the matmul is cheaper than a tree
 _KDTREE_MAX_DIM = 64  # above this a k-d tree prunes little in general
 _RERANK_EXTRA = 4
 
 
-def choose_backend(n_reference: int, dim: int, backend: str = "auto") -> str:
+def choose_backend(n_reference: int, dim: int, backend: str = "auto", k: int = 1, exclude_self: bool = False) -> str:
     if backend not in NN_BACKENDS:
         raise ParameterError("backend", f"backend must be one of {NN_BACKENDS}, got {backend!r}.")
+    single = k == 1 and not exclude_self
+    if backend == "pruned" and not single:
+        raise ParameterError("backend", "backend='pruned' finds the single nearest point only (k=1, not "
+                             "exclude_self); use 'kdtree' or 'brute' for k-NN graphs.")
     if backend != "auto":
         return backend
-    return "brute" if n_reference <= _BRUTE_MAX_REFERENCE or dim > _KDTREE_MAX_DIM else "kdtree"
+    if n_reference <= _BRUTE_MAX_REFERENCE:
+        return "brute"
+    return "pruned" if single else "brute" if dim > _KDTREE_MAX_DIM else "kdtree"
 
 
 def exact_distances(queries: np.ndarray, reference: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -72,7 +82,10 @@ def nearest_neighbors(
             f"k={k} nearest neighbours asked for among only {n_ref - int(exclude_self)} candidate points "
             "of reference; lower k or pass more reference points."
         )
-    backend = choose_backend(n_ref, reference.shape[1], backend)
+    backend = choose_backend(n_ref, reference.shape[1], backend, k, exclude_self)
+    if backend == "pruned":
+        dist, idx = nearest_pruned(queries, build_index(reference), n_jobs=n_jobs, progress=progress, desc=desc)
+        return dist[:, None], idx[:, None]
     wanted = k + int(exclude_self)
     n = queries.shape[0]
     out_d = np.empty((n, k), dtype=np.float64)
