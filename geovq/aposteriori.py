@@ -151,12 +151,13 @@ def code_metrics(model, codebook: np.ndarray, grids: dict[str, Tensor], images: 
     return metrics
 
 
-def check_quantizer(quantizer) -> None:
-    """Refuse a quantizer that cannot work before any latent is extracted (or any VAE trained)."""
+def check_quantizer(quantizer, section: str = "quantizer") -> None:
+    """Refuse a quantizer that cannot work before any latent is extracted (or any VAE trained);
+    ``section`` is the config key that built it, which the message names."""
     if not isinstance(quantizer, CodebookQuantizer):
         raise ConfigError(
             f"quantizer= builds a {type(quantizer).__name__}, which is not a geovq.quantize.CodebookQuantizer; "
             "use quantizer=geodesic or quantizer=kmeans (or a config of your own subclass)."
         )
-    with config_section("quantizer"):
+    with config_section(section):
         quantizer.check_params()  # e.g. more clusters than landmarks

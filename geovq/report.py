@@ -45,7 +45,7 @@ PAPER_PROTOCOL = [
     ("utilization (training codes)", "codes/utilization", "{:.1%}", "utilization", "{:.1%}"),
     ("prior perplexity (training codes)", "paper/prior_train_perplexity", "{:.4f}", "prior_perplexity", "{}"),
 ]
-# What the findings compare, lower is better for each.
+# What the findings compare.
 FINDINGS = [("test MSE", "recon/test_mse", "{:+.5f}"), ("prior test NLL", "prior/test_nll", "{:+.4f}"),
             ("FD", "fidelity/fid", "{:+.2f}")]
 PRIOR_KEYS = ("prior/epochs", "prior/stopped_on_patience", "prior/max_epochs", "prior/best_epoch", "prior/best_val_nll")
@@ -162,8 +162,9 @@ def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: d
     finding_lines, finding_records = findings(study, runs, options.get("comparisons"))
     if finding_lines:
         lines += ["", "## Findings", "",
-                  "Differences of the means (first minus second; lower is better for each figure), paired by seed, "
-                  "± the standard deviation of the per-seed differences:", ""] + finding_lines
+                  "Differences of the means (first minus second), paired by seed, ± the standard deviation of the "
+                  "per-seed differences. Lower is better for test MSE and FD; a lower prior NLL is better only "
+                  "between codebooks of similar code perplexity (a collapsed codebook is easy to predict).", ""] + finding_lines
     times = {name: round(r.seconds, 1) for name, r in pipe.results.items()}
     lines += ["", "## Time of each step", "", "Seconds; reused steps show the time of the run that made them.", ""]
     lines += [f"- {name}: {seconds}" + (" (reused)" if pipe.results[name].reused else "") for name, seconds in times.items()]

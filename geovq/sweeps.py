@@ -5,13 +5,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import yaml
 
 from geovq.artifacts import atomic_write_text
 
-# Shown first in the Markdown table when present; every metric goes to the CSV.
+# Shown first in the Markdown table when present (patterns: quantized_*/ are the named quantizers
+# of callbacks=quantize_both); every metric goes to the CSV.
 HEADLINE_METRICS = (
     "test/mse",
     "codes/train_codes_used",
@@ -23,6 +25,11 @@ HEADLINE_METRICS = (
     "quantized/train_codes_used",
     "quantized/train_utilization",
     "quantized/train_perplexity",
+    "quantized_*/test_mse",
+    "quantized_*/train_codes_used",
+    "rate/kl_per_position",
+    "rate/ln_codebook_size",
+    "rate/active_dims",
     "test/nll",
     "test/perplexity",
 )
@@ -50,13 +57,14 @@ def swept_keys(runs: list[dict]) -> list[str]:
 
 
 def write_summary(sweep_dir: str | Path) -> Path | None:
-    """Write summary.csv (all metrics) and summary.md (headline metrics) in the sweep folder."""
+    """Write summary.csv (all metrics) and summary.md (headline metrics) in the sweep folder, with
+    summary.png and, for a sweep of runs that report their rate, rate_distortion.png."""
     runs = collect_runs(sweep_dir)
     if not runs:
         return None
     axes = swept_keys(runs)
     metric_keys = sorted({key for run in runs for key in run["metrics"]})
-    headline = [key for key in HEADLINE_METRICS if key in metric_keys] or metric_keys
+    headline = [key for pattern in HEADLINE_METRICS for key in metric_keys if fnmatchcase(key, pattern)] or metric_keys
 
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -72,6 +80,7 @@ def write_summary(sweep_dir: str | Path) -> Path | None:
     path = Path(sweep_dir) / "summary.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     write_sweep_plot(runs, axes, Path(sweep_dir) / "summary.png")
+    write_rate_distortion_plot(runs, axes, Path(sweep_dir) / "rate_distortion.png")
     return path
 
 
@@ -82,20 +91,39 @@ PLOTTED_METRICS = ("test/mse", "quantized/test_mse", "codes/train_utilization", 
 
 def write_sweep_plot(runs: list[dict], axes: list[str], path: Path) -> Path | None:
     """Utilization, perplexity and test MSE against the swept value (one numeric axis only)."""
-    if len(axes) != 1:
-        return None
-    try:
-        values = [float(run["overrides"][axes[0]]) for run in runs]
-    except (KeyError, ValueError):
+    values, runs = numeric_axis(runs, axes)
+    series = {m: [run["metrics"][m] for run in runs] for m in PLOTTED_METRICS if all(m in r["metrics"] for r in runs)}
+    if not values or not series:
         return None
     from geovq.viz.images import save_figure
     from geovq.viz.study import sweep_figure
 
-    order = sorted(range(len(runs)), key=values.__getitem__)
-    series = {m: [runs[i]["metrics"][m] for i in order] for m in PLOTTED_METRICS if all(m in r["metrics"] for r in runs)}
-    if not series:
+    return save_figure(sweep_figure(values, series, axes[0]), path)
+
+
+def write_rate_distortion_plot(runs: list[dict], axes: list[str], path: Path) -> Path | None:
+    """Test MSE (continuous and each quantizer's), KL per position against ln K, and active dims
+    against the swept value (beta), when the runs report their rate (stage=vae)."""
+    values, runs = numeric_axis(runs, axes)
+    if not values or not all("rate/kl_per_position" in run["metrics"] for run in runs):
         return None
-    return save_figure(sweep_figure([values[i] for i in order], series, axes[0]), path)
+    from geovq.viz.images import save_figure
+    from geovq.viz.rate_distortion import rate_distortion_figure
+
+    return save_figure(rate_distortion_figure(values, [run["metrics"] for run in runs], axes[0]), path)
+
+
+def numeric_axis(runs: list[dict], axes: list[str]) -> tuple[list[float], list[dict]]:
+    """The one swept value of every run, as numbers in increasing order, with the runs in that
+    order; ``([], runs)`` for a sweep over several keys or a non-numeric one (nothing to plot)."""
+    if len(axes) != 1:
+        return [], runs
+    try:
+        values = [float(run["overrides"][axes[0]]) for run in runs]
+    except (KeyError, ValueError):
+        return [], runs
+    order = sorted(range(len(runs)), key=values.__getitem__)
+    return [values[i] for i in order], [runs[i] for i in order]
 
 
 def _fmt(value) -> str:
