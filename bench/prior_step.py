@@ -21,6 +21,7 @@ import torch
 
 from geovq.artifacts import load_code_grids
 from geovq.models.prior import TransformerPrior
+from geovq.precision import cpu_has_native_bf16, fast_precision
 
 REFERENCE = {"precision": "fp32", "batch": 128, "d_model": 128, "n_layer": 3}
 SETTINGS = [
@@ -107,7 +108,8 @@ def main() -> None:
         n_codes = 128
         train = torch.randint(0, n_codes, (4096, 7, 7), generator=torch.Generator().manual_seed(0))
         val = train[:1000]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {n_codes} codes, {len(train)} training grids")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {n_codes} codes, {len(train)} training grids, "
+          f"CPU computes bf16 natively: {cpu_has_native_bf16()} (experiment=paper's priors: {fast_precision('cpu')})")
 
     if not args.nll_only:
         timings(train, n_codes, args.steps)

@@ -213,12 +213,13 @@ def load_code_grids(path) -> Artifact:
     return artifact
 
 
-def find_latest(log_dir, stage: str, filename: str, kind: str | None = None) -> Path:
+def find_latest(log_dir, stage: str, filename: str, kind: str | None = None, accept=None) -> Path:
     """The newest ``filename`` written by ``stage`` under ``log_dir`` (runs and multiruns),
-    of artifact ``kind`` when given (a multirun over stages shares one folder)."""
+    of artifact ``kind`` when given (a multirun over stages shares one folder), and for which
+    ``accept(path)`` holds when given."""
     candidates = [
         path for path in Path(log_dir).glob(f"{stage}/**/{filename}")
-        if kind is None or (read_sidecar(path) or {}).get("kind") == kind
+        if (kind is None or (read_sidecar(path) or {}).get("kind") == kind) and (accept is None or accept(path))
     ]
     candidates.sort(key=lambda p: p.stat().st_mtime)
     if not candidates:

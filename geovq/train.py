@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from geovq.console import route_warnings_to_log
 from geovq.errors import GeovqError
+from geovq.precision import fast_precision
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ def run_group(stage_name: str) -> str:
 
 
 OmegaConf.register_new_resolver("geovq_run_group", run_group, replace=True)
+OmegaConf.register_new_resolver("geovq_fast_precision", fast_precision, replace=True)
 
 
 def run_stage(cfg: DictConfig) -> dict:

@@ -8,7 +8,9 @@ import pytest
 import torch
 from conftest import CONF_DIR
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
+from geovq.precision import cpu_has_native_bf16, fast_precision
 from geovq.training import instantiate_list
 
 GROUPS = ["data", "model", "trainer", "logger", "callbacks", "stage", "experiment", "paths", "quantizer"]
@@ -52,6 +54,25 @@ def test_precision_is_a_plain_override(make_cfg):
     cfg = make_cfg("trainer.precision=bf16-mixed")
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
     assert "bf16" in str(trainer.precision)
+
+
+@pytest.mark.parametrize(("flags", "native"), [("fpu avx2 fma", False), ("avx2 avx512f avx512_bf16", True),
+                                               ("avx2 amx_bf16 amx_tile", True)])
+def test_bf16_is_chosen_only_where_the_cpu_computes_it(tmp_path, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: some CPU\nflags\t\t: {flags}\n")
+    assert cpu_has_native_bf16(str(cpuinfo)) is native
+    assert cpu_has_native_bf16(str(tmp_path / "missing")) is False
+
+
+def test_experiment_paper_asks_for_the_fast_precision_of_this_machine(make_cfg):
+    """The paper's priors use bf16 only where it is native: emulated bf16 is 7x slower."""
+    prior = OmegaConf.to_container(make_cfg("experiment=paper", tiny=False).pipeline, resolve=True)["prior"]
+    expected = "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+    assert f"trainer.precision={expected}" in prior
+    assert fast_precision("cpu") == expected
+    if not torch.cuda.is_available():
+        assert fast_precision("gpu") == "32-true"  # no device to compute bf16 on
 
 
 def test_wandb_groups_the_runs_of_a_sweep(make_cfg):

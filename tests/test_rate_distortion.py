@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import shutil
 
 import pytest
 import yaml
@@ -15,6 +17,7 @@ from hydra.utils import instantiate
 
 from geovq.artifacts import config_hash, load_artifact, load_code_grids, require_made_from
 from geovq.run_folder import result_config
+from geovq.stages.prior import resolve_codes
 from geovq.sweeps import write_summary
 from geovq.train import run_stage
 
@@ -73,6 +76,17 @@ def test_both_quantizers_write_their_own_folder_codes_and_metrics(sweep, make_cf
     assert saved["quantized_kmeans/test_mse"] == pytest.approx(metrics["quantized_kmeans/test_mse"])
     assert saved["rate/ln_codebook_size"] == pytest.approx(math.log(8))
     assert saved["continuous/test_mse"] == pytest.approx(saved["test/mse"], rel=1e-4)
+
+
+def test_stage_codes_geodesic_never_picks_the_kmeans_codes_beside_them(sweep, make_cfg, tmp_path):
+    """stage=prior stage.codes=geodesic takes the newest geodesic codes, even when a GridVAE run
+    with callbacks=quantize_both wrote K-Means codes after them."""
+    folder, _ = sweep
+    run = tmp_path / "logs" / "vae" / "runs" / "r1"
+    shutil.copytree(folder / "0", run)
+    os.utime(run / "quantize_kmeans" / "codes.pt")  # the newest codes.pt under the log folder
+    cfg = make_cfg("stage=prior", "stage.codes=geodesic", f"paths.log_dir={tmp_path / 'logs'}", tiny=False)
+    assert resolve_codes(cfg) == run / "quantize_geodesic" / "codes.pt"
 
 
 def test_the_sweep_summary_holds_the_rate_and_both_quantized_errors(sweep):

@@ -22,7 +22,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import EarlyStopping
 from omegaconf import DictConfig
 
-from geovq.artifacts import CODES_FILE, atomic_write_text, find_latest, load_code_grids
+from geovq.artifacts import CODES_FILE, atomic_write_text, find_latest, load_artifact, load_code_grids, read_sidecar
 from geovq.callbacks.epoch_history import EpochHistory
 from geovq.errors import ArtifactError, ConfigError
 from geovq.loggers import log_final_and_finish
@@ -31,9 +31,11 @@ from geovq.models.prior import TransformerPrior
 from geovq.run_folder import output_dir, write_run_files
 from geovq.training import train_and_test
 
-# Where each pipeline's code grids come from.
 HISTORY_FILE = "history.json"
+# Where each pipeline's code grids come from, and the quantizer that must have made them (a
+# GridVAE run with callbacks=quantize_both holds K-Means codes beside the geodesic ones).
 CODE_SOURCES = {"geodesic": ("quantize", "vae"), "vqvae": ("vqvae",)}
+CODE_METHODS = {"geodesic": "GeodesicKMedoids"}
 
 
 def resolve_codes(cfg: DictConfig) -> Path:
@@ -46,10 +48,12 @@ def resolve_codes(cfg: DictConfig) -> Path:
                 "file; give geodesic, vqvae, or the path of a codes.pt."
             )
         return Path(choice)
+    method = CODE_METHODS.get(choice)
     found = []
     for stage in CODE_SOURCES[choice]:
         try:
-            found.append(find_latest(cfg.paths.log_dir, stage, CODES_FILE, kind="code_grids"))
+            found.append(find_latest(cfg.paths.log_dir, stage, CODES_FILE, kind="code_grids",
+                                     accept=None if method is None else lambda path: quantized_by(path) == method))
         except ArtifactError:
             continue
     if not found:
@@ -59,6 +63,17 @@ def resolve_codes(cfg: DictConfig) -> Path:
             f"{CODE_SOURCES[choice][0]}` first, or give stage.codes=<path to codes.pt>."
         )
     return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def quantized_by(codes_path: Path) -> str | None:
+    """The quantizer class that made a codes.pt (recorded in its codebook), or None."""
+    codebook = (read_sidecar(codes_path) or {}).get("input_paths", {}).get("codebook")
+    if codebook is None or not Path(codebook).is_file():
+        return None
+    try:
+        return load_artifact(codebook, kind="codebook").payload.get("method")
+    except ArtifactError:
+        return None
 
 
 def convergence(trainer, val_nll: list[float]) -> dict:
