@@ -2,9 +2,9 @@
 
 bf16 autocast only pays where the hardware computes in bf16: CUDA devices that support it, and
 CPUs with AVX512-BF16 or AMX. Elsewhere the CPU emulates it, and a Transformer prior's training
-step under bf16 autocast took 7.6x as long as in float32 on an AVX2-only AMD EPYC (1.53 s against
-0.20 s, d_model 64, batch 128), where it took 0.73x on a CPU with AVX512-BF16
-(bench/prior_step.py). A study that wants the cheaper step therefore asks for this resolver
+step under bf16 autocast took 8x as long as in float32 on an AVX2-only AMD EPYC (1485 ms against
+186 ms, d_model 64, batch 128; 13.5x at d_model 128), where it took 0.73x on a CPU with
+AVX512-BF16 (bench/prior_step.py, bench/results/). A study that wants the cheaper step therefore asks for this resolver
 instead of naming bf16-mixed.
 """
 
