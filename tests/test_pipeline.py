@@ -139,3 +139,23 @@ def test_a_study_mistake_stops_before_any_step_runs(tmp_path):
     with pytest.raises(ConfigError, match=r"pipeline.methods.A_kmeans8.codes=vae .* makes no code grids"):
         run_stage(compose_config(out, OVERRIDES + ONE_METHOD[:2] + ["+pipeline.methods={A_kmeans8: {codes: vae}}"]))
     assert not (out / "classifier").exists()
+
+
+def test_a_step_copied_into_another_experiment_keeps_its_key(tmp_path):
+    """The step key holds the inputs' content, not their paths: copying finished steps into a new
+    experiment's folder lets it reuse them; a changed input file makes the step run again."""
+    from geovq.stages.pipeline import Pipeline, StepResult, compose_step
+
+    def key_in(root, vae_bytes):
+        vae = root / "seed_0" / "vae" / "model.pt"
+        vae.parent.mkdir(parents=True)
+        vae.write_bytes(vae_bytes)
+        pipe = Pipeline(root, [], {})
+        pipe.results["seed_0/vae"] = StepResult("seed_0/vae", vae.parent, vae, {}, 1.0, False)
+        cfg = compose_step(["stage=quantize", f"stage.vae={vae}"], "quantize_geodesic")
+        cfg.paths.output_dir = str(root / "seed_0" / "quantize_geodesic")
+        return pipe.step_key(cfg, {"stage.vae": "seed_0/vae"})
+
+    paper = key_in(tmp_path / "paper", b"the same GridVAE")
+    assert key_in(tmp_path / "aposteriori", b"the same GridVAE") == paper
+    assert key_in(tmp_path / "other", b"another GridVAE") != paper

@@ -122,10 +122,7 @@ class Pipeline:
         with open_dict(cfg):
             cfg.paths.output_dir = str(folder)
             cfg.paths.log_dir = str(self.root)
-        key = config_hash({
-            "config": result_config(cfg),
-            "inputs": {upstream: file_sha256(self.results[upstream].output) for upstream in inputs.values()},
-        })
+        key = self.step_key(cfg, inputs)
         record = folder / STEP_FILE
         target = folder / STAGE_OUTPUTS[stage]
         if record.exists() and target.exists():
@@ -149,6 +146,19 @@ class Pipeline:
         result = StepResult(name, folder, target, metrics, seconds, False)
         self.results[name] = result
         return result
+
+    def step_key(self, cfg: DictConfig, inputs: dict[str, str]) -> str:
+        """The hash of the step's result config in which each input path is replaced by the sha256
+        of the file it names: a step copied into another experiment's folder (the same config, the
+        same input files at other paths) is still recognised as done."""
+        config = result_config(cfg)
+        for key, upstream in inputs.items():
+            *parents, leaf = key.split(".")
+            section = config
+            for part in parents:
+                section = section[part]
+            section[leaf] = "sha256:" + file_sha256(self.results[upstream].output)
+        return config_hash(config)
 
     def run_in_own_process(self, name: str, stage: str, overrides: list[str], folder: Path) -> dict:
         """A distributed training step as its own ``python -m geovq.train`` command: Lightning's
