@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -166,7 +167,12 @@ def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: d
                   "per-seed differences. Lower is better for test MSE and FD; a lower prior NLL is better only "
                   "between codebooks of similar code perplexity (a collapsed codebook is easy to predict).", ""] + finding_lines
     times = {name: round(r.seconds, 1) for name, r in pipe.results.items()}
-    lines += ["", "## Time of each step", "", "Seconds; reused steps show the time of the run that made them.", ""]
+    wall = time.perf_counter() - pipe.started
+    parallel = options.get("parallel", 1)
+    lines += ["", "## Time of each step", "",
+              f"Seconds; reused steps show the time of the run that made them. This command took {wall:.0f} s until "
+              f"the figures, with pipeline.parallel={parallel}" + (" (steps side by side share the CPU, so each "
+              "took longer than it would alone)." if parallel > 1 else "."), ""]
     lines += [f"- {name}: {seconds}" + (" (reused)" if pipe.results[name].reused else "") for name, seconds in times.items()]
 
     figure_files = []
@@ -193,6 +199,8 @@ def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: d
         "priors": prior_records,
         "paper_table_1": PAPER_TABLE,
         "step_seconds": times,
+        "wall_seconds_until_figures": round(wall, 1),
+        "parallel": parallel,
         "figures": figure_files,
         "references": {"continuous_test_mse": continuous, "fid_floor": fid_floor, "classifier_test_accuracy": accuracy},
         "summary": summary,

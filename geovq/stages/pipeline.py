@@ -17,7 +17,9 @@ output), so an interrupted run continues where it stopped, and every completed s
 stay intact.
 
 On several devices (``trainer=ddp trainer.devices=N``) each training step runs distributed as
-its own command; quantization, sampling and evaluation run once, in this process.
+its own command; quantization, sampling and evaluation run once, in this process. With
+``pipeline.parallel=N`` independent steps run N at a time instead, each as its own command
+(``geovq/stages/parallel_steps.py``).
 """
 
 from __future__ import annotations
@@ -96,21 +98,39 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+@dataclass
+class StepPlan:
+    """A step ready to run: its composed config, its key and where its output goes."""
+    name: str
+    stage: str
+    overrides: list[str]
+    cfg: DictConfig
+    key: str
+    folder: Path
+    target: Path
+
+
 class Pipeline:
     """Runs named steps, each in ``root/<name>``, skipping those already done with the same
     config and inputs. ``inputs`` maps a config key of the step to an earlier step, whose
-    output path the key receives (and whose output's hash is part of the step's key)."""
+    output path the key receives (and whose output's hash is part of the step's key).
+    ``results`` may be shared with other pipelines of the same run (one per seed)."""
 
-    def __init__(self, root: Path, base_overrides: list[str], stage_overrides: dict[str, list[str]]):
+    def __init__(self, root: Path, base_overrides: list[str], stage_overrides: dict[str, list[str]],
+                 results: dict[str, StepResult] | None = None):
         self.root = root
         self.base = base_overrides
         self.stage_overrides = stage_overrides
-        self.results: dict[str, StepResult] = {}
+        self.results: dict[str, StepResult] = {} if results is None else results
+        self.started = time.perf_counter()
 
     def step(self, name: str, stage: str, overrides: list[str] = (), inputs: dict[str, str] | None = None) -> StepResult:
         if name in self.results:  # shared by several methods: run once
             return self.results[name]
-        inputs = inputs or {}
+        plan = self.plan(name, stage, overrides, inputs or {})
+        return self.reused(plan) or self.execute(plan)
+
+    def plan(self, name: str, stage: str, overrides: list[str], inputs: dict[str, str]) -> StepPlan:
         folder = self.root / name
         # Quiet by default (one summary table per training step is a screenful); yours come last and win.
         overrides = ["trainer.enable_model_summary=false", *self.stage_overrides.get("all", []),
@@ -122,29 +142,57 @@ class Pipeline:
         with open_dict(cfg):
             cfg.paths.output_dir = str(folder)
             cfg.paths.log_dir = str(self.root)
-        key = self.step_key(cfg, inputs)
-        record = folder / STEP_FILE
-        target = folder / STAGE_OUTPUTS[stage]
-        if record.exists() and target.exists():
-            done = json.loads(record.read_text())
-            if done.get("key") == key and done.get("output_sha256") == file_sha256(target):
-                log.info("step %s: reusing %s (same config and inputs)", name, target)
-                result = StepResult(name, folder, target, done["metrics"], done["seconds"], True)
-                self.results[name] = result
-                return result
-        log.info("step %s: running stage=%s in %s", name, stage, folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        return StepPlan(name, stage, overrides, cfg, self.step_key(cfg, inputs), folder, folder / STAGE_OUTPUTS[stage])
+
+    def reused(self, plan: StepPlan) -> StepResult | None:
+        """The step's earlier result, when its folder holds one made with the same key."""
+        record = plan.folder / STEP_FILE
+        if not (record.exists() and plan.target.exists()):
+            return None
+        done = json.loads(record.read_text())
+        if done.get("key") != plan.key or done.get("output_sha256") != file_sha256(plan.target):
+            return None
+        log.info("step %s: reusing %s (same config and inputs)", plan.name, plan.target)
+        result = StepResult(plan.name, plan.folder, plan.target, done["metrics"], done["seconds"], True)
+        self.results[plan.name] = result
+        return result
+
+    def execute(self, plan: StepPlan) -> StepResult:
+        log.info("step %s: running stage=%s in %s", plan.name, plan.stage, plan.folder)
+        plan.folder.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        if stage in TRAINING_STAGES and distributed(cfg):
-            metrics = self.run_in_own_process(name, stage, overrides, folder)
+        if plan.stage in TRAINING_STAGES and distributed(plan.cfg):
+            # Lightning's DDP launcher starts the other ranks by running the current command
+            # again, which must be that one stage, not the whole pipeline.
+            process = self.launch(plan)
+            metrics = self.collect(plan, process.wait())
         else:
-            metrics = get_stage(stage)(cfg) or {}
-        seconds = time.perf_counter() - started
+            metrics = get_stage(plan.stage)(plan.cfg) or {}
+        return self.record(plan, metrics, time.perf_counter() - started)
+
+    def launch(self, plan: StepPlan, **popen) -> subprocess.Popen:
+        """The step as its own ``python -m geovq.train`` command."""
+        command = [sys.executable, "-m", "geovq.train", f"stage={plan.stage}", *plan.overrides,
+                   f"hydra.run.dir={plan.folder}", f"paths.log_dir={self.root}"]
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, **popen)
+
+    def collect(self, plan: StepPlan, returncode: int, log_file: Path | None = None) -> dict:
+        """The metrics a step run by ``launch`` wrote, or why it failed."""
+        if returncode != 0:
+            where = f"its log, {log_file}," if log_file else "its output above"
+            raise TrainingError(
+                f"the pipeline's step '{plan.name}' (stage={plan.stage}) failed with exit code {returncode}; "
+                f"{where} says why. Rerun the same command to continue: finished steps are reused."
+            )
+        return json.loads((plan.folder / "metrics.json").read_text())
+
+    def record(self, plan: StepPlan, metrics: dict, seconds: float) -> StepResult:
         metrics = {k: float(v) for k, v in metrics.items()}
-        done = {"stage": stage, "key": key, "output_sha256": file_sha256(target), "seconds": seconds, "metrics": metrics}
-        atomic_write_text(record, json.dumps(done, indent=2) + "\n")
-        result = StepResult(name, folder, target, metrics, seconds, False)
-        self.results[name] = result
+        done = {"stage": plan.stage, "key": plan.key, "output_sha256": file_sha256(plan.target), "seconds": seconds,
+                "metrics": metrics}
+        atomic_write_text(plan.folder / STEP_FILE, json.dumps(done, indent=2) + "\n")
+        result = StepResult(plan.name, plan.folder, plan.target, metrics, seconds, False)
+        self.results[plan.name] = result
         return result
 
     def step_key(self, cfg: DictConfig, inputs: dict[str, str]) -> str:
@@ -159,21 +207,6 @@ class Pipeline:
                 section = section[part]
             section[leaf] = "sha256:" + file_sha256(self.results[upstream].output)
         return config_hash(config)
-
-    def run_in_own_process(self, name: str, stage: str, overrides: list[str], folder: Path) -> dict:
-        """A distributed training step as its own ``python -m geovq.train`` command: Lightning's
-        DDP launcher starts the other ranks by running the current command again, which must be
-        that one stage, not the whole pipeline."""
-        command = [sys.executable, "-m", "geovq.train", f"stage={stage}", *overrides,
-                   f"hydra.run.dir={folder}", f"paths.log_dir={self.root}"]
-        result = subprocess.run(command, stdin=subprocess.DEVNULL)
-        if result.returncode != 0:
-            raise TrainingError(
-                f"the pipeline's step '{name}' (stage={stage}, distributed) failed with exit code "
-                f"{result.returncode}; its output above says why. Rerun the same command to continue: "
-                "finished steps are reused."
-            )
-        return json.loads((folder / "metrics.json").read_text())
 
 
 def distributed(cfg: DictConfig) -> bool:
@@ -203,6 +236,30 @@ def run_method(pipe: Pipeline, study: Study, method: Method, seed_folder: str) -
               {"stage.samples": m.format("sample"), "stage.classifier": "classifier"})
 
 
+def declare_steps(pipe: Pipeline, study: Study, seeds: list[int], per_stage: dict, runner) -> None:
+    """Every step of the study, in order: the classifier (the measuring instrument, one for every
+    seed and method), then each seed's methods. ``runner(pipeline)`` is what receives the steps:
+    the pipeline itself (run them now) or a recorder (run them later, several at once)."""
+    runner(pipe).step("classifier", "classifier")
+    for seed in seeds:
+        seeded = Pipeline(pipe.root, [f"seed={seed}", *pipe.base], per_stage, pipe.results)
+        for method in study.methods.values():
+            run_method(runner(seeded), study, method, f"seed_{seed}")
+
+
+def parallel_steps_option(cfg: DictConfig, options: dict) -> int:
+    n_parallel = options.get("parallel", 1)
+    if not isinstance(n_parallel, int) or isinstance(n_parallel, bool) or n_parallel < 1:
+        raise ConfigError(f"pipeline.parallel is the number of steps run at once, a positive integer; got {n_parallel!r}.")
+    if n_parallel > 1 and distributed(cfg):
+        raise ConfigError(
+            "pipeline.parallel > 1 runs several single-device steps at once; it cannot be combined with a "
+            "distributed trainer (trainer=ddp / trainer.devices > 1). Choose one: pipeline.parallel=1 with DDP, "
+            "or trainer.devices=1 with pipeline.parallel=N."
+        )
+    return n_parallel
+
+
 def run(cfg: DictConfig) -> dict:
     from geovq.report import write_report
 
@@ -211,12 +268,15 @@ def run(cfg: DictConfig) -> dict:
     seeds = seed_list(cfg)
     per_stage = {key: options.get(key) or [] for key in ("all", *STAGE_OUTPUTS)}
     pipe = Pipeline(output_dir(cfg), user_overrides(), per_stage)
-    pipe.step("classifier", "classifier")  # the measuring instrument: one for every seed and method
-    for seed in seeds:
-        seeded = Pipeline(pipe.root, [f"seed={seed}", *pipe.base], per_stage)
-        seeded.results = pipe.results
-        for method in study.methods.values():
-            run_method(seeded, study, method, f"seed_{seed}")
+    n_parallel = parallel_steps_option(cfg, options)
+    if n_parallel == 1:
+        declare_steps(pipe, study, seeds, per_stage, lambda target: target)
+    else:
+        from geovq.stages.parallel_steps import StepRecorder, run_steps
+
+        requests = {}
+        declare_steps(pipe, study, seeds, per_stage, lambda target: StepRecorder(target, requests))
+        run_steps(list(requests.values()), n_parallel)
     images = None
     if options.get("figures", True):
         data = instantiate(compose_step(["stage=vae", *options.get("all", []), *pipe.base], "vae").data)

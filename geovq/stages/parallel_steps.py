@@ -1,0 +1,144 @@
+"""``pipeline.parallel=N``: the pipeline's independent steps, N at a time.
+
+Each step runs as its own ``python -m geovq.train stage=...`` process with its output in
+``<step>/step.log``; the CPU's cores are split between the N processes (a 2-thread torch job
+scales poorly on small matrices, two 1-thread jobs side by side get more done), and where several
+GPUs are visible each process gets one of them. A step starts when the steps it reads are done;
+steps already done with the same config and inputs are reused as in the serial run. When a step
+fails, the steps already running finish (and are kept), nothing new starts, and the error names
+the failed step's log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from geovq.errors import TrainingError
+from geovq.stages.pipeline import Pipeline, StepPlan
+
+log = logging.getLogger(__name__)
+
+STEP_LOG = "step.log"
+POLL_SECONDS = 0.5
+
+
+@dataclass
+class StepRequest:
+    pipe: Pipeline  # the pipeline (and so the seed) the step belongs to
+    name: str
+    stage: str
+    overrides: list[str]
+    inputs: dict[str, str] = field(default_factory=dict)
+
+
+class StepRecorder:
+    """Stands in for a Pipeline while the steps are declared: notes each step (once) instead of
+    running it."""
+
+    def __init__(self, pipe: Pipeline, requests: dict[str, StepRequest]):
+        self.pipe = pipe
+        self.requests = requests
+
+    def step(self, name: str, stage: str, overrides: list[str] = (), inputs: dict[str, str] | None = None) -> None:
+        self.requests.setdefault(name, StepRequest(self.pipe, name, stage, list(overrides), dict(inputs or {})))
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def visible_gpus() -> list[str]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+
+
+def step_environment(slot: int, n_parallel: int, cores: int, gpus: list[str]) -> dict[str, str]:
+    """The environment of the process in ``slot``: its share of the cores, and one GPU of several."""
+    threads = str(max(1, cores // n_parallel))
+    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    if len(gpus) > 1:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+    return env
+
+
+@dataclass
+class Running:
+    plan: StepPlan
+    pipe: Pipeline
+    process: object
+    slot: int
+    log_file: Path
+    started: float
+
+
+def run_steps(requests: list[StepRequest], n_parallel: int) -> None:
+    """Runs ``requests`` (in declaration order, inputs before the steps that read them), at most
+    ``n_parallel`` at once."""
+    cores, gpus = available_cores(), visible_gpus()
+    log.info("pipeline.parallel=%d: up to %d steps at once, %d thread(s) each%s", n_parallel, n_parallel,
+             max(1, cores // n_parallel), f", GPUs {', '.join(gpus)} in turn" if len(gpus) > 1 else "")
+    pending = list(requests)
+    running: list[Running] = []
+    failures: list[TrainingError] = []
+    try:
+        while pending or running:
+            if not failures:
+                start_ready_steps(pending, running, n_parallel, cores, gpus)
+            if not running:
+                if pending and not failures:
+                    names = ", ".join(request.name for request in pending)
+                    raise TrainingError(f"the pipeline's steps {names} wait for steps that are not declared.")
+                break
+            time.sleep(POLL_SECONDS)
+            for job in [job for job in running if job.process.poll() is not None]:
+                running.remove(job)
+                try:
+                    metrics = job.pipe.collect(job.plan, job.process.returncode, job.log_file)
+                except TrainingError as err:
+                    failures.append(err)
+                    log.error("step %s failed; the %d step(s) still running finish first", job.plan.name, len(running))
+                    continue
+                seconds = time.perf_counter() - job.started
+                job.pipe.record(job.plan, metrics, seconds)
+                log.info("step %s: done in %.0f s", job.plan.name, seconds)
+    finally:
+        for job in running:  # interrupted (Ctrl-C, or an error here): no orphans
+            job.process.terminate()
+    if failures:
+        raise failures[0]
+
+
+def start_ready_steps(pending: list[StepRequest], running: list[Running], n_parallel: int, cores: int,
+                      gpus: list[str]) -> None:
+    """Starts every pending step whose inputs are done, while a slot is free; reuses done steps."""
+    for request in list(pending):
+        if len(running) >= n_parallel:
+            return
+        pipe, results = request.pipe, request.pipe.results
+        if not all(upstream in results for upstream in request.inputs.values()):
+            continue
+        pending.remove(request)
+        if request.name in results:
+            continue
+        plan = pipe.plan(request.name, request.stage, request.overrides, request.inputs)
+        if pipe.reused(plan):
+            continue
+        slot = min(set(range(n_parallel)) - {job.slot for job in running})
+        plan.folder.mkdir(parents=True, exist_ok=True)
+        log_file = plan.folder / STEP_LOG
+        with open(log_file, "w") as stream:  # the child holds its own handle
+            process = pipe.launch(plan, stdout=stream, stderr=stream,
+                                  env=step_environment(slot, n_parallel, cores, gpus))
+        log.info("step %s: running stage=%s (log: %s)", request.name, request.stage, log_file)
+        running.append(Running(plan, pipe, process, slot, log_file, time.perf_counter()))
