@@ -9,13 +9,21 @@ their validation NLL, so that a faster setting which learns worse shows.
 
     python bench/prior_step.py --codes outputs/experiments/quick/vqvae_ema/codes.pt
     python bench/prior_step.py --steps 20 --no-nll      # timings only, random codes
+    python bench/prior_step.py --side-by-side          # one process on all cores vs one per core
+
+``--side-by-side`` measures what ``pipeline.parallel`` buys: the training throughput of the
+experiment=paper prior in this process on all cores, against as many single-thread processes as
+cores training at the same time (as the pipeline's independent priors do).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 
 import torch
 
@@ -99,6 +107,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20000, help="training images for the NLL comparison")
     parser.add_argument("--no-nll", action="store_true", help="skip the NLL comparison")
     parser.add_argument("--nll-only", action="store_true", help="skip the step timings")
+    parser.add_argument("--side-by-side", action="store_true",
+                        help="only compare one process on all cores with one single-thread process per core")
     parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                         help="bf16 settings: auto runs them only where the CPU computes bf16 natively "
                              "(emulated bf16 is 8-13x slower: the NLL comparison would take hours)")
@@ -116,6 +126,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {n_codes} codes, {len(train)} training grids, "
           f"CPU computes bf16 natively: {cpu_has_native_bf16()} (experiment=paper's priors: {fast_precision('cpu')})")
 
+    if args.side_by_side:
+        return side_by_side(train, n_codes, args.steps, with_bf16)
     if not args.nll_only:
         timings(train, n_codes, args.steps, with_bf16)
     if not args.no_nll and args.codes:
@@ -135,6 +147,28 @@ def timings(train: torch.Tensor, n_codes: int, steps: int, with_bf16: bool) -> N
         per_image = seconds / setting["batch"]
         ratio = (reference / REFERENCE["batch"]) / per_image
         print(f"| {label(setting)} | {seconds * 1e3:.0f} | {1 / per_image:.0f} | {55000 * per_image:.0f} s | {ratio:.2f}x |")
+
+
+def single_thread_step(setting: dict, grids: torch.Tensor, n_codes: int, steps: int, start_at: float) -> float:
+    """In a worker process: warm up, wait for the common start, then time ``steps`` steps on one thread."""
+    torch.set_num_threads(1)
+    step_seconds(setting, grids, n_codes, 3)
+    time.sleep(max(0.0, start_at - time.time()))
+    return step_seconds(setting, grids, n_codes, steps)
+
+
+def side_by_side(train: torch.Tensor, n_codes: int, steps: int, with_bf16: bool) -> None:
+    setting = dict(REFERENCE, d_model=64, precision="bf16" if with_bf16 else "fp32")  # experiment=paper's prior
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    alone = step_seconds(setting, train, n_codes, steps)
+    with ProcessPoolExecutor(cores, mp_context=get_context("spawn")) as pool:
+        start_at = time.time() + 15  # after every worker has imported torch and warmed up
+        futures = [pool.submit(single_thread_step, setting, train, n_codes, steps, start_at) for _ in range(cores)]
+        each = [future.result() for future in futures]
+    together = sum(1 / seconds for seconds in each)
+    print(f"\n{label(setting)}: one process, {torch.get_num_threads()} threads: {alone * 1e3:.0f} ms / step (1.00x); "
+          f"{cores} single-thread processes at once: {', '.join(f'{s * 1e3:.0f}' for s in each)} ms / step, "
+          f"{together * alone:.2f}x the steps per second")
 
 
 def nll_comparison(train: torch.Tensor, val: torch.Tensor, n_codes: int, images: int, with_bf16: bool) -> None:
