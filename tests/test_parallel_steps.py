@@ -9,19 +9,54 @@ from conftest import compose_config
 from test_pipeline import ONE_METHOD, OVERRIDES
 
 from geovq.errors import ConfigError, TrainingError
-from geovq.stages.parallel_steps import STEP_LOG, step_environment
+from geovq.stages.parallel_steps import STEP_LOG, StepRequest, start_ready_steps, step_environment
+from geovq.stages.pipeline import StepPlan
 from geovq.train import run_stage
 
 STUDY_STEPS = ["classifier", "seed_0/vae", "seed_0/kmeans8", "seed_0/prior_A_kmeans8", "seed_0/sample_A_kmeans8",
                "seed_0/evaluate_A_kmeans8"]
 
 
-def test_each_process_gets_its_share_of_the_cores_and_one_gpu_of_several():
-    env = step_environment(slot=1, n_parallel=2, cores=8, gpus=["0", "1"])
+def test_each_process_gets_its_threads_and_one_gpu_of_several():
+    env = step_environment(slot=1, threads=4, gpus=["0", "1"])
     assert env["OMP_NUM_THREADS"] == "4" and env["CUDA_VISIBLE_DEVICES"] == "1"
-    assert step_environment(slot=2, n_parallel=3, cores=2, gpus=["4", "5"])["CUDA_VISIBLE_DEVICES"] == "4"
-    env = step_environment(slot=0, n_parallel=4, cores=2, gpus=[])
-    assert env["OMP_NUM_THREADS"] == "1"  # never zero threads
+    assert step_environment(slot=2, threads=1, gpus=["4", "5"])["CUDA_VISIBLE_DEVICES"] == "4"
+
+
+class FakePipe:
+    """Plans and launches steps without running anything: what the scheduler decides, and with which threads."""
+
+    def __init__(self, root):
+        self.root, self.results, self.launched = root, {}, []
+
+    def plan(self, name, stage, overrides, inputs):
+        return StepPlan(name, stage, [], None, "key", self.root / name, self.root / name / "out")
+
+    def reused(self, plan):
+        return None
+
+    def launch(self, plan, env, **_):
+        self.launched.append((plan.name, int(env["OMP_NUM_THREADS"])))
+        return object()
+
+
+def test_steps_side_by_side_share_the_cores_and_a_lone_step_gets_them_all(tmp_path):
+    pipe = FakePipe(tmp_path)
+    pending = [StepRequest(pipe, "vae", "vae", []), StepRequest(pipe, "vqvae", "vqvae", []),
+               StepRequest(pipe, "vqvae_ema", "vqvae", []), StepRequest(pipe, "quantize", "quantize", [], {"stage.vae": "vae"})]
+    plans, running = {}, []
+    start_ready_steps(pending, plans, running, n_parallel=2, cores=8, gpus=[])
+    assert pipe.launched == [("vae", 4), ("vqvae", 4)]  # two places, half the cores each; the third waits
+    running.clear()  # both finished
+    pipe.results.update(vae=object(), vqvae=object())
+    start_ready_steps(pending, plans, running, n_parallel=2, cores=8, gpus=[])
+    assert pipe.launched[2:] == [("vqvae_ema", 4), ("quantize", 4)]
+
+    lone = FakePipe(tmp_path)
+    pending, running = [StepRequest(lone, "vae", "vae", []), StepRequest(lone, "quantize", "quantize", [], {"stage.vae": "vae"})], []
+    start_ready_steps(pending, {}, running, n_parallel=2, cores=8, gpus=[])
+    # The head of a chain: nothing else can start before it ends, so it takes every core and both places.
+    assert lone.launched == [("vae", 8)] and running[0].slots == 2
 
 
 def test_a_study_runs_two_steps_at_a_time_and_a_second_run_reuses_them(tmp_path):

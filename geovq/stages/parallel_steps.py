@@ -2,8 +2,9 @@
 
 Each step runs as its own ``python -m geovq.train stage=...`` process with its output in
 ``<step>/step.log``; the CPU's cores are split between the N processes (a 2-thread torch job
-scales poorly on small matrices, two 1-thread jobs side by side get more done), and where several
-GPUs are visible each process gets one of them. A step starts when the steps it reads are done;
+scales poorly on small matrices, two 1-thread jobs side by side get more done), except for a step
+that is the only one able to run (the head of a chain: nothing can become ready while it runs),
+which gets every core. Where several GPUs are visible each process gets one of them. A step starts when the steps it reads are done;
 steps already done with the same config and inputs are reused as in the serial run. When a step
 fails, the steps already running finish (and are kept), nothing new starts, and the error names
 the failed step's log.
@@ -63,10 +64,9 @@ def visible_gpus() -> list[str]:
     return visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
 
 
-def step_environment(slot: int, n_parallel: int, cores: int, gpus: list[str]) -> dict[str, str]:
-    """The environment of the process in ``slot``: its share of the cores, and one GPU of several."""
-    threads = str(max(1, cores // n_parallel))
-    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+def step_environment(slot: int, threads: int, gpus: list[str]) -> dict[str, str]:
+    """The environment of the process in ``slot``: its threads, and one GPU of several."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     if len(gpus) > 1:
         env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
     return env
@@ -78,6 +78,7 @@ class Running:
     pipe: Pipeline
     process: object
     slot: int
+    slots: int  # how many of the N places it holds: all of them when it runs alone on every core
     log_file: Path
     started: float
 
@@ -86,15 +87,17 @@ def run_steps(requests: list[StepRequest], n_parallel: int) -> None:
     """Runs ``requests`` (in declaration order, inputs before the steps that read them), at most
     ``n_parallel`` at once."""
     cores, gpus = available_cores(), visible_gpus()
-    log.info("pipeline.parallel=%d: up to %d steps at once, %d thread(s) each%s", n_parallel, n_parallel,
-             max(1, cores // n_parallel), f", GPUs {', '.join(gpus)} in turn" if len(gpus) > 1 else "")
+    log.info("pipeline.parallel=%d: up to %d steps at once, %d thread(s) each (a step that runs alone: %d)%s",
+             n_parallel, n_parallel, max(1, cores // n_parallel), cores,
+             f", GPUs {', '.join(gpus)} in turn" if len(gpus) > 1 else "")
     pending = list(requests)
+    plans: dict[str, StepPlan] = {}
     running: list[Running] = []
     failures: list[TrainingError] = []
     try:
         while pending or running:
             if not failures:
-                start_ready_steps(pending, running, n_parallel, cores, gpus)
+                start_ready_steps(pending, plans, running, n_parallel, cores, gpus)
             if not running:
                 if pending and not failures:
                     names = ", ".join(request.name for request in pending)
@@ -119,26 +122,42 @@ def run_steps(requests: list[StepRequest], n_parallel: int) -> None:
         raise failures[0]
 
 
-def start_ready_steps(pending: list[StepRequest], running: list[Running], n_parallel: int, cores: int,
-                      gpus: list[str]) -> None:
-    """Starts every pending step whose inputs are done, while a slot is free; reuses done steps."""
-    for request in list(pending):
-        if len(running) >= n_parallel:
+def start_ready_steps(pending: list[StepRequest], plans: dict[str, StepPlan], running: list[Running],
+                      n_parallel: int, cores: int, gpus: list[str]) -> None:
+    """Plans (once) every pending step whose inputs are done, drops those already done, then
+    starts the planned ones while places are free."""
+    changed = True
+    while changed:  # a reused step may make the steps that read it ready
+        changed = False
+        for request in list(pending):
+            results = request.pipe.results
+            if request.name in plans or not all(upstream in results for upstream in request.inputs.values()):
+                continue
+            plan = request.pipe.plan(request.name, request.stage, request.overrides, request.inputs)
+            if request.pipe.reused(plan):
+                pending.remove(request)
+                changed = True
+            else:
+                plans[request.name] = plan
+    ready = [request for request in pending if request.name in plans]
+    if not running and len(ready) == 1:  # nothing can become ready while it runs: every core is its
+        launch(ready[0], plans, pending, running, slot=0, slots=n_parallel, threads=cores, gpus=gpus)
+        return
+    for request in ready:
+        taken = {job.slot for job in running}
+        if sum(job.slots for job in running) >= n_parallel:
             return
-        pipe, results = request.pipe, request.pipe.results
-        if not all(upstream in results for upstream in request.inputs.values()):
-            continue
-        pending.remove(request)
-        if request.name in results:
-            continue
-        plan = pipe.plan(request.name, request.stage, request.overrides, request.inputs)
-        if pipe.reused(plan):
-            continue
-        slot = min(set(range(n_parallel)) - {job.slot for job in running})
-        plan.folder.mkdir(parents=True, exist_ok=True)
-        log_file = plan.folder / STEP_LOG
-        with open(log_file, "w") as stream:  # the child holds its own handle
-            process = pipe.launch(plan, stdout=stream, stderr=stream,
-                                  env=step_environment(slot, n_parallel, cores, gpus))
-        log.info("step %s: running stage=%s (log: %s)", request.name, request.stage, log_file)
-        running.append(Running(plan, pipe, process, slot, log_file, time.perf_counter()))
+        slot = min(set(range(n_parallel)) - taken)
+        launch(request, plans, pending, running, slot=slot, slots=1, threads=max(1, cores // n_parallel), gpus=gpus)
+
+
+def launch(request: StepRequest, plans: dict[str, StepPlan], pending: list[StepRequest], running: list[Running],
+           slot: int, slots: int, threads: int, gpus: list[str]) -> None:
+    plan = plans.pop(request.name)
+    pending.remove(request)
+    plan.folder.mkdir(parents=True, exist_ok=True)
+    log_file = plan.folder / STEP_LOG
+    with open(log_file, "w") as stream:  # the child holds its own handle
+        process = request.pipe.launch(plan, stdout=stream, stderr=stream, env=step_environment(slot, threads, gpus))
+    log.info("step %s: running stage=%s on %d thread(s) (log: %s)", request.name, request.stage, threads, log_file)
+    running.append(Running(plan, request.pipe, process, slot, slots, log_file, time.perf_counter()))
