@@ -9,7 +9,7 @@ from conftest import compose_config
 from test_pipeline import ONE_METHOD, OVERRIDES
 
 from geovq.errors import ConfigError, TrainingError
-from geovq.stages.parallel_steps import STEP_LOG, StepRequest, start_ready_steps, step_environment
+from geovq.stages.parallel_steps import STEP_LOG, StepRequest, launch_order, start_ready_steps, step_environment
 from geovq.stages.pipeline import StepPlan
 from geovq.train import run_stage
 
@@ -38,6 +38,20 @@ class FakePipe:
     def launch(self, plan, env, **_):
         self.launched.append((plan.name, int(env["OMP_NUM_THREADS"])))
         return object()
+
+
+def test_the_longest_chain_starts_first(tmp_path):
+    pipe = FakePipe(tmp_path)
+    declared = [StepRequest(pipe, "classifier", "classifier", []), StepRequest(pipe, "vqvae", "vqvae", []),
+                StepRequest(pipe, "vae", "vae", []), StepRequest(pipe, "quantize", "quantize", [], {"stage.vae": "vae"}),
+                StepRequest(pipe, "prior_A", "prior", [], {"stage.codes": "quantize"}),
+                StepRequest(pipe, "prior_B", "prior", [], {"stage.codes": "vqvae"}),
+                StepRequest(pipe, "evaluate_A", "evaluate", [], {"stage.prior": "prior_A", "stage.classifier": "classifier"}),
+                StepRequest(pipe, "evaluate_B", "evaluate", [], {"stage.prior": "prior_B", "stage.classifier": "classifier"})]
+    order = [request.name for request in launch_order(declared)]
+    assert order == ["vae", "vqvae", "quantize", "classifier", "prior_A", "prior_B", "evaluate_A", "evaluate_B"]
+    start_ready_steps(launch_order(declared), {}, [], n_parallel=2, cores=2, gpus=[])
+    assert [name for name, _ in pipe.launched] == ["vae", "vqvae"]  # the classifier, read last, waits
 
 
 def test_steps_side_by_side_share_the_cores_and_a_lone_step_gets_them_all(tmp_path):
