@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +77,7 @@ def step_environment(slot: int, threads: int, gpus: list[str]) -> dict[str, str]
 class Running:
     plan: StepPlan
     pipe: Pipeline
-    process: object
+    process: subprocess.Popen
     slot: int
     slots: int  # how many of the N places it holds: all of them when it runs alone on every core
     log_file: Path
@@ -163,7 +164,7 @@ def start_ready_steps(pending: list[StepRequest], plans: dict[str, StepPlan], ru
             else:
                 plans[request.name] = plan
     ready = [request for request in pending if request.name in plans]
-    if not running and len(ready) == 1:  # nothing can become ready while it runs: every core is its
+    if not running and len(ready) == 1:  # nothing can become ready while it runs: it gets every core
         launch(ready[0], plans, pending, running, slot=0, slots=n_parallel, threads=cores, gpus=gpus)
         return
     for request in ready:
