@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -66,6 +67,11 @@ class StepResult:
     metrics: dict
     seconds: float
     reused: bool
+
+    @cached_property
+    def output_sha256(self) -> str:
+        """Hashed once, however many later steps read this output (each step's key holds it)."""
+        return file_sha256(self.output)
 
 
 def user_overrides() -> list[str]:
@@ -205,7 +211,7 @@ class Pipeline:
             section = config
             for part in parents:
                 section = section[part]
-            section[leaf] = "sha256:" + file_sha256(self.results[upstream].output)
+            section[leaf] = "sha256:" + self.results[upstream].output_sha256
         return config_hash(config)
 
 
