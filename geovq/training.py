@@ -10,7 +10,7 @@ from typing import Iterable
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ProgressBar
 from omegaconf import DictConfig
 
 from geovq.artifacts import MODEL_FILE, Artifact
@@ -46,6 +46,9 @@ def build_trainer(cfg: DictConfig, stage_callbacks: Iterable[Callback] = ()) -> 
     """The configured Trainer; the stage's own callbacks run before the configured ones."""
     check_trainer_config(cfg)
     callbacks = list(stage_callbacks) + instantiate_list(cfg.get("callbacks"))
+    if not cfg.trainer.get("enable_progress_bar", True):
+        # Lightning refuses a progress bar callback next to enable_progress_bar=False.
+        callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
     loggers = instantiate_list(cfg.get("logger"))
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 

@@ -11,7 +11,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from geovq.precision import cpu_has_native_bf16, fast_precision
-from geovq.training import instantiate_list
+from lightning.pytorch.callbacks import ProgressBar
+
+from geovq.training import build_trainer, instantiate_list
 
 GROUPS = ["data", "model", "trainer", "logger", "callbacks", "stage", "experiment", "paths", "quantizer"]
 
@@ -54,6 +56,13 @@ def test_precision_is_a_plain_override(make_cfg):
     cfg = make_cfg("trainer.precision=bf16-mixed")
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
     assert "bf16" in str(trainer.precision)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_progress_bar_can_be_switched_off(make_cfg, enabled):
+    """trainer.enable_progress_bar=false must not meet Lightning's refusal of the configured bar."""
+    trainer = build_trainer(make_cfg("stage=vae", f"trainer.enable_progress_bar={str(enabled).lower()}"))
+    assert any(isinstance(callback, ProgressBar) for callback in trainer.callbacks) is enabled
 
 
 @pytest.mark.parametrize(("flags", "native"), [("fpu avx2 fma", False), ("avx2 avx512f avx512_bf16", True),

@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.utils.data import TensorDataset
 
 from geovq.artifacts import load_code_grids
+from geovq.batching import INFERENCE_BATCH
 from geovq.data.in_memory import InMemoryDataModule
 from geovq.errors import ConfigError
 
@@ -26,7 +27,7 @@ class CodeGridDataModule(InMemoryDataModule):
         self,
         path: str | os.PathLike,
         batch_size: int = 128,
-        eval_batch_size: int = 1000,
+        eval_batch_size: int = INFERENCE_BATCH,
         n_codes: int | None = None,
         num_workers: int = 0,
         subset: int | None = None,

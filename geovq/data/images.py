@@ -16,6 +16,7 @@ import torch
 from hydra.utils import get_class
 from torch.utils.data import TensorDataset
 
+from geovq.batching import INFERENCE_BATCH
 from geovq.data.in_memory import InMemoryDataModule
 from geovq.errors import ConfigError, DataError
 
@@ -135,7 +136,7 @@ class ImageDataModule(InMemoryDataModule):
         dataset_class: str = "torchvision.datasets.MNIST",
         val_size: int = 5000,
         batch_size: int = 128,
-        eval_batch_size: int = 512,
+        eval_batch_size: int = INFERENCE_BATCH,
         num_workers: int = 0,
         subset: int | None = None,
         test_subset: int | None = None,

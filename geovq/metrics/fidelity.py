@@ -22,6 +22,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from geovq.batching import INFERENCE_BATCH
+
 N_CLASSES = 10
 
 
@@ -100,7 +102,9 @@ def _update(metric: FrechetInceptionDistance, images: Tensor, real: bool, batch_
         metric.update(images[start : start + batch_size], real=real)
 
 
-def frechet_distance(classifier: nn.Module, real_images: Tensor, fake_images: Tensor, batch_size: int = 1000) -> float:
+def frechet_distance(
+    classifier: nn.Module, real_images: Tensor, fake_images: Tensor, batch_size: int = INFERENCE_BATCH
+) -> float:
     """Fréchet distance between the classifier features of two image sets (FID-style, >= 0)."""
     metric = _fid_metric(classifier)
     _update(metric, real_images, True, batch_size)
@@ -109,7 +113,7 @@ def frechet_distance(classifier: nn.Module, real_images: Tensor, fake_images: Te
 
 
 @torch.no_grad()
-def predict_logits(classifier: nn.Module, images: Tensor, batch_size: int = 1000) -> Tensor:
+def predict_logits(classifier: nn.Module, images: Tensor, batch_size: int = INFERENCE_BATCH) -> Tensor:
     """The classifier's logits N x n_classes (eval mode, on the classifier's device), on the CPU."""
     images = as_unit_images(images)
     device = _device(classifier)
@@ -140,7 +144,7 @@ def scores_from_logits(logits: Tensor, n_classes: int | None = None) -> dict:
     }
 
 
-def classifier_scores(classifier: nn.Module, images: Tensor, batch_size: int = 1000) -> dict:
+def classifier_scores(classifier: nn.Module, images: Tensor, batch_size: int = INFERENCE_BATCH) -> dict:
     """How recognisable (``confidence``) and how varied (``class_entropy``) the predicted digits are."""
     return scores_from_logits(predict_logits(classifier, images, batch_size), N_CLASSES)
 
@@ -150,7 +154,7 @@ def fidelity_report(
     samples: Tensor,
     test_images: Tensor,
     train_images: Tensor | None = None,
-    batch_size: int = 1000,
+    batch_size: int = INFERENCE_BATCH,
     seed: int = 0,
 ) -> dict:
     """``fid`` (samples vs test images), ``fid_floor`` and the classifier scores of the samples.

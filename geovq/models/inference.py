@@ -14,6 +14,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from geovq.batching import INFERENCE_BATCH
+
 
 @torch.no_grad()
 def map_images(
@@ -21,7 +23,7 @@ def map_images(
     images: Tensor,
     fn: Callable[[Tensor], Tensor],
     trainer: L.Trainer | None = None,
-    batch_size: int = 1000,
+    batch_size: int = INFERENCE_BATCH,
     desc: str | None = None,
 ) -> Tensor:
     """``fn`` applied to ``images`` in batches on ``module``'s device; results on the CPU."""

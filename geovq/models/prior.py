@@ -43,7 +43,7 @@ class TransformerPrior(GeovqModule):
         n_layer: int = 3,
         n_head: int = 4,
         d_model: int = 128,
-        dropout: float = 0.1,
+        dropout: float = 0.0,
         optimizer: Any = None,
         scheduler: Any = None,
     ):

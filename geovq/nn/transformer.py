@@ -122,7 +122,7 @@ class GPT(nn.Module):
         n_layer: int = 3,
         n_head: int = 4,
         d_model: int = 128,
-        dropout: float = 0.1,
+        dropout: float = 0.0,
     ):
         super().__init__()
         _check_architecture(vocab_size, seq_len, n_layer, n_head, d_model, dropout)

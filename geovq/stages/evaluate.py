@@ -37,6 +37,7 @@ from geovq.artifacts import (
     load_artifact,
     load_input,
 )
+from geovq.batching import INFERENCE_BATCH
 from geovq.errors import ConfigError, config_section
 from geovq.loggers import log_without_trainer
 from geovq.metrics.codebook import code_counts, usage_summary
@@ -53,7 +54,7 @@ PAPER_BATCH = 128
 
 
 @torch.no_grad()
-def prior_nll(prior, codes: torch.Tensor, batch_size: int = 1000) -> float:
+def prior_nll(prior, codes: torch.Tensor, batch_size: int = INFERENCE_BATCH) -> float:
     """Mean per-token NLL (nats) of ``codes`` under the prior, over every token of the split."""
     total = 0.0
     for start in range(0, len(codes), batch_size):
