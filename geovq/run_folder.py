@@ -16,7 +16,8 @@ from geovq.errors import GeovqError
 NON_RESULT_KEYS = ("paths", "logger", "callbacks", "hydra", "figures", "ckpt_path")
 
 NON_RESULT_SETTINGS = {
-    "trainer": ("default_root_dir", "devices", "strategy", "accelerator", "log_every_n_steps", "enable_model_summary"),
+    "trainer": ("default_root_dir", "devices", "strategy", "accelerator", "log_every_n_steps", "enable_model_summary",
+                "enable_progress_bar"),
     "data": ("root", "num_workers", "download", "eval_batch_size"),
     "quantizer": ("n_jobs", "progress"),
 }
