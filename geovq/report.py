@@ -146,7 +146,8 @@ def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: d
         "## The paper's protocol (Table 1 like for like)",
         "",
         "The paper measured MSE on a single test batch of 128 images and the Transformer's perplexity on its training "
-        "data. The same measurements of our runs, next to the paper's published values for the row each method reproduces:",
+        "data. The same measurements of our runs (the perplexity on a seeded choice of as many training code grids as there "
+        "are test images), next to the paper's published values for the row each method reproduces:",
         "",
         "| method | " + " | ".join(title for title, *_ in PAPER_PROTOCOL) + " | paper: " + " | paper: ".join(
             ("recon MSE", "utilization", "perplexity")) + " |",

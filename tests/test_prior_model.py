@@ -242,3 +242,15 @@ def test_nll_summary():
     s = nll_summary(math.log(4), 49)
     assert math.isclose(s["perplexity"], 4.0)
     assert math.isclose(s["bits_per_image"], 98.0)
+
+
+@pytest.mark.parametrize("batch_size", [7, 250, 1000])
+def test_evaluation_nll_does_not_depend_on_the_batch_size(batch_size):
+    """stage=evaluate batches its NLL (geovq/batching.py); the figure is the mean over every token."""
+    from geovq.stages.evaluate import prior_nll
+
+    prior = tiny_prior().eval()
+    codes = torch.randint(0, K, (300, 7, 7), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = float(prior.token_nll(codes).mean())
+    assert prior_nll(prior, codes, batch_size=batch_size) == pytest.approx(expected, rel=1e-6)

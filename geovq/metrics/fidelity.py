@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from geovq.batching import INFERENCE_BATCH
+from geovq.metrics.subsets import seeded_subset
 
 N_CLASSES = 10
 
@@ -170,11 +171,10 @@ def fidelity_report(
     report = {"fid": float(metric.compute()), "n_samples": len(samples), "n_test": len(as_unit_images(test_images))}
     if train_images is not None:
         train_images = as_unit_images(train_images)
-        n = min(len(samples), len(train_images))
-        order = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))[:n]
+        floor_images = seeded_subset(train_images, len(samples), seed)
         metric.reset()  # keeps the real (test) features
-        _update(metric, train_images[order.sort().values], False, batch_size)
+        _update(metric, floor_images, False, batch_size)
         report["fid_floor"] = float(metric.compute())
-        report["n_floor"] = n
+        report["n_floor"] = len(floor_images)
     report.update(classifier_scores(classifier, samples, batch_size))
     return report

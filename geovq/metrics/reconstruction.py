@@ -11,7 +11,9 @@ from geovq.batching import INFERENCE_BATCH
 
 
 @torch.no_grad()
-def decoded_mse(decode: Callable[[Tensor], Tensor], inputs: Tensor, images: Tensor, batch_size: int = INFERENCE_BATCH) -> float:
+def decoded_mse(
+    decode: Callable[[Tensor], Tensor], inputs: Tensor, images: Tensor, batch_size: int = INFERENCE_BATCH
+) -> float:
     """Per-pixel MSE between ``sigmoid(decode(inputs))`` and ``images`` (in [0, 1]), over all of
     them: latents, code grids or anything ``decode`` turns into pixel logits."""
     total = 0.0
