@@ -5,8 +5,8 @@ batch's activations (a prior's 1000 x 49 x 256 MLP hidden, a classifier's 1000 x
 maps) are new pages that the kernel must fault in and zero, and unmap afterwards. On the 2-core
 VM this was most of the time: on one thread, the prior's NLL over 10k grids took 8.3 s at batch
 1000 (3 s of it system time) and 5.7 s at 250; the classifier's features of 5k images 4.8 s
-against 2.7 s. Smaller batches stay in the allocator's reused memory; results change at most in the last
-digits of float sums.
+against 2.7 s. Smaller batches stay in the allocator's reused memory; results change at most in
+the last digits of float sums.
 """
 
 INFERENCE_BATCH = 250

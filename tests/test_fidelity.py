@@ -206,3 +206,15 @@ def test_fidelity_report(trained_classifier, mnist):
     assert bad["fid"] > 5 * max(good["fid"], bad["fid_floor"])
     assert bad["fid_floor"] == pytest.approx(good["fid_floor"])
     assert "fid_floor" not in fidelity_report(trained_classifier, samples[:100], test_images)
+
+
+def test_seeded_subset_is_reproducible_in_order_and_capped():
+    """The FD floor's training images and the paper-protocol training perplexity's code grids."""
+    from geovq.metrics.subsets import seeded_subset
+
+    items = torch.arange(100)
+    picked = seeded_subset(items, 10)
+    assert torch.equal(picked, seeded_subset(items, 10)) and len(picked) == 10
+    assert bool((picked[1:] > picked[:-1]).all())  # original order kept
+    assert not torch.equal(picked, seeded_subset(items, 10, seed=1))
+    assert torch.equal(seeded_subset(items, 500), items)
