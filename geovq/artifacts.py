@@ -141,9 +141,11 @@ def load_artifact(path: str | os.PathLike, kind: str | None = None) -> Artifact:
     try:
         record = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # corrupted file, foreign pickle, ...
+        # torch's own message is many lines and suggests weights_only=False, which would run
+        # whatever code the file holds: only its kind is kept.
         raise ArtifactError(
-            f"cannot read artifact {path} ({type(err).__name__}: {err}). "
-            "It is not a geovq artifact or it is damaged; rerun the stage that writes it."
+            f"cannot read artifact {path} ({type(err).__name__}): it holds more than plain tensors and values, "
+            "or it is damaged, so it was not written by geovq. Rerun the stage that writes it."
         ) from None
     if not isinstance(record, dict) or "kind" not in record or "payload" not in record:
         raise ArtifactError(
@@ -219,7 +221,8 @@ def find_latest(log_dir, stage: str, filename: str, kind: str | None = None, acc
     ``accept(path)`` holds when given."""
     candidates = [
         path for path in Path(log_dir).glob(f"{stage}/**/{filename}")
-        if (kind is None or (read_sidecar(path) or {}).get("kind") == kind) and (accept is None or accept(path))
+        if not _set_aside(path.relative_to(log_dir))  # an earlier run moved aside by overwrite=true
+        and (kind is None or (read_sidecar(path) or {}).get("kind") == kind) and (accept is None or accept(path))
     ]
     candidates.sort(key=lambda p: p.stat().st_mtime)
     if not candidates:
@@ -229,6 +232,10 @@ def find_latest(log_dir, stage: str, filename: str, kind: str | None = None, acc
         )
     log.info("using the newest %s of stage=%s: %s", filename, stage, candidates[-1])
     return candidates[-1]
+
+
+def _set_aside(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts[:-1])
 
 
 def load_input(artifact: Artifact, name: str, kind: str | None = None, path=None) -> Artifact:

@@ -16,7 +16,8 @@ import lightning.pytorch  # noqa: F401  (imported before Hydra configures loggin
 from tqdm.auto import tqdm
 
 # Messages that are advertisements or third-party deprecations a geovq user cannot act on.
-_NOISE = ("litlogger", "LeafSpec", "TPU available")
+# "Received SIGTERM" too: geovq's own line says what was interrupted and how to continue.
+_NOISE = ("litlogger", "LeafSpec", "TPU available", "Received SIGTERM")
 
 
 class ProgressAwareHandler(logging.StreamHandler):

@@ -8,7 +8,14 @@ import sys
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from geovq.run_folder import RunFolderBusy, lock_run_folder, writable_folder_problem
+from geovq.run_folder import (
+    RunFolderBusy,
+    RunFolderTaken,
+    lock_run_folder,
+    refuse_earlier_run,
+    set_aside_earlier_run,
+    writable_folder_problem,
+)
 
 
 class ClaimOutputFolder(Callback):
@@ -25,6 +32,8 @@ class ClaimOutputFolder(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         self._claim(config.hydra.run.dir)
+        if launch_rank() == 0:
+            keep_earlier_run(config, config.hydra.run.dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self._claim(config.hydra.sweep.dir)
@@ -52,6 +61,23 @@ class ClaimOutputFolder(Callback):
     def _release(self) -> None:
         while self.locks:
             self.locks.pop().release()
+
+
+def keep_earlier_run(config: DictConfig, folder: str) -> None:
+    """A new run in a folder that holds an earlier one: refused, unless it resumes that run
+    (``ckpt_path``) or ``overwrite=true`` moves the earlier files aside. A study's folder is
+    meant to be reused: its pipeline keeps what is done and reruns the rest."""
+    if config.get("ckpt_path") or config.stage.name == "pipeline":
+        return
+    if config.get("overwrite"):
+        moved = set_aside_earlier_run(folder)
+        if moved is not None:
+            print(f"overwrite=true: the earlier run's files are now in {moved}", file=sys.stderr)
+        return
+    try:
+        refuse_earlier_run(folder)
+    except RunFolderTaken as err:
+        _fail(str(err))
 
 
 def launch_rank() -> int:

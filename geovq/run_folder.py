@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from geovq.artifacts import atomic_write_text
 from geovq.errors import GeovqError
 
 # Config sections that do not change what a stage computes: left out of the config hash.
-NON_RESULT_KEYS = ("paths", "logger", "callbacks", "hydra", "figures", "ckpt_path")
+NON_RESULT_KEYS = ("paths", "logger", "callbacks", "hydra", "figures", "ckpt_path", "overwrite")
 
 NON_RESULT_SETTINGS = {
     "trainer": ("default_root_dir", "devices", "strategy", "accelerator", "log_every_n_steps", "enable_model_summary",
@@ -91,3 +93,49 @@ def lock_run_folder(folder: str | Path) -> FileLock:
             "Wait for it to finish, or run in another folder (hydra.run.dir=... or paths.log_dir=...)."
         ) from None
     return lock
+
+
+# What a run leaves in its folder: a folder holding any of these holds a finished or an
+# interrupted run (a folder with only Hydra's .hydra/, from a run refused at its settings, does not).
+RUN_FILES = ("metrics.json", "config.yaml", "checkpoints", "model.pt", "codes.pt", "codebook.pt", "samples.pt",
+             "evaluation.json", "report.md", "step.json", "csv")
+# Where ``overwrite=true`` moves an earlier run's files: hidden, so no newest-file look-up finds them.
+SET_ASIDE_FOLDER = ".replaced"
+
+
+def earlier_run_files(folder: str | Path) -> list[str]:
+    """The names of the files and folders of an earlier run in ``folder`` (empty when none)."""
+    folder = Path(folder)
+    return [name for name in RUN_FILES if (folder / name).exists()]
+
+
+def set_aside_earlier_run(folder: str | Path) -> Path | None:
+    """Move everything an earlier run left in ``folder`` (but the lock) into
+    ``folder/.replaced/<time>/``, so that a new run starts clean and nothing is lost."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    entries = [p for p in folder.iterdir() if p.name not in (LOCK_FILE, SET_ASIDE_FOLDER)]
+    if not entries:
+        return None
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+    target = folder / SET_ASIDE_FOLDER / stamp
+    target.mkdir(parents=True)
+    for entry in entries:
+        os.replace(entry, target / entry.name)
+    return target
+
+
+def refuse_earlier_run(folder: str | Path) -> None:
+    """A new run must not replace a finished or interrupted one: one line saying what to do."""
+    found = earlier_run_files(folder)
+    if found:
+        raise RunFolderTaken(
+            f"the run folder {folder} already holds a run ({', '.join(found)}); a new run there would replace it. "
+            "Resume it with ckpt_path=last, choose another folder (hydra.run.dir=...), or pass overwrite=true "
+            f"to move its files into {Path(folder) / SET_ASIDE_FOLDER}/ first."
+        )
+
+
+class RunFolderTaken(GeovqError):
+    """The run folder holds an earlier run that a new run would overwrite."""

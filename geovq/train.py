@@ -13,9 +13,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from geovq.config_check import check_settings
 from geovq.console import route_warnings_to_log
 from geovq.errors import GeovqError
+from geovq.hydra_callbacks import launch_rank
+from geovq.interrupts import as_interruption, signals_interrupt
+from geovq.outcome import finished_lines, interrupted_line
 from geovq.precision import fast_precision
+from geovq.stage_registry import trains
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,14 @@ def run_stage(cfg: DictConfig) -> dict:
     from geovq.stages import get_stage
     from geovq.training import finished_run_metrics
 
+    check_settings(cfg)
+    if cfg.get("ckpt_path") and not trains(cfg.stage.name):
+        from geovq.errors import ConfigError
+
+        raise ConfigError(
+            f"ckpt_path: stage={cfg.stage.name} does not train, so it has no checkpoint to resume; "
+            "leave ckpt_path out (it resumes vae, vqvae, finetune, prior and classifier runs)."
+        )
     finished = finished_run_metrics(cfg)
     if finished is not None:  # resuming a run that trained all its epochs: touch nothing
         log.info("%s finished all its epochs already; nothing to resume.", cfg.paths.output_dir)
@@ -57,13 +70,22 @@ def run_stage(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> dict | float | None:
     route_warnings_to_log()
     try:
-        return optimized_value(cfg, run_stage(cfg))
-    except Exception as err:
-        user_error = find_user_error(err)
+        with signals_interrupt():
+            metrics = run_stage(cfg)
+            value = optimized_value(cfg, metrics)
+    except BaseException as err:
+        stop = as_interruption(err)
+        if stop is not None:  # Ctrl-C / SIGTERM: one line, and never the exit status of a success
+            print(interrupted_line(cfg, stop.signal_name), file=sys.stderr)
+            raise SystemExit(stop.exit_code) from None
+        user_error = find_user_error(err) if isinstance(err, Exception) else None
         if user_error is None:
             raise
         print(f"error: {user_error}", file=sys.stderr)
         raise SystemExit(1) from None
+    if launch_rank() == 0:  # one report for a distributed run, not one per process
+        print("\n".join(finished_lines(cfg, metrics)))
+    return value
 
 
 def optimized_value(cfg: DictConfig, metrics: dict | None) -> dict | float | None:

@@ -9,14 +9,14 @@ from typing import Iterable
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import Callback, ProgressBar
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from geovq.artifacts import MODEL_FILE, Artifact
-from geovq.callbacks.model_artifact import SaveBestModel
+from geovq.callbacks.model_artifact import CHECKPOINT_STAGE, SaveBestModel
 from geovq.errors import ConfigError, config_section
-from geovq.models.base import OPTIMIZER_SETTINGS
+from geovq.models.base import MODEL_CLASS, OPTIMIZER_SETTINGS, SCHEDULE_SETTINGS
 from geovq.run_folder import (
     as_floats,
     output_dir,
@@ -32,6 +32,22 @@ def check_trainer_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.max_epochs must be a positive number of epochs, got {epochs}. "
             "Set e.g. trainer.max_epochs=10."
+        )
+
+
+def check_model_class(cfg: DictConfig, model_class: type) -> None:
+    """Before any data is read or model built: the stage trains ``model_class``, and model= must
+    build one (model=prior on stage=vae would fail deep inside the prior's constructor)."""
+    target = cfg.model.get("_target_")
+    try:
+        configured = get_class(target)
+    except Exception:
+        configured = None
+    if configured is None or not issubclass(configured, model_class):
+        name = configured.__name__ if configured is not None else target
+        raise ConfigError(
+            f"stage={cfg.stage.name} trains a {model_class.__name__} but model= builds a "
+            f"{name}; pick a {model_class.__name__} config for model=."
         )
 
 
@@ -79,6 +95,12 @@ def resume_checkpoint(cfg: DictConfig) -> tuple[str, dict] | None:
             f"cannot resume from {path}: it is not a Lightning training checkpoint (no state_dict, "
             "epoch and loop state). Resume from a run folder's checkpoints/last.ckpt."
         )
+    trained_by = checkpoint.get(CHECKPOINT_STAGE)
+    if trained_by is not None and trained_by != cfg.stage.name:
+        raise ConfigError(
+            f"cannot resume stage={cfg.stage.name} from {path}: stage={trained_by} wrote it. Resume a "
+            f"{cfg.stage.name} run from its own folder (hydra.run.dir=<that run folder> ckpt_path=last)."
+        )
     return str(path), checkpoint
 
 
@@ -96,19 +118,81 @@ def finished_run_metrics(cfg: DictConfig) -> dict | None:
     return json.loads(metrics_file.read_text())
 
 
+def check_resumable(cfg: DictConfig, model, checkpoint: dict, path: str) -> None:
+    """Refuse, before anything trains, a checkpoint this run cannot continue exactly: another
+    model class, other shapes, another optimizer or learning-rate schedule."""
+    saved_class = checkpoint.get(MODEL_CLASS)
+    if saved_class is not None and saved_class != type(model).__name__:
+        raise ConfigError(
+            f"cannot resume from {path}: it holds a {saved_class}, and model= builds a {type(model).__name__}. "
+            f"Resume with the model it was trained with (its run folder's config.yaml), or start a new run."
+        )
+    check_same_shapes(model, checkpoint["state_dict"], path)
+    check_optimizer_unchanged(model, checkpoint, path)
+    check_schedule_unchanged(cfg, model, checkpoint, path)
+
+
+def check_same_shapes(model, saved: dict, path: str) -> None:
+    now = model.state_dict()
+    missing, unexpected = sorted(now.keys() - saved.keys()), sorted(saved.keys() - now.keys())
+    resized = [key for key in now.keys() & saved.keys() if tuple(now[key].shape) != tuple(saved[key].shape)]
+    if not (missing or unexpected or resized):
+        return
+    if resized:
+        key = sorted(resized)[0]
+        detail = f"its {key} is {list(saved[key].shape)}, this model's is {list(now[key].shape)}"
+    else:
+        detail = f"weights {', '.join((missing or unexpected)[:3])} are only in {'this model' if missing else 'the checkpoint'}"
+    raise ConfigError(
+        f"cannot resume from {path}: {detail}, so it was trained with other model settings. Resume with "
+        "the settings it was trained with (its run folder's config.yaml), or start a new run without ckpt_path."
+    )
+
+
 def check_optimizer_unchanged(model, checkpoint: dict, path: str) -> None:
     """A resumed run continues with the optimizer state of its checkpoint: refuse a changed
     optimizer setting rather than ignore it."""
-    saved, now = checkpoint.get(OPTIMIZER_SETTINGS), model.optimizer_settings()
-    if saved is None or saved == now:
+    changed = changed_settings(checkpoint.get(OPTIMIZER_SETTINGS), model.optimizer_settings())
+    if not changed:
         return
-    changed = sorted(key for key in {*saved, *now} if saved.get(key) != now.get(key))
-    was = ", ".join(f"model.optimizer.{key}={saved.get(key)}" for key in changed)
+    was = ", ".join(f"model.optimizer.{key}={value}" for key, value in changed.items())
     raise ConfigError(
         f"{path} was trained with {was}; a resumed run continues with the checkpoint's optimizer "
         "state, so the new value would be ignored. Resume with the same settings, or start a new run "
         "(without ckpt_path) to train with the new ones."
     )
+
+
+def check_schedule_unchanged(cfg: DictConfig, model, checkpoint: dict, path: str) -> None:
+    """A resumed run continues the learning-rate schedule of its checkpoint. A cosine schedule
+    spans trainer.max_epochs, so resuming with more epochs would train the extra ones at the
+    learning rate the schedule ended with (zero): refused, naming the key to put back."""
+    changed = changed_settings(checkpoint.get(SCHEDULE_SETTINGS), model.schedule_settings())
+    if not changed:
+        return
+    was = ", ".join(f"{schedule_key_name(cfg, key)}={value}" for key, value in changed.items())
+    raise ConfigError(
+        f"{path} was trained with {was}; a resumed run continues the checkpoint's learning-rate schedule, "
+        "which cannot follow the new value. Resume with the same settings, or start a new run (without "
+        "ckpt_path) to train with the new ones."
+    )
+
+
+def changed_settings(saved: dict | None, now: dict) -> dict:
+    """The saved value of every key whose value changed (nothing when nothing was saved)."""
+    if saved is None or saved == now:
+        return {}
+    return {key: saved.get(key) for key in sorted({*saved, *now}) if saved.get(key) != now.get(key)}
+
+
+def schedule_key_name(cfg: DictConfig, key: str) -> str:
+    """The config key a person changes: ``trainer.max_epochs`` when the scheduler's setting is
+    an interpolation of it, else ``model.scheduler.<key>``."""
+    scheduler = cfg.model.get("scheduler")
+    raw = OmegaConf.to_container(scheduler, resolve=False).get(key) if scheduler is not None else None
+    if isinstance(raw, str) and raw.startswith("${") and raw.endswith("}"):
+        return raw[2:-1]
+    return f"model.scheduler.{key}"
 
 
 def check_optimizer(model) -> None:
@@ -154,24 +238,20 @@ def train_and_test(
     ``data_kwargs``/``model_kwargs`` fill in what the stage resolved at run time (an input path,
     the vocabulary size).
     """
+    check_model_class(cfg, model_class)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     with config_section("data"):
         datamodule = instantiate(cfg.data, **(data_kwargs or {}))
     datamodule.prepare_data()  # fail before training when the data is missing
     with config_section("model"):
         model = instantiate(cfg.model, **(model_kwargs or {}))
-    if not isinstance(model, model_class):
-        raise ConfigError(
-            f"stage={cfg.stage.name} trains a {model_class.__name__} but model= builds a "
-            f"{type(model).__name__}; pick a {model_class.__name__} config for model=."
-        )
     # First in the list, so that model.pt exists when the other callbacks' on_fit_end runs.
     saver = SaveBestModel(output_dir(cfg) / MODEL_FILE, cfg.stage.name, result_config(cfg))
     check_optimizer(model)
     check_checkpoint_folder(cfg)
     resume = resume_checkpoint(cfg)
     if resume is not None:
-        check_optimizer_unchanged(model, resume[1], resume[0])
+        check_resumable(cfg, model, resume[1], resume[0])
     trainer = build_trainer(cfg, [saver, *extra_callbacks])
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume and resume[0], weights_only=True)
     # The last epoch's train/val figures, then the test figures of the best weights (which

@@ -17,6 +17,9 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from geovq.artifacts import Artifact
 from geovq.models.io import model_kind, save_model
 
+# Checkpoint key of the stage that trained it.
+CHECKPOINT_STAGE = "geovq_stage"
+
 
 class SaveBestModel(Callback):
     def __init__(self, path: str | Path, stage: str, config: dict):
@@ -24,6 +27,9 @@ class SaveBestModel(Callback):
         self.stage = stage
         self.config = config  # the run's result config, recorded as provenance
         self.artifact: Artifact | None = None  # set on rank zero when the fit ends
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[CHECKPOINT_STAGE] = self.stage  # a resume in another stage is refused by name
 
     def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
         best = best_checkpoint(trainer)

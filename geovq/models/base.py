@@ -15,8 +15,12 @@ import lightning as L
 import torch
 from torch import Tensor
 
-# Checkpoint key of the optimizer's settings, so that a resumed run can tell they changed.
+# Checkpoint keys of the optimizer's and the learning-rate schedule's settings, so that a resumed
+# run can tell they changed (a cosine schedule's T_max follows trainer.max_epochs).
 OPTIMIZER_SETTINGS = "geovq_optimizer_settings"
+SCHEDULE_SETTINGS = "geovq_schedule_settings"
+# Checkpoint key of the module's class, so that a checkpoint of another model is refused by name.
+MODEL_CLASS = "geovq_model_class"
 
 
 class GeovqModule(L.LightningModule):
@@ -39,14 +43,16 @@ class GeovqModule(L.LightningModule):
 
     def optimizer_settings(self) -> dict:
         """The configured optimizer's class and keyword arguments, as plain values."""
-        factory = self.optimizer_factory
-        if factory is None:
-            return {}
-        settings = {"_target_": f"{factory.func.__module__}.{factory.func.__qualname__}", **factory.keywords}
-        return json.loads(json.dumps(settings, default=str))
+        return partial_settings(self.optimizer_factory)
+
+    def schedule_settings(self) -> dict:
+        """The configured learning-rate scheduler's class and keyword arguments, as plain values."""
+        return partial_settings(self.scheduler_factory)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[OPTIMIZER_SETTINGS] = self.optimizer_settings()
+        checkpoint[SCHEDULE_SETTINGS] = self.schedule_settings()
+        checkpoint[MODEL_CLASS] = type(self).__name__
 
     def configure_optimizers(self):
         """The configured optimizer (Adam(1e-3) when none) and, if configured, an epoch scheduler."""
@@ -58,3 +64,11 @@ class GeovqModule(L.LightningModule):
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def partial_settings(factory) -> dict:
+    """A ``functools.partial``'s class and keyword arguments as plain values ({} for None)."""
+    if factory is None:
+        return {}
+    settings = {"_target_": f"{factory.func.__module__}.{factory.func.__qualname__}", **factory.keywords}
+    return json.loads(json.dumps(settings, default=str))

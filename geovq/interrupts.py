@@ -1,0 +1,73 @@
+"""Stopping a run on purpose: Ctrl-C (SIGINT) and SIGTERM (``kill``, ``timeout``, a container
+stop, a SLURM preemption) end it as an interruption, never as a success.
+
+Lightning turns SIGTERM into an exception that exits with status 0, and Ctrl-C into
+``sys.exit(1)`` after a screenful of traceback. While :func:`signals_interrupt` is active both
+signals raise :class:`RunInterrupted` instead, wherever the run is; the entry point turns it into
+one line and the conventional exit status 128 + signal number (130, 143), so a scheduler, a shell
+loop or a study never mistakes a stopped run for a finished one.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class RunInterrupted(BaseException):
+    """The run was stopped by a signal. A BaseException, like KeyboardInterrupt, so that no
+    ``except Exception`` on the way up (Hydra's instantiate, a retry loop) swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def _raise_interrupted(signum, frame) -> None:
+    # Later signals (a second Ctrl-C while child processes are being stopped) are ignored: the
+    # first one is already unwinding the run, and a second exception would cut its clean-up short.
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, signal.SIG_IGN)
+    raise RunInterrupted(signum)
+
+
+@contextmanager
+def signals_interrupt():
+    """Within this block SIGINT and SIGTERM raise RunInterrupted (main thread only, where
+    Python delivers signals); the previous handlers come back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {stop: signal.getsignal(stop) for stop in STOP_SIGNALS}
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, _raise_interrupted)
+    try:
+        yield
+    finally:
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
+
+
+def as_interruption(err: BaseException) -> RunInterrupted | None:
+    """The interruption behind ``err``: ours, a KeyboardInterrupt (no handler installed), or
+    Lightning's SIGTERMException (raised on the other ranks of a distributed run)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    if isinstance(err, RunInterrupted):
+        return err
+    if isinstance(err, KeyboardInterrupt):
+        return RunInterrupted(signal.SIGINT)
+    if isinstance(err, SIGTERMException):
+        return RunInterrupted(signal.SIGTERM)
+    return None
