@@ -89,18 +89,23 @@ def launch_rank() -> int:
     return 0
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
     print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    raise SystemExit(code)
 
 
 class SweepSummary(Callback):
     """At the end of a multirun, write summary.csv / summary.md in the sweep folder."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from geovq.sweeps import write_summary
+        from geovq.sweeps import collect_runs, failed_runs, write_summary
 
         path = write_summary(config.hydra.sweep.dir)
-        if path is not None:
-            print(f"sweep summary: {path}")
-            print(path.read_text())
+        if path is None:
+            return
+        print(f"sweep summary: {path}")
+        print(path.read_text())
+        failed = failed_runs(collect_runs(config.hydra.sweep.dir))
+        if failed:  # the sweep went on past them, but it did not succeed
+            _fail(f"{len(failed)} sweep point(s) failed (jobs {', '.join(run['job'] for run in failed)}); "
+                  f"their errors are in {path}.", code=1)

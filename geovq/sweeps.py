@@ -35,15 +35,35 @@ HEADLINE_METRICS = (
 )
 
 
+# What a failed point leaves in its folder instead of metrics.json: its error line.
+FAILURE_FILE = "failed.json"
+
+
+def write_failure(job_dir: str | Path, message: str) -> None:
+    atomic_write_text(Path(job_dir) / FAILURE_FILE, json.dumps({"error": message}, indent=2) + "\n")
+
+
 def collect_runs(sweep_dir: str | Path) -> list[dict]:
-    """``{"job": n, "overrides": {key: value}, "metrics": {...}}`` for every finished run."""
+    """``{"job": n, "overrides": {key: value}, "metrics": {...}, "error": str | None}`` for every
+    point that finished (its metrics) or failed (its error line, no metrics)."""
     runs = []
-    for metrics_file in sorted(Path(sweep_dir).glob("*/metrics.json"), key=lambda p: _job_number(p.parent)):
-        overrides_file = metrics_file.parent / ".hydra" / "overrides.yaml"
+    jobs = {path.parent for name in ("metrics.json", FAILURE_FILE) for path in Path(sweep_dir).glob(f"*/{name}")}
+    for job in sorted(jobs, key=_job_number):
+        overrides_file = job / ".hydra" / "overrides.yaml"
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
         pairs = dict(item.split("=", 1) for item in overrides if "=" in item)
-        runs.append({"job": metrics_file.parent.name, "overrides": pairs, "metrics": json.loads(metrics_file.read_text())})
+        metrics_file, failure_file = job / "metrics.json", job / FAILURE_FILE
+        finished = metrics_file.exists() and (not failure_file.exists() or metrics_file.stat().st_mtime > failure_file.stat().st_mtime)
+        runs.append({
+            "job": job.name, "overrides": pairs,
+            "metrics": json.loads(metrics_file.read_text()) if finished else {},
+            "error": None if finished else json.loads(failure_file.read_text())["error"],
+        })
     return runs
+
+
+def failed_runs(runs: list[dict]) -> list[dict]:
+    return [run for run in runs if run["error"] is not None]
 
 
 def _job_number(folder: Path):
@@ -68,19 +88,25 @@ def write_summary(sweep_dir: str | Path) -> Path | None:
 
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["job", *axes, *metric_keys])
+    writer.writerow(["job", *axes, *metric_keys, "error"])
     for run in runs:
-        writer.writerow([run["job"], *(run["overrides"].get(a, "") for a in axes), *(run["metrics"].get(m, "") for m in metric_keys)])
+        writer.writerow([run["job"], *(run["overrides"].get(a, "") for a in axes),
+                         *(run["metrics"].get(m, "") for m in metric_keys), run["error"] or ""])
     atomic_write_text(Path(sweep_dir) / "summary.csv", buffer.getvalue())
 
     lines = ["| " + " | ".join(["job", *axes, *headline]) + " |", "|" + "---|" * (1 + len(axes) + len(headline))]
     for run in runs:
-        values = [_fmt(run["metrics"].get(m)) for m in headline]
+        values = [_fmt(run["metrics"].get(m)) for m in headline] if run["error"] is None else ["failed", *[""] * (len(headline) - 1)]
         lines.append("| " + " | ".join([run["job"], *(run["overrides"].get(a, "") for a in axes), *values]) + " |")
+    failed = failed_runs(runs)
+    if failed:
+        lines += ["", "Failed points (their folders are kept):", ""]
+        lines += [f"- job {run['job']}: {run['error']}" for run in failed]
     path = Path(sweep_dir) / "summary.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
-    write_sweep_plot(runs, axes, Path(sweep_dir) / "summary.png")
-    write_rate_distortion_plot(runs, axes, Path(sweep_dir) / "rate_distortion.png")
+    finished = [run for run in runs if run["error"] is None]
+    write_sweep_plot(finished, swept_keys(finished) if len(finished) > 1 else axes, Path(sweep_dir) / "summary.png")
+    write_rate_distortion_plot(finished, swept_keys(finished) if len(finished) > 1 else axes, Path(sweep_dir) / "rate_distortion.png")
     return path
 
 
@@ -96,7 +122,7 @@ def write_sweep_plot(runs: list[dict], axes: list[str], path: Path) -> Path | No
     if not values or not series:
         return None
     from geovq.viz.images import save_figure
-    from geovq.viz.study import sweep_figure
+    from geovq.viz.sweep import sweep_figure
 
     return save_figure(sweep_figure(values, series, axes[0]), path)
 

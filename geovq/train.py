@@ -78,7 +78,11 @@ def main(cfg: DictConfig) -> dict | float | None:
         if stop is not None:  # Ctrl-C / SIGTERM: one line, and never the exit status of a success
             print(interrupted_line(cfg, stop.signal_name), file=sys.stderr)
             raise SystemExit(stop.exit_code) from None
-        user_error = find_user_error(err) if isinstance(err, Exception) else None
+        if not isinstance(err, Exception):
+            raise
+        user_error = find_user_error(err)
+        if in_sweep():  # one failed point is recorded; the sweep goes on with the others
+            return record_failed_point(cfg, err, user_error)
         if user_error is None:
             raise
         print(f"error: {user_error}", file=sys.stderr)
@@ -86,6 +90,27 @@ def main(cfg: DictConfig) -> dict | float | None:
     if launch_rank() == 0:  # one report for a distributed run, not one per process
         print("\n".join(finished_lines(cfg, metrics)))
     return value
+
+
+def in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def record_failed_point(cfg: DictConfig, err: Exception, user_error: GeovqError | None) -> float | None:
+    """A sweep point that failed: its error line on stderr and in its folder (``failed.json``, read
+    by the sweep summary), the traceback in its log when the error is not one a user can fix.
+    Returns what the sweeper gets: NaN for a search (Optuna records a failed trial), else None."""
+    from geovq.sweeps import write_failure
+
+    if user_error is None:
+        log.error("the sweep point failed", exc_info=err)
+    message = str(user_error) if user_error is not None else f"{type(err).__name__}: {err}"
+    print(f"error: {message}", file=sys.stderr)
+    write_failure(cfg.paths.output_dir, message)
+    return float("nan") if cfg.get("optimized_metric") else None
 
 
 def optimized_value(cfg: DictConfig, metrics: dict | None) -> dict | float | None:
