@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import lightning as L
 import torch
@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from geovq.artifacts import MODEL_FILE, Artifact
 from geovq.callbacks.model_artifact import CHECKPOINT_STAGE, SaveBestModel
+from geovq.checkpoint_io import AtomicCheckpointIO
 from geovq.errors import ConfigError, config_section
 from geovq.models.base import MODEL_CLASS, OPTIMIZER_SETTINGS, SCHEDULE_SETTINGS
 from geovq.run_folder import (
@@ -66,7 +67,7 @@ def build_trainer(cfg: DictConfig, stage_callbacks: Iterable[Callback] = ()) -> 
         # Lightning refuses a progress bar callback next to enable_progress_bar=False.
         callbacks = [callback for callback in callbacks if not isinstance(callback, ProgressBar)]
     loggers = instantiate_list(cfg.get("logger"))
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
 
 
 def resume_checkpoint(cfg: DictConfig) -> tuple[str, dict] | None:
@@ -231,20 +232,25 @@ def train_and_test(
     extra_callbacks: Iterable[Callback] = (),
     data_kwargs: dict | None = None,
     model_kwargs: dict | None = None,
+    build: Callable[[L.LightningDataModule], tuple[L.LightningModule, L.LightningDataModule]] | None = None,
 ) -> Trained:
     """Seed, build data/model/trainer from the config, fit (or resume), save the best weights as
     model.pt, and test them.
 
     ``data_kwargs``/``model_kwargs`` fill in what the stage resolved at run time (an input path,
-    the vocabulary size).
+    the vocabulary size). ``build(datamodule) -> (model, datamodule)`` builds the model (and the
+    data it trains on) in place of model= (stage=finetune: a saved GridVAE's decoder on code grids).
     """
     check_model_class(cfg, model_class)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     with config_section("data"):
         datamodule = instantiate(cfg.data, **(data_kwargs or {}))
     datamodule.prepare_data()  # fail before training when the data is missing
-    with config_section("model"):
-        model = instantiate(cfg.model, **(model_kwargs or {}))
+    if build is not None:
+        model, datamodule = build(datamodule)
+    else:
+        with config_section("model"):
+            model = instantiate(cfg.model, **(model_kwargs or {}))
     # First in the list, so that model.pt exists when the other callbacks' on_fit_end runs.
     saver = SaveBestModel(output_dir(cfg) / MODEL_FILE, cfg.stage.name, result_config(cfg))
     check_optimizer(model)

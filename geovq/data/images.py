@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
 import struct
 from pathlib import Path
 
@@ -38,11 +39,14 @@ def load_split(dataset_class: str, root: str | os.PathLike, train: bool, downloa
     except (RuntimeError, OSError) as missing:
         if not download:
             raise DataError(_missing_message(cls.__name__, root, missing)) from None
+        raw = root.absolute() / cls.__name__ / "raw"
+        created = [folder for folder in (*reversed(raw.parents), raw) if not folder.exists()]
         try:
             dataset = _open(cls, root, train, download=True)
         except DataError:
             raise
         except Exception as failed:  # no network, mirror down, unwritable folder, ...
+            _remove(created)  # no empty <root>/<Dataset>/raw left behind, also in a shared data folder
             raise DataError(_missing_message(cls.__name__, root, failed)) from None
     images = dataset.data
     if not isinstance(images, torch.Tensor):
@@ -55,7 +59,40 @@ def load_split(dataset_class: str, root: str | os.PathLike, train: bool, downloa
             f"{cls.__name__}'s {split} split has {len(images)} images but {len(labels)} labels ({files}): "
             f"one of these files is corrupt or truncated. {_corrupt_fix(cls.__name__, 'them')}"
         )
+    _check_values(cls, root, train, images, labels)
     return images.to(torch.float32).div_(255.0).unsqueeze(1), labels
+
+
+def _remove(created: list[Path]) -> None:
+    """The folders a failed download created (deepest first), with what it left in them."""
+    for folder in reversed(created):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# An image data set of this layout has a background: MNIST's images are 81% zero pixels,
+# FashionMNIST's 50%. Random bytes of the right size have 0.4%.
+MIN_BACKGROUND = 0.05
+
+
+def _check_values(cls, root: Path, train: bool, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """Files of the right size can still hold garbage: labels must name a class, and images must
+    look like images (a share of background pixels), or the file is named as corrupt."""
+    split = "train" if train else "t10k"
+    files = {path.name.split("-")[1]: path for path in _raw_files(cls, root) if path.name.startswith(f"{split}-")}
+    n_classes = len(getattr(cls, "classes", [])) or None
+    if n_classes is not None and len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
+        bad = files.get("labels", f"{split} labels")
+        raise DataError(
+            f"the {cls.__name__} file {Path(bad).resolve()} is corrupt: it holds labels outside 0..{n_classes - 1}. "
+            f"{_corrupt_fix(cls.__name__, 'it')}"
+        )
+    sample = images[:1000]
+    if sample.numel() and float((sample == 0).float().mean()) < MIN_BACKGROUND:
+        bad = files.get("images", f"{split} images")
+        raise DataError(
+            f"the {cls.__name__} file {Path(bad).resolve()} is corrupt: its pixels look like random bytes "
+            f"(fewer than {MIN_BACKGROUND:.0%} background pixels in its first images). {_corrupt_fix(cls.__name__, 'it')}"
+        )
 
 
 def _open(cls, root: Path, train: bool, download: bool):
