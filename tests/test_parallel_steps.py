@@ -9,8 +9,8 @@ from conftest import compose_config
 from test_pipeline import ONE_METHOD, OVERRIDES
 
 from geovq.errors import ConfigError, TrainingError
-from geovq.stages.parallel_steps import STEP_LOG, StepRequest, launch_order, start_ready_steps, step_environment
-from geovq.stages.pipeline import StepPlan
+from geovq.study.parallel import STEP_LOG, StepRequest, launch_order, start_ready_steps, step_environment
+from geovq.study.runner import StepPlan
 from geovq.train import run_stage
 
 STUDY_STEPS = ["classifier", "seed_0/vae", "seed_0/kmeans8", "seed_0/prior_A_kmeans8", "seed_0/sample_A_kmeans8",

@@ -144,7 +144,7 @@ def test_a_study_mistake_stops_before_any_step_runs(tmp_path):
 def test_a_step_copied_into_another_experiment_keeps_its_key(tmp_path):
     """The step key holds the inputs' content, not their paths: copying finished steps into a new
     experiment's folder lets it reuse them; a changed input file makes the step run again."""
-    from geovq.stages.pipeline import Pipeline, StepResult, compose_step
+    from geovq.study.runner import Pipeline, StepResult, compose_step
 
     def key_in(root, vae_bytes):
         vae = root / "seed_0" / "vae" / "model.pt"

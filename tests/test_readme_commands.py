@@ -26,21 +26,13 @@ from omegaconf import OmegaConf
 
 import geovq.train  # noqa: F401  (registers the config resolvers)
 from geovq import CONF_DIR
-from geovq.study import plan_study
+from geovq.stage_registry import STEP_STAGES
+from geovq.study.spec import plan_study
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
-# How geovq/stages/pipeline.py composes each step of `pipeline.<step>` (`all` reaches every step).
-PIPELINE_STEP_ARGS = {
-    "classifier": ["stage=classifier"],
-    "vae": ["stage=vae"],
-    "quantize": ["stage=quantize"],
-    "vqvae": ["stage=vqvae"],
-    "finetune": ["stage=finetune"],
-    "prior": ["stage=prior"],
-    "sample": ["stage=sample"],
-    "evaluate": ["stage=evaluate"],
-}
+# How geovq/study/runner.py composes each step of `pipeline.<step>` (`all` reaches every step).
+PIPELINE_STEP_ARGS = {stage: [f"stage={stage}"] for stage in STEP_STAGES}
 PLACEHOLDER = re.compile(r"<[^<>\s=][^<>=]*>")  # <run>, <interrupted run>: a dummy value stands in
 OVERRIDE_WORD = re.compile(r"^(~|\+\+?)?[A-Za-z_][\w.@/-]*=")
 FRAGMENT = re.compile(r"^['\"]?(~|\+\+?)?[A-Za-z_][\w.@]*=")
@@ -117,7 +109,7 @@ def check_pipeline_lists(overrides) -> None:
         parser.parse_overrides(items)
         if step == "all":
             continue
-        assert step in PIPELINE_STEP_ARGS, f"unknown pipeline step '{step}': add it to PIPELINE_STEP_ARGS"
+        assert step in PIPELINE_STEP_ARGS, f"unknown pipeline step '{step}': not a stage of geovq/stage_registry.py"
         compose_train([*PIPELINE_STEP_ARGS[step], *items])
 
 

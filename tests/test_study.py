@@ -7,7 +7,7 @@ from conftest import DATA_ROOT, compose_config
 from omegaconf import OmegaConf
 
 from geovq.errors import ConfigError
-from geovq.study import plan_study
+from geovq.study.spec import plan_study
 
 STEPS = {
     "vae": {"stage": "vae"},

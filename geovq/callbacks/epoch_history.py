@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from lightning.pytorch.callbacks import Callback
 
+# Where a stage writes the history (stage=prior: the validation NLL of every epoch).
+HISTORY_FILE = "history.json"
+
 
 class EpochHistory(Callback):
     def __init__(self, keys: tuple[str, ...] = ("val/nll",)):

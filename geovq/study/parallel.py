@@ -18,14 +18,32 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 from geovq.errors import TrainingError
-from geovq.stages.pipeline import Pipeline, StepPlan
 
 log = logging.getLogger(__name__)
 
 STEP_LOG = "step.log"
 POLL_SECONDS = 0.5
+
+
+class Pipeline(Protocol):
+    """What the scheduler needs of a pipeline (``geovq.study.runner.Pipeline``): plan a step (its
+    plan has ``name``, ``stage`` and ``folder``), reuse it when done, else launch it as a process,
+    collect what the process wrote and record the step as done."""
+
+    results: dict
+
+    def plan(self, name: str, stage: str, overrides: list[str], inputs: dict[str, str]) -> Any: ...
+
+    def reused(self, plan) -> Any: ...
+
+    def launch(self, plan, **popen) -> subprocess.Popen: ...
+
+    def collect(self, plan, returncode: int, log_file: Path | None = None) -> dict: ...
+
+    def record(self, plan, metrics: dict, seconds: float) -> Any: ...
 
 
 @dataclass
@@ -75,7 +93,7 @@ def step_environment(slot: int, threads: int, gpus: list[str]) -> dict[str, str]
 
 @dataclass
 class Running:
-    plan: StepPlan
+    plan: Any  # the pipeline's plan of the step (geovq.study.runner.StepPlan)
     pipe: Pipeline
     process: subprocess.Popen
     slot: int
@@ -92,7 +110,7 @@ def run_steps(requests: list[StepRequest], n_parallel: int) -> None:
              n_parallel, n_parallel, max(1, cores // n_parallel), cores,
              f", GPUs {', '.join(gpus)} in turn" if len(gpus) > 1 else "")
     pending = launch_order(requests)
-    plans: dict[str, StepPlan] = {}
+    plans: dict[str, Any] = {}
     running: list[Running] = []
     failures: list[TrainingError] = []
     try:
@@ -146,7 +164,7 @@ def chain_length(requests: list[StepRequest]) -> dict[str, int]:
     return {request.name: length(request.name) for request in requests}
 
 
-def start_ready_steps(pending: list[StepRequest], plans: dict[str, StepPlan], running: list[Running],
+def start_ready_steps(pending: list[StepRequest], plans: dict[str, Any], running: list[Running],
                       n_parallel: int, cores: int, gpus: list[str]) -> None:
     """Plans (once) every pending step whose inputs are done, drops those already done, then
     starts the planned ones while places are free."""
@@ -175,7 +193,7 @@ def start_ready_steps(pending: list[StepRequest], plans: dict[str, StepPlan], ru
         launch(request, plans, pending, running, slot=slot, slots=1, threads=max(1, cores // n_parallel), gpus=gpus)
 
 
-def launch(request: StepRequest, plans: dict[str, StepPlan], pending: list[StepRequest], running: list[Running],
+def launch(request: StepRequest, plans: dict[str, Any], pending: list[StepRequest], running: list[Running],
            slot: int, slots: int, threads: int, gpus: list[str]) -> None:
     plan = plans.pop(request.name)
     pending.remove(request)

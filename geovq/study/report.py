@@ -15,11 +15,10 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
-
 from geovq.artifacts import atomic_write_text
-from geovq.stages.prior import HISTORY_FILE
-from geovq.study import Study
+from geovq.study.figures import write_figures
+from geovq.study.results import PRIOR_KEYS, method_runs, spread, values
+from geovq.study.spec import Study
 
 # Table 1 of the paper (MSE on one test batch; perplexity on training data).
 PAPER_TABLE = {
@@ -49,7 +48,6 @@ PAPER_PROTOCOL = [
 # What the findings compare.
 FINDINGS = [("test MSE", "recon/test_mse", "{:+.5f}"), ("prior test NLL", "prior/test_nll", "{:+.4f}"),
             ("FD", "fidelity/fid", "{:+.2f}")]
-PRIOR_KEYS = ("prior/epochs", "prior/stopped_on_patience", "prior/max_epochs", "prior/best_epoch", "prior/best_val_nll")
 
 
 def fmt(template: str, value) -> str:
@@ -58,36 +56,11 @@ def fmt(template: str, value) -> str:
     return template.format(0.0 if abs(value) < 1e-9 else value)  # no "-0.000"
 
 
-def spread(values: list[float]) -> tuple[float, float, int]:
-    """Mean, sample standard deviation (nan for one value) and n."""
-    array = np.asarray([v for v in values if v is not None], dtype=float)
-    if not len(array):
-        return float("nan"), float("nan"), 0
-    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else float("nan"), len(array)
-
-
 def cell(values: list[float], template: str) -> str:
     mean, std, n = spread(values)
     if n > 1:
         return f"{fmt(template, mean)} ± {fmt(template, std).lstrip('+')}"
     return fmt(template, mean)
-
-
-def method_runs(pipe, study: Study, seeds: list[int]) -> dict[str, dict[int, dict]]:
-    """Per method and seed: the evaluation, with the prior's convergence figures."""
-    runs = {}
-    for name in study.methods:
-        runs[name] = {}
-        for seed in seeds:
-            evaluation = json.loads(pipe.results[f"seed_{seed}/evaluate_{name}"].output.read_text())
-            prior = pipe.results[f"seed_{seed}/prior_{name}"].metrics
-            evaluation.update({key: prior[key] for key in PRIOR_KEYS if key in prior})
-            runs[name][seed] = evaluation
-    return runs
-
-
-def values(runs: dict[int, dict], key: str) -> list[float]:
-    return [run[key] for run in runs.values() if isinstance(run.get(key), (int, float))]
 
 
 def findings(study: Study, runs: dict, comparisons: list) -> tuple[list[str], list[dict]]:
@@ -178,8 +151,6 @@ def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: d
 
     figure_files = []
     if options.get("figures", True):
-        from geovq.report_figures import write_figures
-
         figure_files = write_figures(pipe, study, seeds, out_dir, options, images, runs, capped)
         lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figure_files]
 
@@ -233,13 +204,3 @@ def prior_section(study: Study, runs: dict) -> tuple[list[str], list[dict], set[
         lines.append(f"| {method.title} | {', '.join(epochs)} | {', '.join(ends)} | {', '.join(best)} | "
                      f"{cell(values(runs[name], 'prior/best_val_nll'), '{:.4f}')} |")
     return lines, records, capped
-
-
-def prior_histories(pipe, name: str, seeds: list[int]) -> list[list[float]]:
-    """The validation NLL per epoch of the method's prior, one list per seed."""
-    curves = []
-    for seed in seeds:
-        history_file = pipe.results[f"seed_{seed}/prior_{name}"].folder / HISTORY_FILE
-        if history_file.is_file():
-            curves.append(json.loads(history_file.read_text()).get("val/nll", []))
-    return curves

@@ -23,20 +23,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from geovq.artifacts import CODES_FILE, EVALUATION_FILE, MODEL_FILE, SAMPLES_FILE
+from geovq.artifacts import CODES_FILE
 from geovq.errors import ConfigError
+from geovq.stage_registry import STAGES, STEP_STAGES
 
 # What each stage leaves in its folder for the next steps.
-STAGE_OUTPUTS = {
-    "classifier": MODEL_FILE,
-    "vae": MODEL_FILE,
-    "quantize": CODES_FILE,
-    "vqvae": CODES_FILE,
-    "finetune": CODES_FILE,
-    "prior": MODEL_FILE,
-    "sample": SAMPLES_FILE,
-    "evaluate": EVALUATION_FILE,
-}
+STAGE_OUTPUTS = {name: STAGES[name].output for name in STEP_STAGES}
 # Stages whose output is code grids, i.e. what a method may study.
 CODE_STAGES = tuple(stage for stage, output in STAGE_OUTPUTS.items() if output == CODES_FILE)
 # Steps the pipeline itself adds for every method (their names are reserved).

@@ -1,0 +1,46 @@
+"""The stages, one row each: what ``stage=<name>`` runs, the file it leaves for the next steps,
+and whether it trains through a Lightning Trainer (and so may run distributed).
+
+Everything that lists stages reads this table: ``geovq.stages.get_stage``, the study (which
+stages a step may name, what each step's output is), the pipeline's per-stage override lists
+and the tests. Adding a stage: its module in ``geovq/stages/``, its ``conf/stage/<name>.yaml``,
+and a row here. It sits below both ``geovq.stages`` and ``geovq.study``, so neither imports the
+other for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from geovq.artifacts import CODES_FILE, EVALUATION_FILE, MODEL_FILE, SAMPLES_FILE
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    name: str
+    module: str  # the module whose run(cfg) runs it
+    output: str | None  # the file a study step of this stage leaves for the next steps (None: not a step)
+    trains: bool  # fits a model through a Lightning Trainer
+
+
+STAGES: dict[str, StageInfo] = {
+    stage.name: stage
+    for stage in (
+        StageInfo("classifier", "geovq.stages.classifier", MODEL_FILE, trains=True),
+        StageInfo("vae", "geovq.stages.vae", MODEL_FILE, trains=True),
+        StageInfo("quantize", "geovq.stages.quantize", CODES_FILE, trains=False),
+        StageInfo("vqvae", "geovq.stages.vqvae", CODES_FILE, trains=True),
+        StageInfo("finetune", "geovq.stages.finetune", CODES_FILE, trains=True),
+        StageInfo("prior", "geovq.stages.prior", MODEL_FILE, trains=True),
+        StageInfo("sample", "geovq.stages.sample", SAMPLES_FILE, trains=False),
+        StageInfo("evaluate", "geovq.stages.evaluate", EVALUATION_FILE, trains=False),
+        StageInfo("pipeline", "geovq.stages.pipeline", None, trains=False),  # the study: runs the others
+    )
+}
+# The stages a study runs as steps, each with its own override list pipeline.<name>.
+STEP_STAGES = tuple(name for name, stage in STAGES.items() if stage.output is not None)
+
+
+def trains(stage: str) -> bool:
+    """Whether ``stage`` fits a model (and so has checkpoints to resume); False for unknown names."""
+    return stage in STAGES and STAGES[stage].trains

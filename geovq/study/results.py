@@ -1,0 +1,49 @@
+"""A study's results, read back from its finished steps: per method and seed the evaluation (with
+the prior's convergence figures), the priors' learning curves, and the mean and spread over seeds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from geovq.callbacks.epoch_history import HISTORY_FILE
+from geovq.study.spec import Study
+
+PRIOR_KEYS = ("prior/epochs", "prior/stopped_on_patience", "prior/max_epochs", "prior/best_epoch", "prior/best_val_nll")
+
+
+def method_runs(pipe, study: Study, seeds: list[int]) -> dict[str, dict[int, dict]]:
+    """Per method and seed: the evaluation, with the prior's convergence figures."""
+    runs = {}
+    for name in study.methods:
+        runs[name] = {}
+        for seed in seeds:
+            evaluation = json.loads(pipe.results[f"seed_{seed}/evaluate_{name}"].output.read_text())
+            prior = pipe.results[f"seed_{seed}/prior_{name}"].metrics
+            evaluation.update({key: prior[key] for key in PRIOR_KEYS if key in prior})
+            runs[name][seed] = evaluation
+    return runs
+
+
+def values(runs: dict[int, dict], key: str) -> list[float]:
+    """The numeric values of ``key`` over a method's seeds."""
+    return [run[key] for run in runs.values() if isinstance(run.get(key), (int, float))]
+
+
+def spread(values: list[float]) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (nan for one value) and n."""
+    array = np.asarray([v for v in values if v is not None], dtype=float)
+    if not len(array):
+        return float("nan"), float("nan"), 0
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else float("nan"), len(array)
+
+
+def prior_histories(pipe, name: str, seeds: list[int]) -> list[list[float]]:
+    """The validation NLL per epoch of the method's prior, one list per seed."""
+    curves = []
+    for seed in seeds:
+        history_file = pipe.results[f"seed_{seed}/prior_{name}"].folder / HISTORY_FILE
+        if history_file.is_file():
+            curves.append(json.loads(history_file.read_text()).get("val/nll", []))
+    return curves

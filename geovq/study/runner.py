@@ -1,0 +1,297 @@
+"""Running a study (``stage=pipeline``: ``experiment=paper`` / ``experiment=quick``) as one command.
+
+The study is data (``geovq/study/spec.py``): the experiment declares its representation steps and its
+methods in YAML (``geovq/conf/study/``). For every seed of ``pipeline.seeds`` the pipeline runs,
+in ``seed_<n>/`` of one experiment folder, each method's chain of steps (inputs first, a step
+shared by several methods once), then per method ``prior_<m>``, ``sample_<m>`` and
+``evaluate_<m>``. The classifier that measures sample fidelity is trained once, in
+``classifier/``. Then report.md, report.json and the figures (``geovq/study/report.py``).
+
+Each step's config is composed like a command line: ``stage=<stage>``, ``pipeline.all``, the
+overrides listed under the stage's name (``pipeline.vqvae`` reaches every VQ-VAE step), the
+step's or method's own overrides, its inputs (``stage.vae=<path of the vae step's model.pt>``),
+``seed=<n>``, then the overrides you gave, so ``experiment=paper data.root=...`` reaches every
+step. A step is skipped when its folder already holds its output made with the same config from
+the same inputs (``step.json`` records the config hash and the sha256 of the inputs and the
+output), so an interrupted run continues where it stopped, and every completed step's artifacts
+stay intact.
+
+On several devices (``trainer=ddp trainer.devices=N``) each training step runs distributed as
+its own command; quantization, sampling and evaluation run once, in this process. With
+``pipeline.parallel=N`` independent steps run N at a time instead, each as its own command
+(``geovq/study/parallel.py``).
+
+Nothing here imports a stage: the stage entry (``geovq/stages/pipeline.py``) passes in
+``get_stage``, which runs a step in this process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Callable
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from geovq import CONF_DIR
+from geovq.artifacts import (
+    atomic_write_text,
+    config_hash,
+)
+from geovq.errors import ConfigError, TrainingError
+from geovq.loggers import log_without_trainer
+from geovq.run_folder import output_dir, result_config
+from geovq.stage_registry import STAGES, STEP_STAGES
+from geovq.study.parallel import StepRecorder, run_steps
+from geovq.study.report import write_report
+from geovq.study.spec import STAGE_OUTPUTS, Method, Study, plan_study
+
+log = logging.getLogger(__name__)
+
+STEP_FILE = "step.json"
+# A stage's run(cfg) by its name: geovq.stages.get_stage.
+StageLookup = Callable[[str], Callable[[DictConfig], dict]]
+
+
+@dataclass
+class StepResult:
+    name: str
+    folder: Path
+    output: Path
+    metrics: dict
+    seconds: float
+    reused: bool
+
+    @cached_property
+    def output_sha256(self) -> str:
+        """Hashed once, however many later steps read this output (each step's key holds it)."""
+        return file_sha256(self.output)
+
+
+def user_overrides() -> list[str]:
+    """The command line's overrides, minus those that pick the experiment, the stage or the run folder."""
+    if not HydraConfig.initialized():
+        return []
+    skip = ("experiment", "stage", "hydra", "pipeline", "study")
+    return [item for item in HydraConfig.get().overrides.task if override_key(item).split(".")[0].split("@")[0] not in skip]
+
+
+def compose_step(overrides: list[str], step: str = "") -> DictConfig:
+    try:
+        if GlobalHydra.instance().is_initialized():
+            return compose(config_name="train", overrides=overrides)
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="train", overrides=overrides)
+    except HydraException as err:
+        raise ConfigError(
+            f"the pipeline's step '{step}' cannot use these overrides ({str(err).splitlines()[0]}). "
+            f"Give overrides meant for one step in its list, e.g. 'pipeline.{step or 'vae'}=[\"model.latent_dim=32\"]'."
+        ) from None
+
+
+def override_key(item: str) -> str:
+    """The config key an override sets: 'data.root=x' -> 'data.root', '+data=codes' -> 'data'."""
+    return item.split("=", 1)[0].lstrip("+~")
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@dataclass
+class StepPlan:
+    """A step ready to run: its composed config, its key and where its output goes."""
+    name: str
+    stage: str
+    overrides: list[str]
+    cfg: DictConfig
+    key: str
+    folder: Path
+    target: Path
+
+
+class Pipeline:
+    """Runs named steps, each in ``root/<name>``, skipping those already done with the same
+    config and inputs. ``inputs`` maps a config key of the step to an earlier step, whose
+    output path the key receives (and whose output's hash is part of the step's key).
+    ``results`` may be shared with other pipelines of the same run (one per seed). ``get_stage``
+    runs a step in this process (a step run as its own command needs none)."""
+
+    def __init__(self, root: Path, base_overrides: list[str], stage_overrides: dict[str, list[str]],
+                 results: dict[str, StepResult] | None = None, get_stage: StageLookup | None = None):
+        self.root = root
+        self.base = base_overrides
+        self.stage_overrides = stage_overrides
+        self.results: dict[str, StepResult] = {} if results is None else results
+        self.get_stage = get_stage
+        self.started = time.perf_counter()
+
+    def step(self, name: str, stage: str, overrides: list[str] = (), inputs: dict[str, str] | None = None) -> StepResult:
+        if name in self.results:  # shared by several methods: run once
+            return self.results[name]
+        plan = self.plan(name, stage, overrides, inputs or {})
+        return self.reused(plan) or self.execute(plan)
+
+    def plan(self, name: str, stage: str, overrides: list[str], inputs: dict[str, str]) -> StepPlan:
+        folder = self.root / name
+        # Quiet by default (one summary table per training step is a screenful); yours come last and win.
+        overrides = ["trainer.enable_model_summary=false", *self.stage_overrides.get("all", []),
+                     *self.stage_overrides.get(stage, []), *overrides,
+                     *(f"{key}={self.results[upstream].output}" for key, upstream in inputs.items()), *self.base]
+        if stage == "prior":  # the prior reads code grids (data=codes): image-data settings do not apply
+            overrides = [item for item in overrides if override_key(item).split(".")[0] != "data"]
+        cfg = compose_step([f"stage={stage}", *overrides], name)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(folder)
+            cfg.paths.log_dir = str(self.root)
+        return StepPlan(name, stage, overrides, cfg, self.step_key(cfg, inputs), folder, folder / STAGE_OUTPUTS[stage])
+
+    def reused(self, plan: StepPlan) -> StepResult | None:
+        """The step's earlier result, when its folder holds one made with the same key."""
+        record = plan.folder / STEP_FILE
+        if not (record.exists() and plan.target.exists()):
+            return None
+        done = json.loads(record.read_text())
+        if done.get("key") != plan.key or done.get("output_sha256") != file_sha256(plan.target):
+            return None
+        log.info("step %s: reusing %s (same config and inputs)", plan.name, plan.target)
+        result = StepResult(plan.name, plan.folder, plan.target, done["metrics"], done["seconds"], True)
+        self.results[plan.name] = result
+        return result
+
+    def execute(self, plan: StepPlan) -> StepResult:
+        log.info("step %s: running stage=%s in %s", plan.name, plan.stage, plan.folder)
+        plan.folder.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        if STAGES[plan.stage].trains and distributed(plan.cfg):
+            # Lightning's DDP launcher starts the other ranks by running the current command
+            # again, which must be that one stage, not the whole pipeline.
+            process = self.launch(plan)
+            metrics = self.collect(plan, process.wait())
+        else:
+            metrics = self.get_stage(plan.stage)(plan.cfg) or {}
+        return self.record(plan, metrics, time.perf_counter() - started)
+
+    def launch(self, plan: StepPlan, **popen) -> subprocess.Popen:
+        """The step as its own ``python -m geovq.train`` command."""
+        command = [sys.executable, "-m", "geovq.train", f"stage={plan.stage}", *plan.overrides,
+                   f"hydra.run.dir={plan.folder}", f"paths.log_dir={self.root}"]
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, **popen)
+
+    def collect(self, plan: StepPlan, returncode: int, log_file: Path | None = None) -> dict:
+        """The metrics a step run by ``launch`` wrote, or why it failed."""
+        if returncode != 0:
+            where = f"its log, {log_file}," if log_file else "its output above"
+            raise TrainingError(
+                f"the pipeline's step '{plan.name}' (stage={plan.stage}) failed with exit code {returncode}; "
+                f"{where} says why. Rerun the same command to continue: finished steps are reused."
+            )
+        return json.loads((plan.folder / "metrics.json").read_text())
+
+    def record(self, plan: StepPlan, metrics: dict, seconds: float) -> StepResult:
+        metrics = {k: float(v) for k, v in metrics.items()}
+        done = {"stage": plan.stage, "key": plan.key, "output_sha256": file_sha256(plan.target), "seconds": seconds,
+                "metrics": metrics}
+        atomic_write_text(plan.folder / STEP_FILE, json.dumps(done, indent=2) + "\n")
+        result = StepResult(plan.name, plan.folder, plan.target, metrics, seconds, False)
+        self.results[plan.name] = result
+        return result
+
+    def step_key(self, cfg: DictConfig, inputs: dict[str, str]) -> str:
+        """The hash of the step's result config in which each input path is replaced by the sha256
+        of the file it names: a step copied into another experiment's folder (the same config, the
+        same input files at other paths) is still recognised as done."""
+        config = result_config(cfg)
+        for key, upstream in inputs.items():
+            *parents, leaf = key.split(".")
+            section = config
+            for part in parents:
+                section = section[part]
+            section[leaf] = "sha256:" + self.results[upstream].output_sha256
+        return config_hash(config)
+
+
+def distributed(cfg: DictConfig) -> bool:
+    """Whether the step's Trainer runs several processes (DDP on several devices)."""
+    devices = cfg.trainer.get("devices")
+    several = not (devices in (1, "1", "auto", None) or devices == [0])
+    return several or cfg.trainer.get("strategy") not in (None, "auto")
+
+
+def seed_list(cfg: DictConfig) -> list[int]:
+    seeds = cfg.pipeline.get("seeds")
+    seeds = [cfg.seed] if seeds is None else list(seeds)
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"pipeline.seeds must be distinct integers, e.g. pipeline.seeds=[0,1,2]; got {seeds}.")
+    return seeds
+
+
+def run_method(pipe: Pipeline, study: Study, method: Method, seed_folder: str) -> None:
+    """The method's representation chain, then its prior, samples and evaluation, in ``seed_folder``."""
+    for step in study.chain(method.codes):
+        pipe.step(f"{seed_folder}/{step.name}", step.stage, list(step.overrides),
+                  {key: f"{seed_folder}/{upstream}" for key, upstream in step.inputs})
+    m = f"{seed_folder}/{{}}_{method.name}"
+    pipe.step(m.format("prior"), "prior", list(method.overrides["prior"]), {"stage.codes": f"{seed_folder}/{method.codes}"})
+    pipe.step(m.format("sample"), "sample", list(method.overrides["sample"]), {"stage.prior": m.format("prior")})
+    pipe.step(m.format("evaluate"), "evaluate", list(method.overrides["evaluate"]),
+              {"stage.samples": m.format("sample"), "stage.classifier": "classifier"})
+
+
+def declare_steps(pipe: Pipeline, study: Study, seeds: list[int], per_stage: dict, runner) -> None:
+    """Every step of the study, in order: the classifier (the measuring instrument, one for every
+    seed and method), then each seed's methods. ``runner(pipeline)`` is what receives the steps:
+    the pipeline itself (run them now) or a recorder (run them later, several at once)."""
+    runner(pipe).step("classifier", "classifier")
+    for seed in seeds:
+        seeded = Pipeline(pipe.root, [f"seed={seed}", *pipe.base], per_stage, pipe.results, pipe.get_stage)
+        for method in study.methods.values():
+            run_method(runner(seeded), study, method, f"seed_{seed}")
+
+
+def parallel_steps_option(cfg: DictConfig, options: dict) -> int:
+    n_parallel = options.get("parallel", 1)
+    if not isinstance(n_parallel, int) or isinstance(n_parallel, bool) or n_parallel < 1:
+        raise ConfigError(f"pipeline.parallel is the number of steps run at once, a positive integer; got {n_parallel!r}.")
+    if n_parallel > 1 and distributed(cfg):
+        raise ConfigError(
+            "pipeline.parallel > 1 runs several single-device steps at once; it cannot be combined with a "
+            "distributed trainer (trainer=ddp / trainer.devices > 1). Choose one: pipeline.parallel=1 with DDP, "
+            "or trainer.devices=1 with pipeline.parallel=N."
+        )
+    return n_parallel
+
+
+def run_study(cfg: DictConfig, get_stage: StageLookup) -> dict:
+    """The study of ``cfg.pipeline``: every step, then the report; returns the report's summary."""
+    options = OmegaConf.to_container(cfg.pipeline, resolve=True)
+    study = plan_study(options.get("steps"), options.get("methods"))
+    seeds = seed_list(cfg)
+    per_stage = {key: options.get(key) or [] for key in ("all", *STEP_STAGES)}
+    pipe = Pipeline(output_dir(cfg), user_overrides(), per_stage, get_stage=get_stage)
+    n_parallel = parallel_steps_option(cfg, options)
+    if n_parallel == 1:
+        declare_steps(pipe, study, seeds, per_stage, lambda target: target)
+    else:
+        requests = {}
+        declare_steps(pipe, study, seeds, per_stage, lambda target: StepRecorder(target, requests))
+        run_steps(list(requests.values()), n_parallel)
+    images = None
+    if options.get("figures", True):
+        data = instantiate(compose_step(["stage=vae", *options.get("all", []), *pipe.base], "vae").data)
+        images = (data.split("train").tensors[0], data.split("test").tensors[0])
+    report = write_report(pipe, study, seeds, output_dir(cfg), options, images)
+    log_without_trainer(cfg, report["summary"], [output_dir(cfg) / name for name in report["figures"]])
+    return report["summary"]
