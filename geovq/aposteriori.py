@@ -29,6 +29,7 @@ from geovq.artifacts import (
     save_artifact,
     save_code_grids,
 )
+from geovq.data import SPLITS
 from geovq.errors import ConfigError, config_section
 from geovq.metrics.codebook import code_counts, usage_summary
 from geovq.metrics.reconstruction import decoded_mse
@@ -37,8 +38,6 @@ from geovq.quantize import CodebookQuantizer
 from geovq.quantize.resources import StepRecorder
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "test")
 
 
 def latent_grids(model, images: Tensor, trainer=None, split: str = "", progress: bool = True) -> tuple[Tensor, Tensor]:
@@ -57,7 +56,7 @@ def grid_to_rows(grid: Tensor) -> np.ndarray:
 def quantized_mse(model, codebook: np.ndarray, codes: Tensor, images: Tensor) -> float:
     """Per-pixel MSE of images decoded from their codebook vectors, over the whole split."""
     vectors = torch.as_tensor(codebook, dtype=torch.float32, device=model.device)
-    return decoded_mse(lambda c: model.decode(vectors[c.to(model.device)].permute(0, 3, 1, 2)), codes, images)
+    return decoded_mse(lambda c: model.decode_codebook(vectors, c), codes, images)
 
 
 def continuous_mse(model, mu: Tensor, images: Tensor) -> float:

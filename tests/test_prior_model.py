@@ -247,7 +247,7 @@ def test_nll_summary():
 @pytest.mark.parametrize("batch_size", [7, 250, 1000])
 def test_evaluation_nll_does_not_depend_on_the_batch_size(batch_size):
     """stage=evaluate batches its NLL (geovq/batching.py); the figure is the mean over every token."""
-    from geovq.stages.evaluate import prior_nll
+    from geovq.metrics.prior import prior_nll
 
     prior = tiny_prior().eval()
     codes = torch.randint(0, K, (300, 7, 7), generator=torch.Generator().manual_seed(2))

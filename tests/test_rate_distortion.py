@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 
 from geovq.artifacts import config_hash, load_artifact, load_code_grids, require_made_from
 from geovq.run_folder import result_config
-from geovq.stages.prior import resolve_codes
+from geovq.inputs import resolve_codes
 from geovq.sweeps import write_summary
 from geovq.train import run_stage
 

@@ -38,8 +38,9 @@ class SaveBestModel(Callback):
             pl_module.load_state_dict(state)
         if trainer.is_global_zero:
             inputs = trainer.datamodule.input_artifacts if trainer.datamodule is not None else {}
+            model = pl_module.saved_model()
             self.artifact = save_model(
-                self.path, pl_module, model_kind(pl_module), stage=self.stage, config=self.config, inputs=inputs
+                self.path, model, model_kind(model), stage=self.stage, config=self.config, inputs=inputs
             )
         trainer.strategy.barrier("save_best_model")
 

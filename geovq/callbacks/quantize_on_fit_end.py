@@ -22,8 +22,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from geovq.aposteriori import SPLITS, check_quantizer, quantize_vae
+from geovq.aposteriori import check_quantizer, quantize_vae
 from geovq.callbacks.model_artifact import SaveBestModel
+from geovq.data import SPLITS
 from geovq.errors import ConfigError, config_section
 from geovq.models.grid_vae import GridVAE
 from geovq.run_folder import NON_RESULT_SETTINGS

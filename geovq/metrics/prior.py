@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
+from geovq.batching import INFERENCE_BATCH
 from geovq.errors import ConfigError
 from geovq.metrics.codebook import code_counts
 
@@ -38,3 +40,13 @@ def unigram_entropy(train_codes, n_codes: int) -> float:
         raise ConfigError("unigram_entropy needs at least one code; the training split is empty.")
     p = counts[counts > 0] / total
     return float(-(p * np.log(p)).sum())
+
+
+@torch.no_grad()
+def prior_nll(prior, codes: torch.Tensor, batch_size: int = INFERENCE_BATCH) -> float:
+    """Mean per-token NLL (nats) of ``codes`` under ``prior`` (a TransformerPrior), over every
+    token of the split, in batches."""
+    total = 0.0
+    for start in range(0, len(codes), batch_size):
+        total += float(prior.token_nll(codes[start : start + batch_size]).sum())
+    return total / codes.numel()

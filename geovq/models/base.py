@@ -32,6 +32,11 @@ class GeovqModule(L.LightningModule):
     def _step(self, batch, split: str) -> Tensor:
         raise NotImplementedError
 
+    def saved_model(self) -> L.LightningModule:
+        """The model a training stage saves as its model.pt: this module, or the model it trains a
+        part of (DecoderOnCodes: the GridVAE)."""
+        return self
+
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")
 

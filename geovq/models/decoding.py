@@ -26,7 +26,7 @@ def code_decoder(codes: Artifact, decoder_path=None, codebook_path=None) -> tupl
         vectors = codebook_art.payload["vectors"]
 
         def decode(grids: Tensor) -> Tensor:
-            return vae.decode(vectors[grids].permute(0, 3, 1, 2))
+            return vae.decode_codebook(vectors, grids)
 
         return decode, {"codebook": codebook_art, "vae": vae_art}, f"GridVAE + {codebook_art.payload['method']}"
     raise ArtifactError(f"{codes.path} records neither a VQ-VAE nor a codebook and GridVAE; rerun the stage that wrote it.")

@@ -49,6 +49,11 @@ class GridVAE(GeovqModule):
         """Pixel logits B x C x 28 x 28 for latents B x D x 7 x 7."""
         return self.decoder(z)
 
+    def decode_codebook(self, codebook: Tensor, grids: Tensor) -> Tensor:
+        """Pixel logits of code grids N x 7 x 7: each cell decoded from the vector its code names
+        in ``codebook`` (K x D), pipeline A's decoding."""
+        return self.decode(codebook[grids.to(codebook.device)].permute(0, 3, 1, 2))
+
     def reconstruct(self, x: Tensor) -> Tensor:
         """Images in [0, 1] decoded from the posterior mean."""
         return torch.sigmoid(self.decode(self.encode(x)[0]))

@@ -27,12 +27,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from geovq.data import SPLITS
 from geovq.errors import ConfigError, ParameterError, caller_names
 from geovq.metrics.prior import nll_summary, unigram_entropy  # noqa: F401  (unigram_entropy re-exported)
 from geovq.models.base import GeovqModule
 from geovq.nn.transformer import GPT
-
-SPLITS = ("train", "val", "test")
 
 
 class TransformerPrior(GeovqModule):

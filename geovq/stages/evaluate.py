@@ -33,16 +33,15 @@ from geovq.artifacts import (
     MODEL_FILE,
     SAMPLES_FILE,
     atomic_write_text,
-    find_latest,
     load_artifact,
     load_input,
 )
-from geovq.batching import INFERENCE_BATCH
 from geovq.errors import ConfigError, config_section
+from geovq.inputs import given_or_newest
 from geovq.loggers import log_without_trainer
 from geovq.metrics.codebook import code_counts, usage_summary
 from geovq.metrics.fidelity import fidelity_report
-from geovq.metrics.prior import unigram_entropy
+from geovq.metrics.prior import nll_summary, prior_nll, unigram_entropy
 from geovq.metrics.reconstruction import decoded_mse
 from geovq.metrics.subsets import seeded_subset
 from geovq.models.decoding import code_decoder
@@ -55,24 +54,15 @@ PAPER_BATCH = 128
 
 
 @torch.no_grad()
-def prior_nll(prior, codes: torch.Tensor, batch_size: int = INFERENCE_BATCH) -> float:
-    """Mean per-token NLL (nats) of ``codes`` under the prior, over every token of the split."""
-    total = 0.0
-    for start in range(0, len(codes), batch_size):
-        total += float(prior.token_nll(codes[start : start + batch_size]).sum())
-    return total / codes.numel()
-
-
-@torch.no_grad()
 def run(cfg: DictConfig) -> dict:
     options = cfg.stage
-    samples = load_artifact(options.samples or find_latest(cfg.paths.log_dir, "sample", SAMPLES_FILE, kind="samples"), kind="samples")
+    samples = load_artifact(given_or_newest(cfg, options.samples, "sample", SAMPLES_FILE, kind="samples"), kind="samples")
     prior_art = load_input(samples, "prior", kind="prior", path=options.prior)
     codes = load_input(prior_art, "codes", kind="code_grids", path=options.codes)
     load_input(samples, "codes", kind="code_grids", path=codes.path)  # the samples used these codes too
     decode, decoder_inputs, label = code_decoder(codes, options.decoder, options.codebook)
     prior = model_from_artifact(prior_art)
-    classifier, _ = load_model(options.classifier or find_latest(cfg.paths.log_dir, "classifier", MODEL_FILE, kind="classifier"), "classifier")
+    classifier, _ = load_model(given_or_newest(cfg, options.classifier, "classifier", MODEL_FILE, kind="classifier"), "classifier")
 
     with config_section("data"):
         datamodule = instantiate(cfg.data)
@@ -86,7 +76,7 @@ def run(cfg: DictConfig) -> dict:
         )
     n_codes = int(codes.payload["n_codes"])
     usage = usage_summary(code_counts(grids["train"], n_codes))
-    nll = prior_nll(prior, grids["test"])
+    test_nll = nll_summary(prior_nll(prior, grids["test"]), grids["test"][0].numel())
     # The paper's protocol: perplexity on training codes, here on a seeded choice of as many
     # training grids as there are test grids (10,000 of 55,000 on MNIST): a fifth of the
     # forward passes, 0.1-0.7% above the full split's perplexity for experiment=paper's priors.
@@ -100,9 +90,9 @@ def run(cfg: DictConfig) -> dict:
         "codes/codes_used": usage["codes_used"],
         "codes/utilization": usage["utilization"],
         "codes/perplexity": usage["perplexity"],
-        "prior/test_nll": nll,
-        "prior/test_perplexity": math.exp(nll),
-        "prior/test_bits_per_image": nll * grids["test"][0].numel() / math.log(2),
+        "prior/test_nll": test_nll["nll"],
+        "prior/test_perplexity": test_nll["perplexity"],
+        "prior/test_bits_per_image": test_nll["bits_per_image"],
         "prior/unigram_nll": unigram,
         "prior/unigram_perplexity": math.exp(unigram),
         "paper/recon_mse_first_batch": decoded_mse(decode, grids["test"][:PAPER_BATCH], test_images[:PAPER_BATCH]),

@@ -17,63 +17,18 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 from lightning.pytorch.callbacks import EarlyStopping
 from omegaconf import DictConfig
 
-from geovq.artifacts import CODES_FILE, atomic_write_text, find_latest, load_artifact, load_code_grids, read_sidecar
-from geovq.callbacks.epoch_history import EpochHistory
-from geovq.errors import ArtifactError, ConfigError
+from geovq.artifacts import atomic_write_text, load_code_grids
+from geovq.callbacks.epoch_history import HISTORY_FILE, EpochHistory
+from geovq.inputs import resolve_codes
 from geovq.loggers import log_final_and_finish
 from geovq.metrics.prior import unigram_entropy
 from geovq.models.prior import TransformerPrior
 from geovq.run_folder import output_dir, write_run_files
 from geovq.training import train_and_test
-
-HISTORY_FILE = "history.json"
-# Where each pipeline's code grids come from, and the quantizer that must have made them (a
-# GridVAE run with callbacks=quantize_both holds K-Means codes beside the geodesic ones).
-CODE_SOURCES = {"geodesic": ("quantize", "vae"), "vqvae": ("vqvae",)}
-CODE_METHODS = {"geodesic": "GeodesicKMedoids"}
-
-
-def resolve_codes(cfg: DictConfig) -> Path:
-    """The code-grid file named by ``stage.codes`` (a pipeline name or a path)."""
-    choice = str(cfg.stage.codes)
-    if choice not in CODE_SOURCES:
-        if not Path(choice).is_file():
-            raise ConfigError(
-                f"stage.codes={choice} is neither a pipeline ({' | '.join(CODE_SOURCES)}) nor an existing "
-                "file; give geodesic, vqvae, or the path of a codes.pt."
-            )
-        return Path(choice)
-    method = CODE_METHODS.get(choice)
-    found = []
-    for stage in CODE_SOURCES[choice]:
-        try:
-            found.append(find_latest(cfg.paths.log_dir, stage, CODES_FILE, kind="code_grids",
-                                     accept=None if method is None else lambda path: quantized_by(path) == method))
-        except ArtifactError:
-            continue
-    if not found:
-        raise ArtifactError(
-            f"no code grids of the {choice} pipeline under {Path(cfg.paths.log_dir).resolve()} "
-            f"(looked in {', '.join(CODE_SOURCES[choice])}). Run `python -m geovq.train stage="
-            f"{CODE_SOURCES[choice][0]}` first, or give stage.codes=<path to codes.pt>."
-        )
-    return max(found, key=lambda p: p.stat().st_mtime)
-
-
-def quantized_by(codes_path: Path) -> str | None:
-    """The quantizer class that made a codes.pt (recorded in its codebook), or None."""
-    codebook = (read_sidecar(codes_path) or {}).get("input_paths", {}).get("codebook")
-    if codebook is None or not Path(codebook).is_file():
-        return None
-    try:
-        return load_artifact(codebook, kind="codebook").payload.get("method")
-    except ArtifactError:
-        return None
 
 
 def convergence(trainer, val_nll: list[float]) -> dict:

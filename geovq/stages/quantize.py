@@ -12,9 +12,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from geovq.aposteriori import SPLITS, check_quantizer, quantize_vae
-from geovq.artifacts import MODEL_FILE, find_latest
+from geovq.aposteriori import check_quantizer, quantize_vae
+from geovq.artifacts import MODEL_FILE
+from geovq.data import SPLITS
 from geovq.errors import config_section
+from geovq.inputs import given_or_newest
 from geovq.loggers import log_without_trainer
 from geovq.models.io import load_model
 from geovq.run_folder import output_dir, result_config, write_run_files
@@ -22,7 +24,7 @@ from geovq.run_folder import output_dir, result_config, write_run_files
 
 def run(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    vae_path = cfg.stage.vae or find_latest(cfg.paths.log_dir, "vae", MODEL_FILE, kind="grid_vae")
+    vae_path = given_or_newest(cfg, cfg.stage.vae, "vae", MODEL_FILE, kind="grid_vae")
     model, vae_artifact = load_model(vae_path, "grid_vae")
     quantizer = instantiate(cfg.quantizer)
     check_quantizer(quantizer)

@@ -14,78 +14,20 @@ geodesic landmark assignment) and ``init/test_mse`` (its quantized test MSE befo
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
-from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
-from geovq.artifacts import (
-    CODES_FILE,
-    find_latest,
-    load_code_grids,
-    load_input,
-    save_code_grids,
-)
+from geovq.artifacts import CODES_FILE, save_code_grids
 from geovq.callbacks.codebook_usage import CodebookUsageLogger
-from geovq.errors import ArtifactError
+from geovq.callbacks.start_from_aposteriori import StartFromAposteriori
+from geovq.data import SPLITS
+from geovq.inputs import init_codes_path
 from geovq.loggers import log_final_and_finish
 from geovq.metrics.codebook import code_counts, usage_summary
-from geovq.metrics.reconstruction import decoded_mse
 from geovq.models.inference import map_images
-from geovq.models.io import model_from_artifact
 from geovq.models.vqvae import VQVAE
 from geovq.run_folder import output_dir, result_config, write_run_files
 from geovq.training import train_and_test
 from geovq.viz.reconstructions import save_reconstructions
-
-
-class StartFromAposteriori(Callback):
-    """Puts the GridVAE and the a posteriori codebook behind a codes.pt of stage=quantize into the
-    VQ-VAE when its fit is set up: before the optimizer exists, and before a resumed run loads
-    its checkpoint over them."""
-
-    def __init__(self, codes_path: str | Path):
-        self.codes = load_code_grids(codes_path)
-        recorded = self.codes.provenance.get("inputs", {})
-        if "codebook" not in recorded or "vae" not in recorded:
-            raise ArtifactError(
-                f"stage.init_codes={codes_path} was written by stage={self.codes.provenance.get('stage')}, "
-                "which records no GridVAE and a posteriori codebook to start from. Point stage.init_codes at "
-                "a codes.pt of stage=quantize (outputs/quantize/runs/<run>/codes.pt)."
-            )
-        self.codebook = load_input(self.codes, "codebook", kind="codebook")
-        self.vae = load_input(self.codes, "vae", kind="grid_vae")
-        self.metrics: dict = {}
-
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage != "fit":
-            return
-        vae = model_from_artifact(self.vae)
-        pl_module.init_from_grid_vae(vae, self.codebook.payload["vectors"], source=f"the GridVAE {self.vae.path}")
-        if trainer.is_global_zero:
-            self.metrics = self._agreement(pl_module, trainer.datamodule.split("test").tensors[0])
-
-    @torch.no_grad()
-    def _agreement(self, model: VQVAE, images) -> dict:
-        # Both test splits are the first N test images: compare what both hold.
-        expected = self.codes.payload["splits"]["test"]
-        n = min(len(images), len(expected))
-        codes = map_images(model, images[:n], model.codes)
-        return {
-            "init/test_code_agreement": float((codes == expected[:n]).float().mean()),
-            "init/test_mse": decoded_mse(model.decode_codes, codes, images[:n]),
-        }
-
-
-def init_codes_path(cfg: DictConfig) -> Path | None:
-    """The codes.pt named by ``stage.init_codes`` (``quantize``: the newest of stage=quantize)."""
-    choice = cfg.stage.get("init_codes")
-    if not choice:
-        return None
-    if str(choice) == "quantize":
-        return find_latest(cfg.paths.log_dir, "quantize", CODES_FILE, kind="code_grids")
-    return Path(choice)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -96,7 +38,7 @@ def run(cfg: DictConfig) -> dict:
     model, datamodule, trainer, metrics = trained.model, trained.datamodule, trained.trainer, trained.metrics
     grids = {
         split: map_images(model, datamodule.split(split).tensors[0], model.codes, trainer, desc=f"codes ({split})")
-        for split in ("train", "val", "test")
+        for split in SPLITS
     }
     # Usage of the final codebook over all training images (the paper's utilization figure).
     for key, value in usage_summary(code_counts(grids["train"], model.n_codes)).items():
