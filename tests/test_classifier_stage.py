@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_overrides
 
 from geovq.errors import ConfigError, ParameterError
 from geovq.models.classifier import MNISTClassifier
@@ -15,9 +14,10 @@ from geovq.models.io import load_model
 from geovq.train import run_stage
 
 
-def classifier_overrides(**extra) -> list[str]:
+@pytest.fixture
+def classifier_overrides(tiny_overrides):
     """tiny_overrides without the autoencoder's model.* settings the classifier does not have."""
-    return [item for item in tiny_overrides(**extra) if not item.startswith("model.")]
+    return lambda **extra: [item for item in tiny_overrides(**extra) if not item.startswith("model.")]
 
 
 def test_classifier_shapes_and_features():
@@ -37,7 +37,7 @@ def test_bad_settings_name_their_argument(kwargs):
     assert raised.value.parameter == next(iter(kwargs))
 
 
-def test_stage_classifier_trains_tests_and_saves_a_loadable_model(make_cfg, tmp_path):
+def test_stage_classifier_trains_tests_and_saves_a_loadable_model(make_cfg, classifier_overrides, tmp_path):
     cfg = make_cfg(
         "stage=classifier",
         *classifier_overrides(
@@ -77,7 +77,7 @@ def test_stage_classifier_trains_tests_and_saves_a_loadable_model(make_cfg, tmp_
     assert model.features(images[:2]).shape == (2, 128)
 
 
-def test_stage_classifier_refuses_another_model(make_cfg):
+def test_stage_classifier_refuses_another_model(make_cfg, classifier_overrides):
     cfg = make_cfg("stage=classifier", "model=grid_vae", *classifier_overrides(), tiny=False)
     with pytest.raises(ConfigError, match="MNISTClassifier"):
         run_stage(cfg)

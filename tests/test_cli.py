@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import run_cli, tiny_overrides
 
 
 def assert_clear_error(result, *needles):
@@ -16,13 +15,13 @@ def assert_clear_error(result, *needles):
         assert needle in err, err[-2000:]
 
 
-def test_unknown_stage_lists_the_choices(tmp_path):
+def test_unknown_stage_lists_the_choices(run_cli, tmp_path):
     result = run_cli("stage=nope", f"paths.log_dir={tmp_path}")
     assert_clear_error(result, "stage/nope", "vae")
 
 
 @pytest.mark.slow
-def test_missing_data_folder(tmp_path):
+def test_missing_data_folder(run_cli, tiny_overrides, tmp_path):
     result = run_cli("stage=vae", f"hydra.run.dir={tmp_path / 'r'}", *tiny_overrides(**{"data.root": tmp_path / "nowhere"}))
     assert_clear_error(result, "error:", str(tmp_path / "nowhere"), "data.root")
 
@@ -36,13 +35,13 @@ def test_missing_data_folder(tmp_path):
         ("vqvae", "model.quantizer.decay=1.5", "model.quantizer.decay"),
     ],
 )
-def test_invalid_config_values(tmp_path, stage, override, needle):
+def test_invalid_config_values(run_cli, tiny_overrides, tmp_path, stage, override, needle):
     result = run_cli(f"stage={stage}", f"hydra.run.dir={tmp_path / 'r'}", *tiny_overrides(), override)
     assert_clear_error(result, "error:", needle)
 
 
 @pytest.mark.slow
-def test_unwritable_output_folder(tmp_path):
+def test_unwritable_output_folder(run_cli, tiny_overrides, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     result = run_cli("stage=vae", f"paths.log_dir={blocker / 'outputs'}", *tiny_overrides())
@@ -50,13 +49,13 @@ def test_unwritable_output_folder(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_without_a_checkpoint_says_how(tmp_path):
+def test_resume_without_a_checkpoint_says_how(run_cli, tiny_overrides, tmp_path):
     result = run_cli("stage=vae", "ckpt_path=last", f"hydra.run.dir={tmp_path / 'r'}", *tiny_overrides())
     assert_clear_error(result, "cannot resume", "hydra.run.dir")
 
 
 @pytest.mark.slow
-def test_console_prints_each_message_once_without_adverts(tmp_path):
+def test_console_prints_each_message_once_without_adverts(run_cli, tiny_overrides, tmp_path):
     result = run_cli(
         "stage=vae", "callbacks=quantize", "quantizer.progress=false", "quantizer.n_landmarks=200",
         "quantizer.n_clusters=8", "quantizer.n_neighbors=5", f"hydra.run.dir={tmp_path / 'r'}", *tiny_overrides(),

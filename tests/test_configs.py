@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import CONF_DIR
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from geovq import CONF_DIR
 from geovq.precision import cpu_has_native_bf16, fast_precision
 from lightning.pytorch.callbacks import ProgressBar
 
-from geovq.training import build_trainer, instantiate_list
+from geovq.training import build_trainer
 
 GROUPS = ["data", "model", "trainer", "logger", "callbacks", "stage", "experiment", "paths", "quantizer"]
 
@@ -39,10 +41,23 @@ def test_config_composes_and_instantiates(make_cfg, group, option, tmp_path):
         trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
         assert trainer.max_epochs >= 1
     elif group in ("logger", "callbacks"):
-        objects = instantiate_list(cfg[group])
-        assert all(obj is not None for obj in objects)
+        # Every configured entry reaches the Trainer a stage builds, as the class it names.
+        trainer = build_trainer(cfg)
+        held = Counter(type(obj).__name__ for obj in (trainer.loggers if group == "logger" else trainer.callbacks))
+        named = Counter(entry._target_.rsplit(".", 1)[-1] for entry in cfg[group].values()
+                        if entry is not None and "_target_" in entry)
+        assert named == held if group == "logger" else named <= held, (named, held)
     elif group == "quantizer":
-        assert hasattr(instantiate(cfg.quantizer), "fit")
+        # The configured settings pass the quantizer's checks; with small sizes it fits and codes.
+        quantizer = instantiate(cfg.quantizer)
+        quantizer.check_params()
+        small = {"n_clusters": 4, "n_landmarks": 60, "n_neighbors": 5, "n_jobs": 1, "progress": False}
+        quantizer.set_params(**{key: value for key, value in small.items() if key in quantizer.get_params()})
+        vectors = np.random.default_rng(0).normal(size=(80, 3)).astype(np.float32)
+        extra = {"variances": np.ones_like(vectors)} if quantizer.uses_variances else {}
+        codes = quantizer.fit(vectors, **extra).predict(vectors, **extra)
+        assert quantizer.cluster_centers_.shape == (4, 3) and codes.shape == (80,)
+        assert set(codes.tolist()) <= set(range(4))
     elif group == "paths":
         assert Path(cfg.paths.output_dir).is_dir()
 

@@ -8,7 +8,6 @@ import struct
 
 import pytest
 import torch
-from conftest import run_cli
 
 from geovq.data.images import ImageDataModule, load_split
 from geovq.errors import DataError
@@ -105,7 +104,7 @@ def test_missing_file_is_still_reported_as_not_found(mnist_copy):
 
 
 @pytest.mark.slow
-def test_cli_reports_a_corrupt_file_in_one_line(mnist_copy, tmp_path):
+def test_cli_reports_a_corrupt_file_in_one_line(run_cli, mnist_copy, tmp_path):
     bad = mnist_copy / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
     bad.write_bytes(os.urandom(1000))
     result = run_cli(

@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from conftest import compose_config, tiny_overrides
 
 from geovq.artifacts import load_artifact, load_code_grids
 from geovq.errors import ArtifactError, ConfigError
@@ -21,7 +20,7 @@ TINY_PRIOR = ["model.n_layer=1", "model.d_model=32", "model.n_head=2", "data.bat
 
 
 @pytest.fixture(scope="module")
-def finetuned(tmp_path_factory):
+def finetuned(compose_config, tiny_overrides, tmp_path_factory):
     """A tiny GridVAE quantized when its fit ends (outputs/vae/runs/a), then its decoder fine-tuned
     on the newest a posteriori codes (stage.codes=geodesic, the default)."""
     logs = tmp_path_factory.mktemp("outputs")
@@ -66,7 +65,7 @@ def test_test_mse_through_the_codes_does_not_rise(finetuned):
     assert (out / "reconstructions.png").stat().st_size > 1000
 
 
-def test_prior_and_samples_run_off_the_new_codes_with_the_finetuned_decoder(finetuned):
+def test_prior_and_samples_run_off_the_new_codes_with_the_finetuned_decoder(compose_config, finetuned):
     logs, out, _, _ = finetuned
     prior_dir, sample_dir = logs / "prior" / "runs" / "ft", logs / "sample" / "runs" / "ft"
     run_stage(compose_config(prior_dir, ["stage=prior", f"stage.codes={out / 'codes.pt'}", *TINY_PRIOR]))
@@ -81,14 +80,14 @@ def test_prior_and_samples_run_off_the_new_codes_with_the_finetuned_decoder(fine
     assert torch.equal(samples.payload["images"], (expected * 255).round().to(torch.uint8))
 
 
-def test_vqvae_codes_are_refused(tmp_path):
+def test_vqvae_codes_are_refused(compose_config, tiny_overrides, tmp_path):
     vq = tmp_path / "vq"
     run_stage(compose_config(vq, tiny_overrides() + ["stage=vqvae", "model.quantizer.n_codes=8", "figures=false"]))
     with pytest.raises(ArtifactError, match=r"VQ-VAE.*stage.codes=<codes.pt of stage=quantize>"):
         run_stage(compose_config(tmp_path / "ft", tiny_overrides() + ["stage=finetune", f"stage.codes={vq / 'codes.pt'}"]))
 
 
-def test_a_missing_codes_file_and_other_data_are_refused(finetuned, tmp_path):
+def test_a_missing_codes_file_and_other_data_are_refused(compose_config, tiny_overrides, finetuned, tmp_path):
     logs, _, _, _ = finetuned
     with pytest.raises(ConfigError, match="nor an existing file"):
         run_stage(compose_config(tmp_path / "a", tiny_overrides() + ["stage=finetune", f"stage.codes={tmp_path / 'none.pt'}"]))

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import compose_config, run_cli, tiny_overrides
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -17,15 +16,15 @@ from omegaconf import OmegaConf
 from geovq.errors import ConfigError
 from geovq.train import optimized_value
 
-TINY_SWEEP = [
-    "stage=vqvae",
-    "figures=false",
-    *tiny_overrides(**{"data.subset": 128, "data.test_subset": 64}),
-]
+
+@pytest.fixture
+def tiny_sweep(tiny_overrides) -> list[str]:
+    """The overrides of each run of a sweep: tiny VQ-VAEs on 128 training images."""
+    return ["stage=vqvae", "figures=false", *tiny_overrides(**{"data.subset": 128, "data.test_subset": 64})]
 
 
 @pytest.fixture
-def compose(tmp_path):
+def compose(compose_config, tmp_path):
     def _compose(*overrides: str):
         return compose_config(tmp_path / "run", list(overrides))
 
@@ -34,20 +33,24 @@ def compose(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("overrides", "launcher"),
+    ("overrides", "launcher", "settings"),
     [
-        (["launcher=joblib"], "JoblibLauncher"),
-        (["launcher=submitit_local"], "submitit_launcher.LocalLauncher"),
-        (["launcher=slurm"], "submitit_launcher.SlurmLauncher"),
+        (["launcher=joblib", "hydra.launcher.n_jobs=3"], "JoblibLauncher", {"n_jobs": 3, "backend": "loky"}),
+        (["launcher=submitit_local"], "submitit_launcher.LocalLauncher", {"timeout_min": 120, "gpus_per_node": 0}),
+        (["launcher=slurm", "hydra.launcher.timeout_min=30"], "submitit_launcher.SlurmLauncher",
+         {"timeout_min": 30, "gpus_per_node": 1}),
     ],
     ids=["joblib", "submitit_local", "slurm"],
 )
-def test_launcher_configs_select_hydras_launchers(compose, overrides, launcher):
+def test_launcher_configs_select_hydras_launchers(compose, overrides, launcher, settings):
     cfg = compose(*overrides)
     assert cfg.hydra.launcher._target_.endswith(launcher)
     assert cfg.hydra.sweeper._target_.endswith("BasicSweeper")
     assert cfg.get("optimized_metric") is None
-    assert instantiate(cfg.hydra.launcher) is not None
+    # The plugin is installed and starts each job with the config's settings (and the command line's).
+    started = instantiate(cfg.hydra.launcher)
+    given = started.joblib if launcher == "JoblibLauncher" else started.params
+    assert {key: given[key] for key in settings} == settings
 
 
 def test_slurm_asks_for_the_devices_the_trainer_uses(compose):
@@ -71,7 +74,13 @@ def test_optuna_search_config(compose):
     assert set(sweeper.params) == {"model.quantizer.commitment_cost", "model.quantizer.n_codes"}
     # every key of the search space exists in the VQ-VAE's config
     assert all(OmegaConf.select(cfg, key) is not None for key in sweeper.params)
-    assert instantiate(sweeper) is not None
+    # The sweeper reads every key as a range to search (none as a fixed value).
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+
+    searched = instantiate(sweeper).sweeper.params
+    distributions, fixed = create_params_from_overrides([f"{key}={value}" for key, value in searched.items()])
+    assert not fixed and set(distributions) == set(sweeper.params)
+    assert sorted(distributions["model.quantizer.n_codes"].choices) == [32, 64, 128, 256, 512]
 
 
 def test_main_returns_the_optimized_metric_only_when_asked():
@@ -106,7 +115,7 @@ def check_sweep(sweep: Path, runs: int) -> list[dict]:
     ],
     ids=["submitit_local", "joblib"],
 )
-def test_a_sweep_under_a_launcher_writes_every_run_and_the_summary(tmp_path, launcher):
+def test_a_sweep_under_a_launcher_writes_every_run_and_the_summary(run_cli, tiny_sweep, tmp_path, launcher):
     sweep = tmp_path / "sweep"
     result = run_cli(
         "-m",
@@ -115,7 +124,7 @@ def test_a_sweep_under_a_launcher_writes_every_run_and_the_summary(tmp_path, lau
         "model.quantizer.n_codes=8",
         "logger=wandb",  # offline, in the run folder
         f"hydra.sweep.dir={sweep}",
-        *TINY_SWEEP,
+        *tiny_sweep,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -129,7 +138,7 @@ def test_a_sweep_under_a_launcher_writes_every_run_and_the_summary(tmp_path, lau
 
 
 @pytest.mark.slow
-def test_optuna_search_runs_its_trials_and_reports_the_best(tmp_path):
+def test_optuna_search_runs_its_trials_and_reports_the_best(run_cli, tiny_sweep, tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(
         "-m",
@@ -137,7 +146,7 @@ def test_optuna_search_runs_its_trials_and_reports_the_best(tmp_path):
         "hydra.sweeper.n_trials=3",
         "model.quantizer.n_codes=choice(8,16)",  # a smaller search space than the config's
         f"hydra.sweep.dir={sweep}",
-        *TINY_SWEEP,
+        *tiny_sweep,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -10,16 +10,15 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import DATA_ROOT, REPO
 
 from geovq import CONF_DIR
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
+def wheel(repo, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(repo)],
         check=True, capture_output=True, timeout=300,
     )
     return next(out.glob("geovq-*.whl"))
@@ -34,13 +33,22 @@ def test_the_wheel_holds_every_config_and_the_console_script(wheel):
 
 
 @pytest.mark.slow
-def test_the_installed_wheel_trains_from_an_unrelated_folder(wheel, tmp_path):
+def test_the_installed_wheel_trains_from_an_unrelated_folder(wheel, repo, data_root, tmp_path):
     env_dir = tmp_path / "venv"
-    # The dependencies come from this interpreter's site-packages; geovq itself from the wheel.
-    venv.create(env_dir, system_site_packages=True, with_pip=False)
+    # geovq itself from the wheel, installed into a bare venv ...
+    venv.create(env_dir, with_pip=False)
     python = env_dir / "bin" / "python"
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
                    check=True, capture_output=True, timeout=300)
+    # ... its dependencies from wherever this interpreter imports them (a venv's site-packages, the
+    # base interpreter's, folders a .pth adds), but this checkout: listed in a .pth of the new venv,
+    # after its own site-packages. (system_site_packages=True would give the base interpreter's
+    # packages only, not those of a venv this test runs in.)
+    here = [Path(entry).resolve() for entry in sys.path if entry and Path(entry).is_dir()]
+    site_packages = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                                   capture_output=True, text=True, check=True).stdout.strip()
+    (Path(site_packages) / "running_interpreter.pth").write_text(
+        "".join(f"{path}\n" for path in dict.fromkeys(here) if path != repo.resolve()))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     located = subprocess.run([str(python), "-c", "import geovq; print(geovq.__file__)"], cwd=elsewhere,
@@ -48,7 +56,7 @@ def test_the_installed_wheel_trains_from_an_unrelated_folder(wheel, tmp_path):
     assert str(env_dir) in located.stdout  # the installed copy, not this checkout
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run(
-        [str(env_dir / "bin" / "geovq"), "stage=vae", f"data.root={DATA_ROOT}", "data.subset=500", "trainer.max_epochs=1",
+        [str(env_dir / "bin" / "geovq"), "stage=vae", f"data.root={data_root}", "data.subset=500", "trainer.max_epochs=1",
          "debug=tiny", "model.hidden_channels=16", "model.latent_dim=8", "data.download=false"],
         cwd=elsewhere, capture_output=True, text=True, timeout=600, env=env, stdin=subprocess.DEVNULL,
     )

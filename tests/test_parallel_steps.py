@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import compose_config
-from test_pipeline import ONE_METHOD, OVERRIDES
 
 from geovq.errors import ConfigError, TrainingError
 from geovq.study.parallel import STEP_LOG, StepRequest, launch_order, start_ready_steps, step_environment
@@ -73,9 +71,10 @@ def test_steps_side_by_side_share_the_cores_and_a_lone_step_gets_them_all(tmp_pa
     assert lone.launched == [("vae", 8)] and running[0].slots == 2
 
 
-def test_a_study_runs_two_steps_at_a_time_and_a_second_run_reuses_them(tmp_path):
+def test_a_study_runs_two_steps_at_a_time_and_a_second_run_reuses_them(compose_config, study_overrides, one_method_study,
+                                                                      tmp_path):
     out = tmp_path / "study"
-    run_stage(compose_config(out, OVERRIDES + ONE_METHOD + ["pipeline.parallel=2", "pipeline.figures=false"]))
+    run_stage(compose_config(out, study_overrides + one_method_study + ["pipeline.parallel=2", "pipeline.figures=false"]))
     for step in STUDY_STEPS:
         assert (out / step / "step.json").is_file(), step
     # Each step ran as its own process, its output in its own log.
@@ -84,15 +83,16 @@ def test_a_study_runs_two_steps_at_a_time_and_a_second_run_reuses_them(tmp_path)
     assert report["parallel"] == 2 and report["methods"]["A_kmeans8"]["seeds"]["0"]["codes/n_codes"] == 8
     # The serial run finds every step done: the two modes share the step keys.
     before = {step: (out / step / "step.json").stat().st_mtime_ns for step in STUDY_STEPS}
-    run_stage(compose_config(out, OVERRIDES + ONE_METHOD + ["pipeline.figures=false"]))
+    run_stage(compose_config(out, study_overrides + one_method_study + ["pipeline.figures=false"]))
     assert before == {step: (out / step / "step.json").stat().st_mtime_ns for step in STUDY_STEPS}
 
 
-def test_a_failed_step_names_its_log_and_the_steps_done_are_kept(tmp_path):
+def test_a_failed_step_names_its_log_and_the_steps_done_are_kept(compose_config, study_overrides, one_method_study,
+                                                                 tmp_path):
     out = tmp_path / "study"
     broken_prior = "pipeline.prior=['model.n_layer=1','model.d_model=32','model.n_head=5']"  # 32 is not divisible by 5
     with pytest.raises(TrainingError, match=r"step 'seed_0/prior_A_kmeans8'.*step\.log"):
-        run_stage(compose_config(out, OVERRIDES + ONE_METHOD + ["pipeline.parallel=2", "pipeline.figures=false",
+        run_stage(compose_config(out, study_overrides + one_method_study + ["pipeline.parallel=2", "pipeline.figures=false",
                                                                 broken_prior]))
     for step in ("classifier", "seed_0/vae", "seed_0/kmeans8"):
         assert (out / step / "step.json").is_file(), step
@@ -101,11 +101,11 @@ def test_a_failed_step_names_its_log_and_the_steps_done_are_kept(tmp_path):
 
 
 @pytest.mark.parametrize("value", [0, "two"])
-def test_parallel_must_be_a_positive_count(tmp_path, value):
+def test_parallel_must_be_a_positive_count(compose_config, study_overrides, tmp_path, value):
     with pytest.raises(ConfigError, match="pipeline.parallel"):
-        run_stage(compose_config(tmp_path, OVERRIDES + [f"pipeline.parallel={value}"]))
+        run_stage(compose_config(tmp_path, study_overrides + [f"pipeline.parallel={value}"]))
 
 
-def test_parallel_steps_and_ddp_are_exclusive(tmp_path):
+def test_parallel_steps_and_ddp_are_exclusive(compose_config, study_overrides, tmp_path):
     with pytest.raises(ConfigError, match="trainer.devices=1 with pipeline.parallel"):
-        run_stage(compose_config(tmp_path, OVERRIDES + ["pipeline.parallel=2", "trainer=ddp", "trainer.devices=2"]))
+        run_stage(compose_config(tmp_path, study_overrides + ["pipeline.parallel=2", "trainer=ddp", "trainer.devices=2"]))

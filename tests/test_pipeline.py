@@ -5,41 +5,20 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import DATA_ROOT, compose_config, run_cli
 
 import geovq.stages.pipeline as pipeline_module
 from geovq.errors import TrainingError
 from geovq.train import run_stage
 
-SMALL_AE = "'model.hidden_channels=16','model.latent_dim=8','model.n_res_blocks=1'"
-OVERRIDES = [
-    "experiment=quick",
-    f"data.root={DATA_ROOT}",
-    "data.download=false",
-    "callbacks.progress_bar.refresh_rate=0",
-    "trainer.enable_model_summary=false",
-    "pipeline.all=['data.subset=300','data.test_subset=100','trainer.max_epochs=1']",
-    f"pipeline.vae=[{SMALL_AE}]",
-    f"pipeline.vqvae=[{SMALL_AE},'model.quantizer.n_codes=16']",
-    "pipeline.quantize=['quantizer.n_landmarks=300','quantizer.n_clusters=16','quantizer.progress=false']",
-    "pipeline.prior=['model.n_layer=1','model.d_model=32','model.n_head=2']",
-    "pipeline.sample=['stage.n_samples=100']",
-    "pipeline.tsne_points=300",
-]
+# The study of study_overrides (conftest.py): experiment=quick on a tiny subset.
 METHODS = ("A_geodesic", "A_kmeans", "B_paper_objective", "B_per_image", "B_ema")
 STEPS = ["classifier"] + [f"seed_0/{step}" for step in ("vae", "quantize_geodesic", "quantize_kmeans", "vqvae_paper_objective", "vqvae", "vqvae_ema")] + [
     f"seed_0/{kind}_{method}" for method in METHODS for kind in ("prior", "sample", "evaluate")
 ]
-# A study of one method, declared on the command line: a GridVAE and a K-Means codebook of 8 codes.
-ONE_METHOD = [
-    "~study",
-    "+pipeline.steps={vae: {stage: vae}, kmeans8: {stage: quantize, inputs: {stage.vae: vae}, overrides: ['quantizer=kmeans', 'quantizer.n_clusters=8']}}",
-    "+pipeline.methods={A_kmeans8: {codes: kmeans8, title: 'A: K-Means, K=8'}}",
-]
 
 
 @pytest.mark.slow
-def test_quick_experiment_writes_report_and_figures_and_resumes(tmp_path, monkeypatch):
+def test_quick_experiment_writes_report_and_figures_and_resumes(compose_config, study_overrides, tmp_path, monkeypatch):
     out = tmp_path / "experiments" / "quick"
     real_get_stage = pipeline_module.get_stage
 
@@ -50,12 +29,12 @@ def test_quick_experiment_writes_report_and_figures_and_resumes(tmp_path, monkey
 
     monkeypatch.setattr(pipeline_module, "get_stage", interrupted)
     with pytest.raises(TrainingError):
-        run_stage(compose_config(out, OVERRIDES))
+        run_stage(compose_config(out, study_overrides))
     finished = {step: (out / step / "step.json").stat().st_mtime_ns for step in ("seed_0/vae", "seed_0/quantize_geodesic", "seed_0/sample_A_geodesic")}
     assert not (out / "seed_0/evaluate_A_geodesic" / "step.json").exists()
 
     monkeypatch.setattr(pipeline_module, "get_stage", real_get_stage)
-    summary = run_stage(compose_config(out, OVERRIDES))
+    summary = run_stage(compose_config(out, study_overrides))
     # Finished steps were reused, not recomputed.
     for step, mtime in finished.items():
         assert (out / step / "step.json").stat().st_mtime_ns == mtime, f"{step} was recomputed"
@@ -79,23 +58,23 @@ def test_quick_experiment_writes_report_and_figures_and_resumes(tmp_path, monkey
 
     # A third run does nothing but the report: every step is reused.
     before = {step: (out / step / "step.json").stat().st_mtime_ns for step in STEPS}
-    run_stage(compose_config(out, OVERRIDES + ["pipeline.figures=false"]))
+    run_stage(compose_config(out, study_overrides + ["pipeline.figures=false"]))
     assert before == {step: (out / step / "step.json").stat().st_mtime_ns for step in STEPS}
 
 
-def test_pipeline_refuses_misplaced_overrides(tmp_path):
+def test_pipeline_refuses_misplaced_overrides(compose_config, study_overrides, tmp_path):
     from geovq.errors import ConfigError
 
     # An override only one step understands, given to all, names the step and the fix.
     with pytest.raises(ConfigError, match=r"step 'classifier'.*pipeline\.classifier="):
-        run_stage(compose_config(tmp_path / "b", OVERRIDES + ["model.latent_dim=16"]))
+        run_stage(compose_config(tmp_path / "b", study_overrides + ["model.latent_dim=16"]))
 
 
 @pytest.mark.slow
-def test_quick_experiment_on_two_cpu_processes(tmp_path):
+def test_quick_experiment_on_two_cpu_processes(run_cli, study_overrides, tmp_path):
     """Training steps run distributed (2 gloo processes); quantization, sampling and evaluation once."""
     out = tmp_path / "quick"
-    overrides = [item for item in OVERRIDES if not item.startswith("experiment=")]
+    overrides = [item for item in study_overrides if not item.startswith("experiment=")]
     result = run_cli("experiment=quick", *overrides, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
                      "pipeline.figures=false", f"hydra.run.dir={out}", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -108,9 +87,10 @@ def test_quick_experiment_on_two_cpu_processes(tmp_path):
         assert (out / step / "step.json").is_file(), step
 
 
-def test_a_method_declared_in_config_runs_for_two_seeds_and_reports_its_spread(tmp_path):
+def test_a_method_declared_in_config_runs_for_two_seeds_and_reports_its_spread(compose_config, study_overrides,
+                                                                                one_method_study, tmp_path):
     out = tmp_path / "study"
-    summary = run_stage(compose_config(out, OVERRIDES + ONE_METHOD + ["pipeline.seeds=[3,4]", "pipeline.prior=['model.n_layer=1','model.d_model=32','model.n_head=2','trainer.max_epochs=3','callbacks.early_stopping.patience=1']"]))
+    summary = run_stage(compose_config(out, study_overrides + one_method_study + ["pipeline.seeds=[3,4]", "pipeline.prior=['model.n_layer=1','model.d_model=32','model.n_head=2','trainer.max_epochs=3','callbacks.early_stopping.patience=1']"]))
     for seed in (3, 4):
         for step in ("vae", "kmeans8", "prior_A_kmeans8", "sample_A_kmeans8", "evaluate_A_kmeans8"):
             assert (out / f"seed_{seed}" / step / "step.json").is_file(), (seed, step)
@@ -132,12 +112,12 @@ def test_a_method_declared_in_config_runs_for_two_seeds_and_reports_its_spread(t
         assert record["prior/epochs"] <= record["prior/max_epochs"] == 3
 
 
-def test_a_study_mistake_stops_before_any_step_runs(tmp_path):
+def test_a_study_mistake_stops_before_any_step_runs(compose_config, study_overrides, one_method_study, tmp_path):
     from geovq.errors import ConfigError
 
     out = tmp_path / "bad"
     with pytest.raises(ConfigError, match=r"pipeline.methods.A_kmeans8.codes=vae .* makes no code grids"):
-        run_stage(compose_config(out, OVERRIDES + ONE_METHOD[:2] + ["+pipeline.methods={A_kmeans8: {codes: vae}}"]))
+        run_stage(compose_config(out, study_overrides + one_method_study[:2] + ["+pipeline.methods={A_kmeans8: {codes: vae}}"]))
     assert not (out / "classifier").exists()
 
 

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from conftest import compose_config, tiny_overrides
 
 from geovq.artifacts import load_artifact
 from geovq.errors import ArtifactError, ConfigError
@@ -20,7 +19,7 @@ QUANTIZER = ["quantizer.n_landmarks=300", "quantizer.n_neighbors=6", "quantizer.
 
 
 @pytest.fixture(scope="module")
-def pipelines(tmp_path_factory):
+def pipelines(compose_config, tiny_overrides, tmp_path_factory):
     """Tiny upstream runs of both pipelines, laid out as outputs/<stage>/runs/<name>."""
     logs = tmp_path_factory.mktemp("outputs")
     run_stage(compose_config(logs / "vae" / "runs" / "a", tiny_overrides() + ["stage=vae", "callbacks=quantize", "figures=false", *QUANTIZER]))
@@ -28,12 +27,15 @@ def pipelines(tmp_path_factory):
     return logs
 
 
-def prior_cfg(logs, name, *extra):
-    return compose_config(logs / "prior" / "runs" / name, ["stage=prior", f"paths.log_dir={logs}", *TINY_PRIOR, *extra])
+@pytest.fixture
+def prior_cfg(compose_config):
+    """``prior_cfg(logs, name, *extra)``: a tiny stage=prior writing into logs/prior/runs/name."""
+    return lambda logs, name, *extra: compose_config(logs / "prior" / "runs" / name,
+                                                     ["stage=prior", f"paths.log_dir={logs}", *TINY_PRIOR, *extra])
 
 
 @pytest.mark.parametrize("pipeline,n_codes", [("geodesic", 8), ("vqvae", 16)])
-def test_prior_then_samples_for_each_pipeline(pipelines, pipeline, n_codes):
+def test_prior_then_samples_for_each_pipeline(compose_config, prior_cfg, pipelines, pipeline, n_codes):
     logs = pipelines
     metrics = run_stage(prior_cfg(logs, pipeline, f"stage.codes={pipeline}"))
     prior_dir = logs / "prior" / "runs" / pipeline
@@ -59,7 +61,7 @@ def test_prior_then_samples_for_each_pipeline(pipelines, pipeline, n_codes):
     assert json.loads((sample_dir / "metrics.json").read_text())["sample/n"] == 20 == sample_metrics["sample/n"]
 
 
-def test_top_k_one_sampling_is_deterministic(pipelines, tmp_path):
+def test_top_k_one_sampling_is_deterministic(compose_config, prior_cfg, pipelines, tmp_path):
     logs = pipelines
     run_stage(prior_cfg(logs, "greedy", "stage.codes=vqvae"))
     prior_path = logs / "prior" / "runs" / "greedy" / "model.pt"
@@ -71,7 +73,7 @@ def test_top_k_one_sampling_is_deterministic(pipelines, tmp_path):
     assert torch.equal(codes[0], codes[1])
 
 
-def test_bad_sampling_inputs_are_refused(pipelines, tmp_path):
+def test_bad_sampling_inputs_are_refused(compose_config, prior_cfg, pipelines, tmp_path):
     logs = pipelines
     run_stage(prior_cfg(logs, "checks", "stage.codes=geodesic"))
     prior_path = logs / "prior" / "runs" / "checks" / "model.pt"
@@ -89,7 +91,7 @@ def test_bad_sampling_inputs_are_refused(pipelines, tmp_path):
         run_stage(compose_config(tmp_path / "e", base + [f"stage.decoder={tmp_path / 'other_vae.pt'}"]))
 
 
-def test_prior_vocabulary_must_match_the_codes(pipelines):
+def test_prior_vocabulary_must_match_the_codes(prior_cfg, pipelines):
     logs = pipelines
     with pytest.raises(ConfigError, match="model.n_codes=16"):
         run_stage(prior_cfg(logs, "mismatch", "stage.codes=vqvae", "model.n_codes=32"))

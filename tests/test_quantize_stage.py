@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli, tiny_overrides
 
 from geovq.artifacts import load_artifact, load_code_grids, require_made_from
 from geovq.errors import ArtifactError, ConfigError
@@ -18,17 +17,15 @@ SMALL_QUANTIZER = ["quantizer.n_landmarks=300", "quantizer.n_neighbors=6", "quan
 
 
 @pytest.fixture(scope="module")
-def trained_vae(tmp_path_factory):
+def trained_vae(compose_config, tiny_overrides, tmp_path_factory):
     """A tiny GridVAE trained with the quantization callback attached."""
-    from conftest import compose_config
-
     out = tmp_path_factory.mktemp("vae") / "run"
     cfg = compose_config(out, tiny_overrides() + ["stage=vae", "callbacks=quantize", "figures=false", *SMALL_QUANTIZER])
     metrics = run_stage(cfg)
     return out, metrics
 
 
-def test_callback_writes_codebook_and_code_grids_at_fit_end(trained_vae):
+def test_callback_writes_codebook_and_code_grids_at_fit_end(trained_vae, data_root):
     out, metrics = trained_vae
     vae, vae_art = load_model(out / "model.pt", "grid_vae")
     codebook = load_artifact(out / "codebook.pt", kind="codebook")
@@ -44,11 +41,9 @@ def test_callback_writes_codebook_and_code_grids_at_fit_end(trained_vae):
     assert 0 < metrics["quantized/train_utilization"] <= 1
     assert metrics["quantized/test_mse"] > 0 and metrics["continuous/test_mse"] > 0
     # The medoids are real training latents: each codebook vector is one cell's posterior mean.
-    from conftest import DATA_ROOT
-
     from geovq.data.images import ImageDataModule
 
-    dm = ImageDataModule(root=str(DATA_ROOT), subset=256, test_subset=200, download=False)
+    dm = ImageDataModule(root=str(data_root), subset=256, test_subset=200, download=False)
     with torch.no_grad():
         mu = vae.encode(dm.split("train").tensors[0])[0].permute(0, 2, 3, 1).reshape(-1, 8)
     assert torch.allclose(mu[codebook.payload["medoid_vector_indices"]], vectors, atol=1e-5)
@@ -101,7 +96,7 @@ def test_more_clusters_than_landmarks_is_refused(trained_vae, make_cfg):
 
 
 @pytest.mark.slow
-def test_cluster_count_sweep_through_multirun(trained_vae, tmp_path):
+def test_cluster_count_sweep_through_multirun(run_cli, tiny_overrides, trained_vae, tmp_path):
     vae_dir, _ = trained_vae
     result = run_cli(
         "-m", "stage=quantize", f"stage.vae={vae_dir / 'model.pt'}", "quantizer.n_clusters=4,8",

@@ -11,7 +11,6 @@ import shutil
 
 import pytest
 import yaml
-from conftest import compose_config, run_cli, tiny_overrides
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
@@ -37,7 +36,7 @@ def write_job(sweep, job: int, beta: float) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep(compose_config, tiny_overrides, tmp_path_factory):
     """A two-point sweep over beta run in-process, laid out as Hydra's multirun lays it out."""
     sweep = tmp_path_factory.mktemp("sweep")
     runs = []
@@ -115,7 +114,7 @@ def test_a_sweep_without_the_rate_draws_no_rate_distortion_figure(tmp_path):
     assert (tmp_path / "summary.png").is_file() and not (tmp_path / "rate_distortion.png").exists()
 
 
-def test_experiment_rate_distortion_sweeps_four_betas_with_both_quantizers(tmp_path):
+def test_experiment_rate_distortion_sweeps_four_betas_with_both_quantizers(compose_config, tmp_path):
     cfg = compose_config(tmp_path / "run", ["experiment=rate_distortion", "quantizer.n_clusters=64"])
     GlobalHydra.instance().clear()
     assert cfg.stage.name == "vae" and str(cfg.hydra.mode) == "RunMode.MULTIRUN"
@@ -127,7 +126,7 @@ def test_experiment_rate_distortion_sweeps_four_betas_with_both_quantizers(tmp_p
         assert callback.quantizer.n_clusters == 64 and callback.quantizer.n_landmarks == cfg.quantizer.n_landmarks
 
 
-def test_an_impossible_named_quantizer_is_refused_before_training(tmp_path):
+def test_an_impossible_named_quantizer_is_refused_before_training(compose_config, tmp_path):
     cfg = compose_config(tmp_path / "run", ["stage=vae", "callbacks=quantize_both", "quantizer.n_landmarks=50",
                                             "quantizer.n_clusters=64"])
     GlobalHydra.instance().clear()
@@ -141,7 +140,7 @@ def test_an_impossible_named_quantizer_is_refused_before_training(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_experiment_runs_as_one_command(tmp_path):
+def test_the_experiment_runs_as_one_command(run_cli, tiny_overrides, tmp_path):
     """The whole sweep through the CLI, no -m: each run quantized twice, then the summary (the
     fast tests above cover each part in-process; this is hydra.mode: MULTIRUN and SweepSummary)."""
     result = run_cli(

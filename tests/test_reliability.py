@@ -3,19 +3,28 @@ for each impossible setting, nothing written before the settings are checked."""
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
+import os
 import pickle
 import re
 import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
-from conftest import run_cli, tiny_overrides
 
 from geovq.artifacts import find_latest
 from geovq.errors import ConfigError
-from geovq.run_folder import RunFolderBusy, lock_run_folder
+from geovq.run_folder import LOCK_FILE, RunFolderBusy, lock_run_folder
 from geovq.train import run_stage
 
 
@@ -79,9 +88,7 @@ def test_a_changed_learning_rate_on_resume_is_refused_not_ignored(make_cfg, tmp_
                            output_dir=out, **{"trainer.max_epochs": 2}))
 
 
-def test_the_non_finite_loss_advice_works_as_written(make_cfg, tmp_path):
-    from test_non_finite_loss import nan_loss_message
-
+def test_the_non_finite_loss_advice_works_as_written(make_cfg, nan_loss_message, tmp_path):
     message = nan_loss_message(tmp_path / "nan")
     advice = re.search(r"Resume with gradient clipping: (.+?);", message).group(1)
     overrides = [item for item in shlex.split(advice) if not item.startswith("hydra.")]
@@ -137,7 +144,7 @@ def test_a_run_folder_is_held_by_one_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_second_run_in_a_busy_folder_stops_and_touches_nothing(tmp_path):
+def test_a_second_run_in_a_busy_folder_stops_and_touches_nothing(run_cli, tiny_overrides, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "metrics.json").write_text('{"test/mse": 0.5}\n')  # the first run's files
@@ -165,3 +172,305 @@ def test_picking_the_newest_input_says_which_file(tmp_path, caplog):
 def test_resuming_without_a_checkpoint_says_how(make_cfg, tmp_path):
     with pytest.raises(ConfigError, match=r"cannot resume: no checkpoint.*hydra\.run\.dir=.*ckpt_path=last"):
         run_stage(make_cfg("stage=vae", "ckpt_path=last", output_dir=tmp_path / "fresh"))
+
+
+# -- stopping on purpose: SIGINT / SIGTERM ------------------------------------------------------
+
+
+def start_cli(args: list[str], log_file) -> subprocess.Popen:
+    """`python -m geovq.train ARGS` in the background, its output in ``log_file``."""
+    env = {**os.environ, "WANDB_SILENT": "true"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    with open(log_file, "w") as stream:
+        return subprocess.Popen([sys.executable, "-m", "geovq.train", *args], stdout=stream, stderr=stream,
+                                stdin=subprocess.DEVNULL, env=env, cwd=Path(__file__).resolve().parents[1])
+
+
+def wait_for(path, process, seconds: float = 240) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert process.poll() is None, f"the run ended before {path} appeared"
+        assert time.monotonic() < deadline, f"{path} did not appear in {seconds} s"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_ends_a_training_run_as_interrupted_with_the_command_that_continues_it(signum, tiny_overrides, tmp_path):
+    out = tmp_path / "run"
+    process = start_cli(["stage=vae", f"hydra.run.dir={out}", "trainer.max_epochs=200", "figures=false",
+                         *tiny_overrides()], tmp_path / "log")
+    wait_for(out / "checkpoints" / "last.ckpt", process)
+    process.send_signal(signum)
+    assert process.wait(timeout=120) == 128 + signum  # 143 / 130: never the status of a success
+    output = (tmp_path / "log").read_text()
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output
+    line = [line for line in output.splitlines() if line.startswith("interrupted")]
+    assert len(line) == 1 and signal.Signals(signum).name in line[0] and str(out / "checkpoints" / "last.ckpt") in line[0]
+    assert not (out / "model.pt").exists() and not (out / "metrics.json").exists()
+    continue_with = shlex.split(line[0].split("Continue with: ", 1)[1])
+    assert continue_with[:3] == ["python", "-m", "geovq.train"]
+    assert f"hydra.run.dir={out}" in continue_with and "ckpt_path=last" in continue_with
+
+
+def test_a_stopped_step_process_is_not_recorded_as_done(make_cfg, tmp_path):
+    """A step's process that exits 0 without writing its completion record in this run (killed,
+    or an old folder's files) does not count: its old metrics are never recorded under a new key."""
+    from geovq.study.runner import Pipeline
+    from geovq.errors import TrainingError
+
+    pipe = Pipeline(tmp_path, [], {})
+    plan = pipe.plan("vae", "vae", list(tiny_overrides_for(make_cfg)), {})
+    plan.folder.mkdir(parents=True)
+    (plan.folder / "metrics.json").write_text('{"test/mse": 0.5}\n')  # an earlier run's
+    with pytest.raises(TrainingError, match="did not finish"):
+        pipe.collect(plan, 0, token="this-run")
+    assert not (plan.folder / "step.json").exists()
+
+
+# -- resumes ------------------------------------------------------------------------------------
+
+
+def test_more_epochs_on_resume_are_refused_when_the_schedule_cannot_follow(make_cfg, tmp_path):
+    out = tmp_path / "run"
+    run_stage(make_cfg("stage=vae", "figures=false", output_dir=out))
+    with pytest.raises(ConfigError, match=r"trainer\.max_epochs=1.*learning-rate schedule"):
+        run_stage(make_cfg("stage=vae", "figures=false", "ckpt_path=last", output_dir=out, **{"trainer.max_epochs": 2}))
+
+
+def test_a_checkpoint_of_another_stage_or_shape_is_refused_before_training(make_cfg, tmp_path):
+    out = tmp_path / "run"
+    run_stage(make_cfg("stage=vae", "figures=false", output_dir=out))
+    last = out / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError, match="stage=vae wrote it"):
+        run_stage(make_cfg("stage=vqvae", "model=vqvae", f"ckpt_path={last}", output_dir=tmp_path / "other"))
+    with pytest.raises(ConfigError, match=r"cannot resume .*is \[.*\], this model's is \[.*other model settings"):
+        run_stage(make_cfg("stage=vae", "figures=false", f"ckpt_path={last}", output_dir=tmp_path / "wider",
+                           **{"model.latent_dim": 4}))
+    assert not (tmp_path / "wider" / "model.pt").exists()
+
+
+def test_ckpt_path_on_a_stage_that_does_not_train_is_an_error(make_cfg, tmp_path):
+    with pytest.raises(ConfigError, match="stage=sample does not train"):
+        run_stage(make_cfg("stage=sample", "ckpt_path=last"))
+
+
+# -- finished runs are kept ---------------------------------------------------------------------
+
+
+def test_a_new_run_in_a_folder_holding_a_run_is_refused_and_touches_nothing(run_cli, tiny_overrides, tmp_path):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "metrics.json").write_text('{"test/mse": 0.5}\n')
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"an earlier run's checkpoint")
+    before = files_in(out)
+    result = run_cli("stage=vae", f"hydra.run.dir={out}", *tiny_overrides())
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: the run folder") and "ckpt_path=last" in last_line and "overwrite=true" in last_line
+    assert {path: value for path, value in files_in(out).items() if path.name != LOCK_FILE} == before
+
+
+def test_overwrite_moves_the_earlier_run_aside_before_the_new_one_writes(run_cli, tiny_overrides, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"test/mse": 0.5}\n')
+    result = run_cli("stage=vae", f"hydra.run.dir={out}", "overwrite=true", "figures=false", *tiny_overrides())
+    assert result.returncode == 0, result.stderr
+    kept = list((out / ".replaced").glob("*/metrics.json"))
+    assert len(kept) == 1 and kept[0].read_text() == '{"test/mse": 0.5}\n'
+    assert json.loads((out / "metrics.json").read_text())["test/mse"] != 0.5
+    assert find_latest(tmp_path, "run", "metrics.json") == out / "metrics.json"  # never the set-aside copy
+
+
+# -- settings checked before any work -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "stage,override,key",
+    [
+        ("stage=vae", "data.batch_size=abc", "data.batch_size"),
+        ("stage=vae", "data.subset=100.5", "data.subset"),
+        ("stage=vae", "trainer.max_epochs=1.5", "trainer.max_epochs"),
+        ("stage=vae", "seed=abc", "seed"),
+        ("stage=vae", "data.num_workers=-1", "data.num_workers"),
+        ("stage=vae", "model.optimizer.lr=0", "model.optimizer.lr"),
+        ("stage=vae", "quantizer.n_clusters=-5", "quantizer.n_clusters"),
+        ("stage=vqvae", "model.quantizer.n_codes=12.5", "model.quantizer.n_codes"),
+        ("stage=sample", "stage.temperature=hot", "stage.temperature"),
+    ],
+)
+def test_bad_settings_are_one_error_naming_the_key_before_anything_is_written(make_cfg, tmp_path, stage, override, key):
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        run_stage(make_cfg(stage, override, output_dir=out))
+    assert not any(path.is_file() for path in out.rglob("*"))
+
+
+def test_a_model_the_stage_does_not_train_is_named_before_anything_is_built(make_cfg, tmp_path):
+    with pytest.raises(ConfigError, match="stage=vae trains a GridVAE but model= builds a TransformerPrior"):
+        run_stage(make_cfg("stage=vae", "model=prior", tiny=False, output_dir=tmp_path / "run"))
+    assert not any(path.is_file() for path in (tmp_path / "run").rglob("*"))
+
+
+@pytest.mark.parametrize("stage,override", [("stage=vqvae", "model.quantizer.n_codes=2000000000"),
+                                            ("stage=sample", "stage.n_samples=100000000000")])
+def test_an_allocation_that_cannot_fit_is_refused_up_front(make_cfg, stage, override):
+    with pytest.raises(ConfigError, match="GiB of memory"):
+        run_stage(make_cfg(stage, override))
+
+
+def test_a_bad_setting_on_the_command_line_is_one_line_and_exit_1(run_cli, tiny_overrides, tmp_path):
+    result = run_cli("stage=vae", "data.batch_size=abc", f"hydra.run.dir={tmp_path / 'run'}", *tiny_overrides())
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: data.batch_size='abc' is not an integer: it must be an integer >= 1. Set it with data.batch_size=..."]
+
+
+# -- sweeps that finish -------------------------------------------------------------------------
+
+
+def test_a_failing_sweep_point_is_recorded_and_the_sweep_goes_on(run_cli, tiny_overrides, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli("-m", "stage=vqvae", "model=vqvae", "model.quantizer.n_codes=8,-1,16", f"hydra.sweep.dir={sweep}",
+                     "figures=false", *tiny_overrides())
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "1 sweep point(s) failed (jobs 1)" in result.stderr
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert [row["model.quantizer.n_codes"] for row in rows] == ["8", "-1", "16"]
+    assert rows[0]["test/mse"] and rows[2]["test/mse"] and not rows[1]["test/mse"]
+    assert "model.quantizer.n_codes=-1 is out of range" in rows[1]["error"]
+    assert "job 1: model.quantizer.n_codes=-1" in (sweep / "summary.md").read_text()
+    assert (sweep / "1" / "failed.json").is_file()
+
+
+def test_the_summary_reads_finished_and_failed_points(tmp_path):
+    from geovq.sweeps import collect_runs, write_failure, write_summary
+
+    for job, n_codes in (("0", 8), ("1", 16)):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- model.quantizer.n_codes={n_codes}\n")
+    (tmp_path / "0" / "metrics.json").write_text('{"test/mse": 0.25}\n')
+    write_failure(tmp_path / "1", "it failed")
+    runs = collect_runs(tmp_path)
+    assert [(run["job"], run["error"]) for run in runs] == [("0", None), ("1", "it failed")]
+    assert "| 1 | 16 | failed |" in write_summary(tmp_path).read_text()
+
+
+# -- data and disk ------------------------------------------------------------------------------
+
+
+def copy_of_mnist(data_root, tmp_path) -> Path:
+    root = tmp_path / "data"
+    shutil.copytree(data_root / "MNIST", root / "MNIST")
+    for path in (root / "MNIST" / "raw").iterdir():
+        path.chmod(0o644)
+    return root
+
+
+@pytest.mark.parametrize("name,offset", [("train-images-idx3-ubyte", 16), ("train-labels-idx1-ubyte", 8)])
+def test_an_idx_file_of_the_right_size_holding_random_bytes_is_named(data_root, tmp_path, name, offset):
+    from geovq.data.images import load_split
+    from geovq.errors import DataError
+
+    root = copy_of_mnist(data_root, tmp_path)
+    path = root / "MNIST" / "raw" / name
+    data = bytearray(path.read_bytes())
+    data[offset:] = np.random.default_rng(0).integers(0, 256, len(data) - offset, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=re.escape(f"{path.resolve()} is corrupt")):
+        load_split("torchvision.datasets.MNIST", root, True, False)
+
+
+def test_a_failed_download_removes_the_folders_it_created(tmp_path, monkeypatch):
+    import torchvision
+
+    from geovq.data.images import load_split
+    from geovq.errors import DataError
+
+    def no_network(self):
+        (Path(self.raw_folder)).mkdir(parents=True, exist_ok=True)
+        (Path(self.raw_folder) / "train-images-idx3-ubyte.gz").write_bytes(b"half a download")
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", no_network)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    with pytest.raises(DataError, match="could not be downloaded"):
+        load_split("torchvision.datasets.MNIST", shared / "new" / "data", True, True)
+    assert list(shared.iterdir()) == []  # the folder that was there stays, nothing inside it
+
+
+def test_a_full_disk_while_checkpointing_is_one_error_and_the_earlier_checkpoint_survives(make_cfg, tmp_path, monkeypatch):
+    import errno
+
+    import geovq.checkpoint_io
+    from geovq.artifacts import atomic_write_bytes
+    from geovq.errors import TrainingError
+
+    writes = []
+
+    def disk_fills_up(path, data):
+        writes.append(path)
+        if len(writes) > 2:  # epoch 0's best and last checkpoints are written, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        atomic_write_bytes(path, data)
+
+    monkeypatch.setattr(geovq.checkpoint_io, "atomic_write_bytes", disk_fills_up)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match="No space left on device.*intact.*ckpt_path=last"):
+        run_stage(make_cfg("stage=vae", "figures=false", output_dir=out, **{"trainer.max_epochs": 3}))
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+    assert not list(out.rglob("*.tmp"))
+
+
+# -- refusals say only what is safe -------------------------------------------------------------
+
+
+def test_an_unsafe_artifact_is_refused_in_one_line_without_unsafe_advice(run_cli, tiny_overrides, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(pickle.dumps({"kind": "grid_vae", "payload": Payload()}))
+    result = run_cli("stage=quantize", f"stage.vae={bad}", f"hydra.run.dir={tmp_path / 'q'}", *tiny_overrides())
+    assert result.returncode == 1 and not marker.exists()
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(bad) in lines[0]
+    assert "weights_only" not in result.stderr
+
+
+def test_an_unsafe_checkpoint_refusal_gives_no_unsafe_advice(make_cfg, tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(pickle.dumps({"state_dict": object()}))
+    with pytest.raises(ConfigError) as refused:
+        run_stage(make_cfg("stage=vae", f"ckpt_path={bad}"))
+    assert "weights_only" not in str(refused.value) and "\n" not in str(refused.value)
+
+
+# -- every run says what it made ----------------------------------------------------------------
+
+
+def test_a_finished_run_names_its_folder_and_headline_figures(run_cli, tiny_overrides, tmp_path):
+    out = tmp_path / "run"
+    result = run_cli("stage=vae", f"hydra.run.dir={out}", "figures=false", *tiny_overrides())
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()[-2:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert lines[0] == f"done: stage=vae in {out}"
+    assert lines[1].strip() == f"test/mse {metrics['test/mse']:.5g}, rate/kl_per_position {metrics['rate/kl_per_position']:.5g}"
+
+
+@pytest.mark.parametrize("stage,metrics,expected", [
+    ("prior", {"test/nll": 2.98123, "val/nll": 3.0}, "test/nll 2.9812"),
+    ("vqvae", {"test/mse": 0.0029, "codes/train_codes_used": 128.0, "codes/train_n_codes": 128.0},
+     "test/mse 0.0029, codes/train_codes_used 128, codes/train_n_codes 128"),
+    ("evaluate", {"fidelity/fid": 12.345}, "fidelity/fid 12.345"),
+])
+def test_each_stage_reports_its_headline_figures(make_cfg, stage, metrics, expected):
+    from geovq.outcome import finished_lines
+
+    cfg = make_cfg(f"stage={stage}")
+    assert finished_lines(cfg, metrics) == [f"done: stage={stage} in {cfg.paths.output_dir}", f"  {expected}"]

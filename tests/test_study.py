@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from conftest import DATA_ROOT, compose_config
 from omegaconf import OmegaConf
 
 from geovq.errors import ConfigError
@@ -53,8 +52,8 @@ def test_mistakes_in_a_study_are_one_message(steps, methods, message):
         plan_study(steps, methods)
 
 
-def test_experiment_paper_declares_the_paper_and_its_controls(tmp_path):
-    cfg = compose_config(tmp_path / "e", ["experiment=paper", f"data.root={DATA_ROOT}"])
+def test_experiment_paper_declares_the_paper_and_its_controls(compose_config, data_root, tmp_path):
+    cfg = compose_config(tmp_path / "e", ["experiment=paper", f"data.root={data_root}"])
     pipeline = OmegaConf.to_container(cfg.pipeline, resolve=True)
     study = plan_study(pipeline["steps"], pipeline["methods"])
     assert list(study.methods) == ["A_geodesic", "A_kmeans", "B_paper_objective", "B_per_image", "B_ema"]
@@ -63,9 +62,9 @@ def test_experiment_paper_declares_the_paper_and_its_controls(tmp_path):
     assert {m.paper for m in study.methods.values()} == {"A", "B", None}
 
 
-def test_a_method_is_added_from_the_command_line(tmp_path):
+def test_a_method_is_added_from_the_command_line(compose_config, data_root, tmp_path):
     cfg = compose_config(tmp_path / "e", [
-        "experiment=quick", f"data.root={DATA_ROOT}",
+        "experiment=quick", f"data.root={data_root}",
         "+pipeline.steps.quantize_k64={stage: quantize, inputs: {stage.vae: vae}, overrides: ['quantizer=kmeans', 'quantizer.n_clusters=64']}",
         "+pipeline.methods.A_kmeans_64={codes: quantize_k64, title: 'A: K-Means, K=64'}",
     ])

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from conftest import run_cli, tiny_overrides
 
 from geovq.models.grid_vae import GridVAE
 from geovq.models.io import load_model
@@ -87,7 +86,7 @@ def test_wandb_logger_works_offline_without_account(make_cfg, tmp_path, monkeypa
 
 
 @pytest.mark.slow
-def test_ddp_on_cpu_with_two_processes(tmp_path):
+def test_ddp_on_cpu_with_two_processes(run_cli, tiny_overrides, tmp_path):
     out = tmp_path / "ddp"
     result = run_cli(
         "stage=vae",

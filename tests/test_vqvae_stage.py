@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli, tiny_overrides
 
 from geovq.artifacts import load_code_grids, require_made_from
 from geovq.models.io import load_model
@@ -40,7 +39,7 @@ def test_stage_vqvae_writes_model_codes_and_usage(make_cfg, tmp_path):
 
 
 @pytest.mark.slow
-def test_commitment_cost_sweep_writes_a_summary(tmp_path):
+def test_commitment_cost_sweep_writes_a_summary(run_cli, tiny_overrides, tmp_path):
     result = run_cli(
         "-m",
         "stage=vqvae",

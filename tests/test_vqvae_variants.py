@@ -6,9 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DATA_ROOT, compose_config, tiny_overrides
 from hydra.utils import instantiate
-from test_vqvae_model import TINY
 
 from geovq.artifacts import load_code_grids, require_made_from
 from geovq.data.images import ImageDataModule
@@ -21,11 +19,11 @@ from geovq.train import run_stage
 
 
 @pytest.fixture(scope="module")
-def mnist():
+def mnist(data_root):
     """320 MNIST training images, N x 1 x 28 x 28 in [0, 1]."""
     import torchvision
 
-    images = torchvision.datasets.MNIST(root=str(DATA_ROOT), train=True, download=False).data[:320]
+    images = torchvision.datasets.MNIST(root=str(data_root), train=True, download=False).data[:320]
     return images.float().div(255).unsqueeze(1)
 
 
@@ -60,12 +58,12 @@ def train_steps(model, images, steps=30, batch=32, lr=3e-3):
 
 
 # -- the paper's objective ----------------------------------------------------------------------
-def test_paper_reduction_gives_the_documented_loss_values(mnist):
+def test_paper_reduction_gives_the_documented_loss_values(tiny_model, mnist):
     x = mnist[:16]
     models = {}
     for reduction in ("per_image", "paper"):
         torch.manual_seed(0)
-        models[reduction] = VQVAE(**TINY, quantizer={"n_codes": 32, "commitment_cost": 0.5},
+        models[reduction] = VQVAE(**tiny_model, quantizer={"n_codes": 32, "commitment_cost": 0.5},
                                   loss_reduction=reduction).eval()
     per_image, paper = (models[r].loss_terms(x) for r in ("per_image", "paper"))
     out = models["paper"].quantizer(models["paper"].encode(x))
@@ -140,7 +138,7 @@ def test_unknown_kind_and_leftover_options_name_the_key(make_cfg):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_stage_vqvae_writes_codes_with_each_variant(make_cfg, tmp_path, variant):
+def test_stage_vqvae_writes_codes_with_each_variant(make_cfg, data_root, tmp_path, variant):
     metrics = run_stage(make_cfg("stage=vqvae", f"model={variant}", "figures=false"))
     out = tmp_path / "run"
     model, model_art = load_model(out / "model.pt", "vqvae")
@@ -151,14 +149,14 @@ def test_stage_vqvae_writes_codes_with_each_variant(make_cfg, tmp_path, variant)
     assert 0 <= int(test.min()) and int(test.max()) < 128
     assert metrics["test/mse"] > 0 and 0 < metrics["codes/train_utilization"] <= 1
     # The saved model rebuilds from its artifact and assigns the stored codes.
-    images = ImageDataModule(root=str(DATA_ROOT), subset=256, test_subset=200, download=False).split("test").tensors[0]
+    images = ImageDataModule(root=str(data_root), subset=256, test_subset=200, download=False).split("test").tensors[0]
     assert torch.equal(model.codes(images[:50]), test[:50])
 
 
 # -- the a posteriori start (hybrid) ------------------------------------------------------------
-def test_started_model_reproduces_the_aposteriori_reconstruction_then_trains(mnist):
+def test_started_model_reproduces_the_aposteriori_reconstruction_then_trains(tiny_model, mnist):
     torch.manual_seed(0)
-    vae = GridVAE(**TINY).eval()
+    vae = GridVAE(**tiny_model).eval()
     x = mnist[:64]
     with torch.no_grad():
         mu = vae.encode(x)[0]
@@ -167,7 +165,7 @@ def test_started_model_reproduces_the_aposteriori_reconstruction_then_trains(mni
     centers = torch.as_tensor(kmeans.cluster_centers_, dtype=torch.float32)
     expected = torch.as_tensor(kmeans.predict(rows)).reshape(64, 7, 7)
 
-    model = VQVAE(**TINY, quantizer={"n_codes": 16, "ema": True, "restart_dead_codes": True,
+    model = VQVAE(**tiny_model, quantizer={"n_codes": 16, "ema": True, "restart_dead_codes": True,
                                      "dead_code_threshold": 0.5, "dead_code_window": None})
     model.init_from_grid_vae(vae, centers)
     model.eval()
@@ -180,18 +178,18 @@ def test_started_model_reproduces_the_aposteriori_reconstruction_then_trains(mni
     assert not torch.equal(model.codebook, centers)  # the codebook trains on from there
 
 
-def test_start_refuses_mismatched_models():
-    vae = GridVAE(**TINY)
+def test_start_refuses_mismatched_models(tiny_model):
+    vae = GridVAE(**tiny_model)
     with pytest.raises(ConfigError, match=r"model.latent_dim=4.*Set model.latent_dim=8"):
-        VQVAE(**{**TINY, "latent_dim": 4}).init_from_grid_vae(vae, torch.zeros(128, 8))
+        VQVAE(**{**tiny_model, "latent_dim": 4}).init_from_grid_vae(vae, torch.zeros(128, 8))
     with pytest.raises(ConfigError, match=r"Set model.quantizer.n_codes=16"):
-        VQVAE(**TINY).init_from_grid_vae(vae, torch.zeros(16, 8))
+        VQVAE(**tiny_model).init_from_grid_vae(vae, torch.zeros(16, 8))
     with pytest.raises(ConfigError, match=r"kind=fsq has no codebook"):
-        VQVAE(**TINY, quantizer={"kind": "fsq", "levels": [8, 4, 4]}).init_from_grid_vae(vae, torch.zeros(128, 8))
+        VQVAE(**tiny_model, quantizer={"kind": "fsq", "levels": [8, 4, 4]}).init_from_grid_vae(vae, torch.zeros(128, 8))
 
 
 @pytest.fixture(scope="module")
-def quantized_vae(tmp_path_factory):
+def quantized_vae(compose_config, tiny_overrides, tmp_path_factory):
     """A tiny GridVAE and its K-Means codebook (K=8), through the stages."""
     root = tmp_path_factory.mktemp("aposteriori")
     run_stage(compose_config(root / "vae", tiny_overrides() + ["stage=vae", "figures=false"]))
