@@ -40,6 +40,8 @@ class DropNoise(logging.Filter):
 def route_warnings_to_log() -> None:
     """Print each Python warning as one log line (``UserWarning: ...``), without its source line."""
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # torch's note on a foreign pickle's protocol, printed before geovq refuses the file anyway
+    warnings.filterwarnings("ignore", message=".*Detected pickle protocol.*")
     logger = logging.getLogger("py.warnings")
 
     def show(message, category, filename, lineno, file=None, line=None):

@@ -12,9 +12,9 @@ from omegaconf import DictConfig
 # The figures a person looks at first, per stage (those the run reported, in this order).
 HEADLINE_METRICS = {
     "vae": ("test/mse", "rate/kl_per_position", "quantized/test_mse"),
-    "vqvae": ("test/mse", "codes/train_codes_used", "codes/n_codes"),
-    "finetune": ("test/mse", "codes/train_codes_used"),
-    "quantize": ("quantized/test_mse", "codes/train_codes_used", "codes/n_codes"),
+    "vqvae": ("test/mse", "codes/train_codes_used", "codes/train_n_codes"),
+    "finetune": ("test/mse", "codes/train_codes_used", "codes/train_n_codes"),
+    "quantize": ("quantized/test_mse", "quantized/train_codes_used", "quantized/train_n_codes"),
     "prior": ("test/nll", "test/perplexity"),
     "sample": ("fidelity/fid", "fidelity/fid_floor"),
     "evaluate": ("fidelity/fid", "fidelity/fid_floor"),

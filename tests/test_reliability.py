@@ -472,5 +472,5 @@ def test_a_finished_run_names_its_folder_and_headline_figures(run_cli, tiny_over
 def test_each_stage_reports_its_headline_figures(make_cfg, stage, metrics, expected):
     from geovq.outcome import finished_lines
 
-    cfg = make_cfg(f"stage={stage}")
+    cfg = make_cfg(f"stage={stage}", tiny=False)
     assert finished_lines(cfg, metrics) == [f"done: stage={stage} in {cfg.paths.output_dir}", f"  {expected}"]
