@@ -1,4 +1,6 @@
-"""VectorQuantizer: lookup, losses, straight-through gradient, EMA, k-means init, dead-code restarts."""
+"""The VQ layer (geovq.nn.vq) part by part: lookup, losses and straight-through gradient (layer),
+EMA codebook (codebook), k-means init (init), dead-code restarts (restarts), one-process collectives
+(distributed; two processes in test_vq_distributed.py)."""
 
 from __future__ import annotations
 
@@ -10,12 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from geovq.errors import ConfigError, ParameterError
+from geovq.metrics.codebook import perplexity, utilization
 from geovq.nn.conv import ConvDecoder, ConvEncoder
-from geovq.nn.vector_quantizer import (
-    VectorQuantizer,
-    kmeans_init_codebook,
-    reset_optimizer_state_rows,
-)
+from geovq.nn.vq import VectorQuantizer
+from geovq.nn.vq.distributed import all_gather_rows, filled_on_rank0, summed_over_ranks, world_size
+from geovq.nn.vq.init import kmeans_init_codebook
+from geovq.nn.vq.restarts import dead_codes, reset_optimizer_state_rows
 
 MNIST_ROOT = "/work/shared/data"
 
@@ -94,30 +96,28 @@ def test_straight_through_gradient_is_identity():
     assert torch.allclose(z.grad, upstream)
 
 
-# -- usage statistics ------------------------------------------------------------------------
-def test_usage_metrics_on_hand_made_counts():
-    vq = VectorQuantizer(n_codes=4, code_dim=2)
-    vq.usage_counts.copy_(torch.tensor([5, 5, 0, 0]))
-    assert vq.utilization() == pytest.approx(0.5)
-    assert vq.perplexity() == pytest.approx(2.0)
-    assert vq.dead_codes().tolist() == [2, 3]
-    vq.usage_counts.copy_(torch.tensor([1, 1, 1, 1]))
-    assert vq.perplexity() == pytest.approx(4.0) and vq.utilization() == 1.0
-    vq.reset_usage()
-    assert vq.usage_counts.sum() == 0 and vq.perplexity() == 0.0
-
-
-def test_usage_counted_in_training_only():
+# -- statistics ----------------------------------------------------------------------------------
+def test_statistics_move_in_training_only():
     torch.manual_seed(0)
-    vq = VectorQuantizer(n_codes=6, code_dim=3)
+    vq = VectorQuantizer(n_codes=6, code_dim=3, ema=True, restart_dead_codes=True, dead_code_threshold=0.5)
     z = torch.randn(2, 3, 4, 4)
+    before = {name: value.clone() for name, value in vq.state_dict().items()}
     vq.eval()
     out = vq(z)
-    assert vq.usage_counts.sum() == 0 and out.counts.sum() == 32
+    assert out.counts.sum() == 32
+    assert all(torch.equal(value, before[name]) for name, value in vq.state_dict().items())
     vq.train()
     out = vq(z)
-    vq(z)
-    assert torch.equal(vq.usage_counts, 2 * out.counts)
+    assert torch.equal(vq.steps_since_used, (out.counts == 0).long())
+    assert torch.equal(vq.ema_usage, out.counts.float())  # the first training step's counts
+
+
+def test_models_saved_with_the_old_usage_buffer_load():
+    vq = VectorQuantizer(n_codes=4, code_dim=2)
+    state = {**vq.state_dict(), "usage_counts": torch.tensor([1, 0, 2, 0])}
+    VectorQuantizer(n_codes=4, code_dim=2).load_state_dict(state)  # strict
+    nested = nn.Sequential(VectorQuantizer(n_codes=4, code_dim=2))
+    nested.load_state_dict({f"0.{name}": value for name, value in state.items()})
 
 
 # -- EMA ----------------------------------------------------------------------------------------
@@ -187,30 +187,40 @@ def test_kmeans_init_with_ema_keeps_statistics_consistent():
 
 # -- dead-code restarts ----------------------------------------------------------------------------
 def _fit_codebook_only(restart: bool, steps=60, seed=0):
-    """Fixed latents from 12 clusters, a learned codebook initialised as usual (collapses)."""
+    """Fixed latents from 12 clusters, a learned codebook initialised as usual (collapses); the
+    code counts of the last 10 steps."""
     torch.manual_seed(seed)
     z, _ = clustered_grid(n_images=16, dim=4, n_clusters=12, seed=seed)
     vq = VectorQuantizer(n_codes=16, code_dim=4, restart_dead_codes=restart, dead_code_window=5)
     opt = torch.optim.Adam(vq.parameters(), lr=1e-2)
-    n_restarted = 0
+    n_restarted, counts = 0, 0
     for step in range(steps):
-        if step == steps - 10:
-            vq.reset_usage()
         out = vq(z)
+        if step >= steps - 10:
+            counts = counts + out.counts
         opt.zero_grad()
         out.loss.backward()
         n_restarted += reset_optimizer_state_rows(opt, vq.embedding, out.restarted) > 0
         opt.step()
-    return vq, n_restarted
+    return counts.numpy(), n_restarted
 
 
 def test_dead_code_restart_revives_codes():
     plain, _ = _fit_codebook_only(restart=False)
     revived, n_restarts = _fit_codebook_only(restart=True)
     assert n_restarts > 0
-    assert plain.utilization() < 0.7  # partial collapse: several of the 16 codes never win
-    assert revived.utilization() >= 0.9 and revived.utilization() > plain.utilization() + 0.25
-    assert revived.perplexity() > plain.perplexity() * 1.5
+    assert utilization(plain) < 0.7  # partial collapse: several of the 16 codes never win
+    assert utilization(revived) >= 0.9 and utilization(revived) > utilization(plain) + 0.25
+    assert perplexity(revived) > perplexity(plain) * 1.5
+
+
+def test_dead_code_criteria():
+    steps_since_used = torch.tensor([0, 3, 5, 1])
+    assert dead_codes(steps_since_used, None, 3, 0.0).tolist() == [False, True, True, False]
+    usage = torch.tensor([4.0, 4.0, 4.0, 0.5])  # the average is 3.125: code 3 is under half of it
+    assert dead_codes(steps_since_used, usage, None, 0.5).tolist() == [False, False, False, True]
+    assert dead_codes(steps_since_used, usage, 3, 0.5).tolist() == [False, True, True, True]
+    assert not dead_codes(steps_since_used, torch.full((4,), -1.0), None, 0.5).any()  # no step yet
 
 
 def test_restart_with_ema_resets_statistics_to_the_new_vector():
@@ -419,6 +429,15 @@ def test_deterministic_under_manual_seed():
     (a_cb, a_codes), (b_cb, b_codes) = run(), run()
     assert torch.equal(a_cb, b_cb) and torch.equal(a_codes, b_codes)
     assert not math.isnan(float(a_cb.sum()))
+
+
+# -- one process: the collectives are plain calls ------------------------------------------------
+def test_collectives_without_torch_distributed_are_plain_calls():
+    assert world_size() == 1
+    x = torch.randn(5, 3)
+    assert summed_over_ranks(x) is x and all_gather_rows(x) is x
+    filled = filled_on_rank0(torch.zeros(2, 3), lambda out: out.fill_(7.0))
+    assert torch.equal(filled, torch.full((2, 3), 7.0))
 
 
 # -- mixed precision ----------------------------------------------------------------------------

@@ -13,13 +13,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from geovq.errors import ParameterError
 from geovq.models.vqvae import VQVAE
+from geovq.nn.quantizer_layer import FreeCodebook, QuantizerLayer
 
 MNIST_ROOT = "/work/shared/data"
 TINY = dict(latent_dim=8, hidden_channels=16, n_res_blocks=1)
 
 
 def tiny_vqvae(cls=None, optimizer=None, **quantizer):
-    """A small VQVAE; keyword arguments are VectorQuantizer options (model.quantizer.*)."""
+    """A small VQVAE; keyword arguments are the quantizer's options (model.quantizer.*)."""
     return (cls or VQVAE)(**TINY, quantizer={"n_codes": 32, **quantizer}, optimizer=optimizer)
 
 
@@ -68,8 +69,9 @@ def test_public_api_shapes(mnist):
     assert images.shape == x.shape and images.min() >= 0 and images.max() <= 1
     # quantize() has no side effects even in training mode.
     model.train()
+    before = {name: value.clone() for name, value in model.quantizer.state_dict().items()}
     model.quantize(z_e)
-    assert model.quantizer.usage_counts.sum() == 0
+    assert all(torch.equal(value, before[name]) for name, value in model.quantizer.state_dict().items())
 
 
 def test_straight_through_reconstruction_gradient_reaches_encoder(mnist):
@@ -113,6 +115,16 @@ def test_bad_quantizer_settings_name_the_quantizer_block(option):
     with pytest.raises(ParameterError) as raised:
         tiny_vqvae(**option)
     assert raised.value.parameter == f"quantizer.{list(option)[-1]}"
+
+
+@pytest.mark.parametrize("quantizer, free", [({"kind": "vq"}, True), ({"kind": "fsq"}, False),
+                                             ({"kind": "library_vq", "n_codes": 16}, False),
+                                             ({"kind": "simvq", "n_codes": 16}, False)])
+def test_every_quantizer_kind_is_a_quantizer_layer(quantizer, free):
+    """Only the hand-written layer has free codes: an a posteriori codebook can start it."""
+    model = VQVAE(**TINY, quantizer=quantizer)
+    assert isinstance(model.quantizer, QuantizerLayer)
+    assert isinstance(model.quantizer, FreeCodebook) == free
 
 
 class CountsProbe(L.Callback):

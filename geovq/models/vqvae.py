@@ -35,19 +35,23 @@ default that is ``rec + vq_loss``, as before).
 
 The quantizer is swappable (``quantizer.kind``, ``geovq.nn.quantizers``): ``vq``, the hand-written
 layer above (the default), or a layer of vector-quantize-pytorch (``fsq``, ``library_vq`` with the
-rotation trick, ``simvq``). Whatever the kind, the model gives code grids B x 7 x 7 in
-[0, n_codes), ``lookup``/``decode_codes`` for grids sampled by a prior, and per-epoch usage.
+rotation trick, ``simvq``); what the model needs from any of them is
+``geovq.nn.quantizer_layer.QuantizerLayer``. Whatever the kind, the model gives code grids
+B x 7 x 7 in [0, n_codes), ``lookup``/``decode_codes`` for grids sampled by a prior, and per-epoch
+usage.
 ``init_from_grid_vae`` starts the encoder, decoder and codebook from a GridVAE and its a
 posteriori codebook (stage=vqvae ``stage.init_codes``).
 
 Reported alongside: per-pixel MSE of the [0, 1] reconstructions (through the VQ layer) over the
 full validation/test split, and codebook usage over each epoch: ``{split}/utilization``
 (fraction of codes used), ``{split}/code_perplexity`` (exp of the usage entropy) and
-``{split}/dead_codes`` (codes never chosen during the epoch). The epoch's per-code counts are kept
-in ``epoch_code_counts[split]`` for callbacks (e.g. a usage histogram).
+``{split}/dead_codes`` (codes never chosen during the epoch). The model counts the codes of every
+batch, per process, and sums the counts over the processes once, at the end of the epoch; the
+epoch's per-code counts are kept in ``epoch_code_counts[split]`` for callbacks (e.g. a usage
+histogram).
 
 Mixed precision and data parallelism are the quantizer's business: it works in float32 under
-autocast and keeps the codebook identical on every rank (``geovq.nn.vector_quantizer``).
+autocast and keeps the codebook identical on every rank (``geovq.nn.vq``).
 """
 
 from __future__ import annotations
@@ -65,8 +69,8 @@ from geovq.errors import ConfigError, ParameterError, caller_names
 from geovq.metrics.codebook import usage_summary
 from geovq.models.base import GeovqModule
 from geovq.nn.conv import ConvDecoder, ConvEncoder
+from geovq.nn.quantizer_layer import FreeCodebook, QuantizerLayer
 from geovq.nn.quantizers import build_quantizer
-from geovq.nn.vector_quantizer import reset_optimizer_state_rows
 
 SPLITS = ("train", "val", "test")
 LOSS_REDUCTIONS = ("per_image", "paper")
@@ -75,6 +79,8 @@ SHARED_ARCHITECTURE = ("latent_dim", "hidden_channels", "n_res_blocks", "in_chan
 
 
 class VQVAE(GeovqModule):
+    quantizer: QuantizerLayer
+
     def __init__(
         self,
         latent_dim: int = 64,
@@ -164,7 +170,7 @@ class VQVAE(GeovqModule):
                     f"model.{key}={self.hparams[key]}, but {source} has {key}={vae.hparams[key]}: the VQ-VAE "
                     f"starts from its weights, so the two must agree. Set model.{key}={vae.hparams[key]}."
                 )
-        if not hasattr(self.quantizer, "set_codebook"):
+        if not isinstance(self.quantizer, FreeCodebook):
             raise ConfigError(
                 f"model.quantizer.kind={(self.hparams.quantizer or {}).get('kind', 'vq')} has no codebook of free vectors to start "
                 "from an a posteriori codebook; use the hand-written layer (model=vqvae_hybrid, kind vq)."
@@ -264,13 +270,12 @@ class VQVAE(GeovqModule):
         if self._pending_restarts:
             rows = torch.unique(torch.cat(self._pending_restarts))
             self._pending_restarts = []
-            if self.quantizer.has_codebook_loss:
-                reset_optimizer_state_rows(optimizer, self.quantizer.embedding, rows)
+            if isinstance(self.quantizer, FreeCodebook):  # the only kind that restarts codes
+                self.quantizer.reset_optimizer_rows(optimizer, rows)
             self.log("train/restarted_codes", float(rows.numel()), on_step=False, on_epoch=True, reduce_fx="sum")
 
     def on_train_epoch_start(self) -> None:
         self._reset_counts("train")
-        self.quantizer.reset_usage()
 
     def on_validation_epoch_start(self) -> None:
         self._reset_counts("val")

@@ -1,9 +1,7 @@
-"""Today's end-to-end quantizers, taken from vector-quantize-pytorch, behind the VQ layer's interface.
+"""Today's end-to-end quantizers, taken from vector-quantize-pytorch, as quantizer layers of the VQ-VAE.
 
-The VQ-VAE (``geovq.models.vqvae``) uses its quantizer through the interface of
-:class:`geovq.nn.vector_quantizer.VectorQuantizer`: ``forward(z_e) -> QuantizerOutput``,
-``nearest``, ``lookup``, ``codebook``, ``n_codes``, ``has_codebook_loss``, ``reset_usage``. The
-adapters here give that interface to three layers of the library, which does the quantizing:
+Each adapter wraps one layer of the library, which does the quantizing, in the interface the
+VQ-VAE needs (:class:`geovq.nn.quantizer_layer.QuantizerLayer`):
 
 - :class:`FSQQuantizer`: finite scalar quantization (Mentzer et al., 2023), ``levels`` [8, 4, 4]
   = 128 codes. FSQ rounds a few bounded scalars, so the library projects D -> len(levels) before
@@ -34,12 +32,12 @@ from torch import Tensor, nn
 from vector_quantize_pytorch import FSQ, SimVQ, VectorQuantize
 
 from geovq.errors import ParameterError
-from geovq.nn.vector_quantizer import QuantizerOutput
+from geovq.nn.quantizer_layer import QuantizerOutput
 
 
 class LibraryQuantizer(nn.Module):
-    """The VectorQuantizer interface around one library layer; subclasses say how to train,
-    pick codes and look them up."""
+    """A quantizer layer around one library layer; subclasses say how to train, pick codes and
+    look them up."""
 
     has_codebook_loss = False  # a codebook learned by a loss term (logged as codebook_loss)
 
@@ -124,9 +122,6 @@ class LibraryQuantizer(nn.Module):
     def _compared(self, z: Tensor) -> Tensor:
         """The encoder output as the layer compares it with the codes."""
         return z
-
-    def reset_usage(self) -> None:
-        """Nothing to forget: the VQ-VAE counts usage per epoch itself."""
 
     @property
     def _device(self) -> torch.device:

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import inspect
 
-from torch import nn
-
 from geovq.errors import ParameterError
 from geovq.nn.library_quantizers import FSQQuantizer, LibraryVQ, SimVQQuantizer
-from geovq.nn.vector_quantizer import VectorQuantizer
+from geovq.nn.quantizer_layer import QuantizerLayer
+from geovq.nn.vq import VectorQuantizer
 
 QUANTIZERS = {"vq": VectorQuantizer, "fsq": FSQQuantizer, "library_vq": LibraryVQ, "simvq": SimVQQuantizer}
 
 
-def build_quantizer(code_dim: int, kind: str = "vq", **options) -> nn.Module:
+def build_quantizer(code_dim: int, kind: str = "vq", **options) -> QuantizerLayer:
     """The ``kind`` quantizer for codes of dimension ``code_dim``, with its ``options``."""
     if kind not in QUANTIZERS:
         raise ParameterError("kind", f"kind must be one of {', '.join(QUANTIZERS)}, got '{kind}'.")
