@@ -1,10 +1,8 @@
 """Which training precision is fast on this machine: ``${geovq_fast_precision:<accelerator>}``.
 
 bf16 autocast only pays where the hardware computes in bf16: CUDA devices that support it, and
-CPUs with AVX512-BF16 or AMX. Elsewhere the CPU emulates it, and a Transformer prior's training
-step under bf16 autocast took 8x as long as in float32 on an AVX2-only AMD EPYC (1485 ms against
-186 ms, d_model 64, batch 128; 13.5x at d_model 128), where it took 0.73x on a CPU with
-AVX512-BF16 (bench/prior_step.py, bench/results/). A study that wants the cheaper step therefore asks for this resolver
+CPUs with AVX512-BF16 or AMX. Elsewhere the CPU emulates it, many times slower than float32
+(measured: docs/design.md). A study that wants the cheaper step therefore asks for this resolver
 instead of naming bf16-mixed.
 """
 

@@ -1,4 +1,5 @@
-"""Every geovq command line quoted in README.md parses and composes with Hydra.
+"""Every geovq command line quoted in README.md and in the pages of docs/ parses and composes
+with Hydra.
 
 A command (a line of a code block or an inline code span that runs ``python -m geovq.train`` or
 ``geovq``) is split as the shell would, its arguments read by Hydra's own argument parser, its
@@ -29,7 +30,10 @@ from geovq import CONF_DIR
 from geovq.stage_registry import STEP_STAGES
 from geovq.study.spec import plan_study
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+# The README and the pages it links: the commands moved out of the README are checked the same way.
+PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]
 
 # How geovq/study/runner.py composes each step of `pipeline.<step>` (`all` reaches every step).
 PIPELINE_STEP_ARGS = {stage: [f"stage={stage}"] for stage in STEP_STAGES}
@@ -156,12 +160,15 @@ def is_synopsis(text: str) -> bool:
     return bool(re.search(r"(^|\s)\[[^\]=]*\](\s|$)", text))
 
 
-SNIPPETS = readme_snippets(README.read_text(encoding="utf-8"))
+README_SNIPPETS = readme_snippets(README.read_text(encoding="utf-8"))
+SNIPPETS = list(dict.fromkeys(snippet for page in PAGES for snippet in readme_snippets(page.read_text(encoding="utf-8"))))
 
 
-def test_readme_quotes_the_commands():
-    commands = [text for kind, text in SNIPPETS if kind == "command" and not is_synopsis(text)]
-    assert len(commands) > 20, commands
+def test_readme_and_docs_quote_the_commands():
+    in_readme = [text for kind, text in README_SNIPPETS if kind == "command" and not is_synopsis(text)]
+    everywhere = [text for kind, text in SNIPPETS if kind == "command" and not is_synopsis(text)]
+    assert len(in_readme) > 10, in_readme
+    assert len(everywhere) > 40, everywhere
 
 
 @pytest.mark.parametrize(
