@@ -78,7 +78,7 @@ RULES = (
     positive("model.quantizer.n_codes"), Rule("model.quantizer.commitment_cost", float, low=0),
     fraction("model.quantizer.decay"), positive("model.quantizer.eps", float), positive("model.quantizer.kmeans_iters"),
     Rule("model.quantizer.dead_code_threshold", float, low=0), fraction("model.quantizer.dead_code_decay"),
-    positive("model.quantizer.dead_code_window"), positive("model.quantizer.restart_buffer_size"),
+    positive("model.quantizer.dead_code_window", optional=True), positive("model.quantizer.restart_buffer_size"),
     Rule("model.quantizer.restart_noise", float, low=0),
     # stages
     positive("stage.n_samples"), positive("stage.temperature", float), positive("stage.top_k", optional=True),

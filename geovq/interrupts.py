@@ -35,11 +35,22 @@ class RunInterrupted(BaseException):
 
 
 def _raise_interrupted(signum, frame) -> None:
+    if signum == signal.SIGTERM and _distributed():
+        # Every rank must stop at the same step, or the others wait forever in a collective:
+        # Lightning's own handler (which runs before this one) shares the signal between the
+        # ranks, and each raises SIGTERMException at the next step boundary (see as_interruption).
+        return
     # Later signals (a second Ctrl-C while child processes are being stopped) are ignored: the
     # first one is already unwinding the run, and a second exception would cut its clean-up short.
     for stop in STOP_SIGNALS:
         signal.signal(stop, signal.SIG_IGN)
     raise RunInterrupted(signum)
+
+
+def _distributed() -> bool:
+    import torch.distributed
+
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 @contextmanager

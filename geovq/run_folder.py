@@ -98,7 +98,7 @@ def lock_run_folder(folder: str | Path) -> FileLock:
 # What a run leaves in its folder: a folder holding any of these holds a finished or an
 # interrupted run (a folder with only Hydra's .hydra/, from a run refused at its settings, does not).
 RUN_FILES = ("metrics.json", "config.yaml", "checkpoints", "model.pt", "codes.pt", "codebook.pt", "samples.pt",
-             "evaluation.json", "report.md", "step.json", "csv")
+             "evaluation.json", "report.md", "step.json", "csv", "complete.json")
 # Where ``overwrite=true`` moves an earlier run's files: hidden, so no newest-file look-up finds them.
 SET_ASIDE_FOLDER = ".replaced"
 
@@ -139,3 +139,24 @@ def refuse_earlier_run(folder: str | Path) -> None:
 
 class RunFolderTaken(GeovqError):
     """The run folder holds an earlier run that a new run would overwrite."""
+
+
+# A step of a study counts as done only when its own process says so: the pipeline gives each
+# launch a token in this variable, and the step, when it finished, writes it back in this file.
+STEP_TOKEN_ENV = "GEOVQ_STEP_TOKEN"
+COMPLETION_FILE = "complete.json"
+
+
+def write_completion(folder: str | Path, stage: str) -> None:
+    """Called by a run that finished, when a pipeline launched it (its token is in the environment)."""
+    token = os.environ.get(STEP_TOKEN_ENV)
+    if token:
+        atomic_write_text(Path(folder) / COMPLETION_FILE, json.dumps({"stage": stage, "token": token}) + "\n")
+
+
+def completed_with(folder: str | Path, token: str) -> bool:
+    """Whether the run launched with ``token`` finished in ``folder``."""
+    try:
+        return json.loads((Path(folder) / COMPLETION_FILE).read_text()).get("token") == token
+    except (OSError, ValueError):
+        return False

@@ -20,6 +20,7 @@ from geovq.hydra_callbacks import launch_rank
 from geovq.interrupts import as_interruption, signals_interrupt
 from geovq.outcome import finished_lines, interrupted_line
 from geovq.precision import fast_precision
+from geovq.run_folder import write_completion
 from geovq.stage_registry import trains
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ def main(cfg: DictConfig) -> dict | float | None:
         print(f"error: {user_error}", file=sys.stderr)
         raise SystemExit(1) from None
     if launch_rank() == 0:  # one report for a distributed run, not one per process
+        write_completion(cfg.paths.output_dir, cfg.stage.name)
         print("\n".join(finished_lines(cfg, metrics)))
     return value
 

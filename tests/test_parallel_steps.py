@@ -33,6 +33,9 @@ class FakePipe:
     def reused(self, plan):
         return None
 
+    def prepare_folder(self, plan):
+        plan.folder.mkdir(parents=True, exist_ok=True)
+
     def launch(self, plan, env, **_):
         self.launched.append((plan.name, int(env["OMP_NUM_THREADS"])))
         return object()

@@ -212,19 +212,58 @@ def test_a_signal_ends_a_training_run_as_interrupted_with_the_command_that_conti
     assert f"hydra.run.dir={out}" in continue_with and "ckpt_path=last" in continue_with
 
 
-def test_a_stopped_step_process_is_not_recorded_as_done(make_cfg, tmp_path):
-    """A step's process that exits 0 without writing its completion record in this run (killed,
-    or an old folder's files) does not count: its old metrics are never recorded under a new key."""
-    from geovq.study.runner import Pipeline
+def test_a_step_process_that_exits_0_without_finishing_is_not_recorded(data_root, tmp_path):
+    """Exit status 0 is not enough (Lightning exits 0 on SIGTERM): a step counts only when its
+    process wrote back this run's token, so an earlier run's metrics are never recorded anew."""
     from geovq.errors import TrainingError
+    from geovq.run_folder import STEP_TOKEN_ENV, write_completion
+    from geovq.study.runner import STEP_FILE, Pipeline
 
-    pipe = Pipeline(tmp_path, [], {})
-    plan = pipe.plan("vae", "vae", list(tiny_overrides_for(make_cfg)), {})
+    pipe = Pipeline(tmp_path, [f"data.root={data_root}"], {})
+    plan = pipe.plan("vae", "vae", [], {})
     plan.folder.mkdir(parents=True)
     (plan.folder / "metrics.json").write_text('{"test/mse": 0.5}\n')  # an earlier run's
-    with pytest.raises(TrainingError, match="did not finish"):
-        pipe.collect(plan, 0, token="this-run")
-    assert not (plan.folder / "step.json").exists()
+    with pytest.raises(TrainingError, match="exited without saying it finished"):
+        pipe.collect(plan, 0)
+    os.environ[STEP_TOKEN_ENV] = "an-earlier-launch"
+    try:
+        write_completion(plan.folder, "vae")
+    finally:
+        del os.environ[STEP_TOKEN_ENV]
+    with pytest.raises(TrainingError, match="exited without saying it finished"):
+        pipe.collect(plan, 0)
+    assert not (plan.folder / STEP_FILE).exists()
+    os.environ[STEP_TOKEN_ENV] = plan.token
+    try:
+        write_completion(plan.folder, "vae")
+    finally:
+        del os.environ[STEP_TOKEN_ENV]
+    assert pipe.collect(plan, 0) == {"test/mse": 0.5}
+
+
+@pytest.mark.slow
+def test_a_stopped_parallel_pipeline_stops_its_steps_and_a_rerun_continues(study_overrides, one_method_study, tmp_path):
+    out = tmp_path / "study"
+    long_vae = "pipeline.vae=['model.hidden_channels=16','model.latent_dim=8','model.n_res_blocks=1','trainer.max_epochs=500']"
+    args = [f"hydra.run.dir={out}", "pipeline.parallel=2", *study_overrides, *one_method_study, long_vae]
+    process = start_cli(args, tmp_path / "log")
+    wait_for(out / "seed_0" / "vae" / "checkpoints" / "last.ckpt", process, seconds=400)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143
+    output = (tmp_path / "log").read_text()
+    assert "Traceback" not in output
+    assert [line for line in output.splitlines() if line.startswith("interrupted (SIGTERM): stage=pipeline")]
+    leftover = [pid for pid in os.listdir("/proc") if pid.isdigit() and str(out) in _cmdline(pid)]
+    assert leftover == []  # no step process outlives the pipeline
+    assert not (out / "seed_0" / "vae" / "step.json").exists()  # the stopped step is not recorded
+    lock_run_folder(out / "seed_0" / "vae").release()  # and its folder is free for the rerun
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 # -- resumes ------------------------------------------------------------------------------------

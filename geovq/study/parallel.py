@@ -39,6 +39,8 @@ class Pipeline(Protocol):
 
     def reused(self, plan) -> Any: ...
 
+    def prepare_folder(self, plan) -> None: ...
+
     def launch(self, plan, **popen) -> subprocess.Popen: ...
 
     def collect(self, plan, returncode: int, log_file: Path | None = None) -> dict: ...
@@ -135,10 +137,25 @@ def run_steps(requests: list[StepRequest], n_parallel: int) -> None:
                 job.pipe.record(job.plan, metrics, seconds)
                 log.info("step %s: done in %.0f s", job.plan.name, seconds)
     finally:
-        for job in running:  # interrupted (Ctrl-C, or an error here): no orphans
-            job.process.terminate()
+        stop_processes([job.process for job in running])  # interrupted, or an error here: no orphans
     if failures:
         raise failures[0]
+
+
+def stop_processes(processes: list[subprocess.Popen], grace_seconds: float = 60) -> None:
+    """Ask each step process still running to stop (SIGTERM: it says what it kept and exits
+    143), wait for it, and kill one that is still there after ``grace_seconds``: the pipeline
+    never exits while a step of it runs on, holding its folder's lock."""
+    alive = [process for process in processes if process.poll() is None]
+    for process in alive:
+        process.terminate()
+    deadline = time.monotonic() + grace_seconds
+    for process in alive:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def launch_order(requests: list[StepRequest]) -> list[StepRequest]:
@@ -197,7 +214,7 @@ def launch(request: StepRequest, plans: dict[str, Any], pending: list[StepReques
            slot: int, slots: int, threads: int, gpus: list[str]) -> None:
     plan = plans.pop(request.name)
     pending.remove(request)
-    plan.folder.mkdir(parents=True, exist_ok=True)
+    request.pipe.prepare_folder(plan)
     log_file = plan.folder / STEP_LOG
     with open(log_file, "w") as stream:  # the child holds its own handle
         process = request.pipe.launch(plan, stdout=stream, stderr=stream, env=step_environment(slot, threads, gpus))

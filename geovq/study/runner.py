@@ -30,10 +30,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Callable
@@ -50,11 +52,19 @@ from geovq.artifacts import (
     atomic_write_text,
     config_hash,
 )
+from geovq.config_check import check_settings
 from geovq.errors import ConfigError, TrainingError
 from geovq.loggers import log_without_trainer
-from geovq.run_folder import output_dir, result_config
+from geovq.run_folder import (
+    COMPLETION_FILE,
+    STEP_TOKEN_ENV,
+    completed_with,
+    output_dir,
+    result_config,
+    set_aside_earlier_run,
+)
 from geovq.stage_registry import STAGES, STEP_STAGES
-from geovq.study.parallel import StepRecorder, run_steps
+from geovq.study.parallel import StepRecorder, run_steps, stop_processes
 from geovq.study.report import write_report
 from geovq.study.spec import STAGE_OUTPUTS, Method, Study, plan_study
 
@@ -120,6 +130,8 @@ class StepPlan:
     key: str
     folder: Path
     target: Path
+    # Given to the step's process, which writes it back when it finished (run_folder.COMPLETION_FILE).
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 class Pipeline:
@@ -156,6 +168,10 @@ class Pipeline:
         with open_dict(cfg):
             cfg.paths.output_dir = str(folder)
             cfg.paths.log_dir = str(self.root)
+        try:
+            check_settings(cfg)  # also in this process, where the step's command line is not run
+        except ConfigError as err:
+            raise ConfigError(f"the pipeline's step '{name}': {err}") from None
         return StepPlan(name, stage, overrides, cfg, self.step_key(cfg, inputs), folder, folder / STAGE_OUTPUTS[stage])
 
     def reused(self, plan: StepPlan) -> StepResult | None:
@@ -173,29 +189,50 @@ class Pipeline:
 
     def execute(self, plan: StepPlan) -> StepResult:
         log.info("step %s: running stage=%s in %s", plan.name, plan.stage, plan.folder)
-        plan.folder.mkdir(parents=True, exist_ok=True)
+        self.prepare_folder(plan)
         started = time.perf_counter()
         if STAGES[plan.stage].trains and distributed(plan.cfg):
             # Lightning's DDP launcher starts the other ranks by running the current command
             # again, which must be that one stage, not the whole pipeline.
             process = self.launch(plan)
-            metrics = self.collect(plan, process.wait())
+            try:
+                returncode = process.wait()
+            finally:
+                stop_processes([process])  # interrupted while waiting: the step stops with us
+            metrics = self.collect(plan, returncode)
         else:
             metrics = self.get_stage(plan.stage)(plan.cfg) or {}
         return self.record(plan, metrics, time.perf_counter() - started)
 
-    def launch(self, plan: StepPlan, **popen) -> subprocess.Popen:
-        """The step as its own ``python -m geovq.train`` command."""
+    def prepare_folder(self, plan: StepPlan) -> None:
+        """A step that runs again starts in a clean folder: what an earlier run of it left (an old
+        config's model.pt, an interrupted run's checkpoints) is moved into ``.replaced/``, so it can
+        neither be mistaken for this run's output nor lost."""
+        plan.folder.mkdir(parents=True, exist_ok=True)
+        moved = set_aside_earlier_run(plan.folder)
+        if moved is not None:
+            log.info("step %s: an earlier run's files are now in %s", plan.name, moved)
+
+    def launch(self, plan: StepPlan, env: dict | None = None, **popen) -> subprocess.Popen:
+        """The step as its own ``python -m geovq.train`` command, with its completion token."""
         command = [sys.executable, "-m", "geovq.train", f"stage={plan.stage}", *plan.overrides,
                    f"hydra.run.dir={plan.folder}", f"paths.log_dir={self.root}"]
-        return subprocess.Popen(command, stdin=subprocess.DEVNULL, **popen)
+        env = {**(os.environ if env is None else env), STEP_TOKEN_ENV: plan.token}
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env, **popen)
 
     def collect(self, plan: StepPlan, returncode: int, log_file: Path | None = None) -> dict:
-        """The metrics a step run by ``launch`` wrote, or why it failed."""
+        """The metrics a step run by ``launch`` wrote in this run, or why it failed. Its exit code
+        alone is not enough: a step counts only if it wrote back its token when it finished."""
+        where = f"its log, {log_file}," if log_file else "its output above"
         if returncode != 0:
-            where = f"its log, {log_file}," if log_file else "its output above"
             raise TrainingError(
                 f"the pipeline's step '{plan.name}' (stage={plan.stage}) failed with exit code {returncode}; "
+                f"{where} says why. Rerun the same command to continue: finished steps are reused."
+            )
+        if not completed_with(plan.folder, plan.token):
+            raise TrainingError(
+                f"the pipeline's step '{plan.name}' (stage={plan.stage}) exited without saying it finished "
+                f"(no {COMPLETION_FILE} of this run in {plan.folder}), so it did not finish and is not recorded; "
                 f"{where} says why. Rerun the same command to continue: finished steps are reused."
             )
         return json.loads((plan.folder / "metrics.json").read_text())
