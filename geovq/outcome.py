@@ -9,17 +9,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-# The figures a person looks at first, per stage (those the run reported, in this order).
-HEADLINE_METRICS = {
-    "vae": ("test/mse", "rate/kl_per_position", "quantized/test_mse"),
-    "vqvae": ("test/mse", "codes/train_codes_used", "codes/train_n_codes"),
-    "finetune": ("test/mse", "codes/train_codes_used", "codes/train_n_codes"),
-    "quantize": ("quantized/test_mse", "quantized/train_codes_used", "quantized/train_n_codes"),
-    "prior": ("test/nll", "test/perplexity"),
-    "sample": ("fidelity/fid", "fidelity/fid_floor"),
-    "evaluate": ("fidelity/fid", "fidelity/fid_floor"),
-    "classifier": ("test/accuracy",),
-}
+from geovq.stage_registry import STAGES
+
 # Checkpoints every training stage writes at the end of each epoch (conf/callbacks/default.yaml).
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
@@ -29,7 +20,8 @@ def finished_lines(cfg: DictConfig, metrics: dict | None) -> list[str]:
     stage, folder = cfg.stage.name, Path(cfg.paths.output_dir)
     if stage == "pipeline":
         return [f"done: stage=pipeline; report: {folder / 'report.md'}"]
-    figures = [f"{key} {_fmt(metrics[key])}" for key in HEADLINE_METRICS.get(stage, ()) if key in (metrics or {})]
+    headline = STAGES[stage].headline if stage in STAGES else ()
+    figures = [f"{key} {_fmt(metrics[key])}" for key in headline if key in (metrics or {})]
     lines = [f"done: stage={stage} in {folder}"]
     if figures:
         lines.append("  " + ", ".join(figures))

@@ -21,24 +21,36 @@ class StageInfo:
     module: str  # the module whose run(cfg) runs it
     output: str | None  # the file a study step of this stage leaves for the next steps (None: not a step)
     trains: bool  # fits a model through a Lightning Trainer
+    headline: tuple[str, ...] = ()  # the metrics a finished run prints first, when it reported them
 
 
 STAGES: dict[str, StageInfo] = {
     stage.name: stage
     for stage in (
-        StageInfo("classifier", "geovq.stages.classifier", MODEL_FILE, trains=True),
-        StageInfo("vae", "geovq.stages.vae", MODEL_FILE, trains=True),
-        StageInfo("quantize", "geovq.stages.quantize", CODES_FILE, trains=False),
-        StageInfo("vqvae", "geovq.stages.vqvae", CODES_FILE, trains=True),
-        StageInfo("finetune", "geovq.stages.finetune", CODES_FILE, trains=True),
-        StageInfo("prior", "geovq.stages.prior", MODEL_FILE, trains=True),
-        StageInfo("sample", "geovq.stages.sample", SAMPLES_FILE, trains=False),
-        StageInfo("evaluate", "geovq.stages.evaluate", EVALUATION_FILE, trains=False),
+        StageInfo("classifier", "geovq.stages.classifier", MODEL_FILE, trains=True,
+                  headline=("test/accuracy",)),
+        StageInfo("vae", "geovq.stages.vae", MODEL_FILE, trains=True,
+                  headline=("test/mse", "rate/kl_per_position", "quantized/test_mse")),
+        StageInfo("quantize", "geovq.stages.quantize", CODES_FILE, trains=False,
+                  headline=("quantized/test_mse", "quantized/train_codes_used", "quantized/train_n_codes")),
+        StageInfo("vqvae", "geovq.stages.vqvae", CODES_FILE, trains=True,
+                  headline=("test/mse", "codes/train_codes_used", "codes/train_n_codes")),
+        StageInfo("finetune", "geovq.stages.finetune", CODES_FILE, trains=True,
+                  headline=("test/mse", "codes/train_codes_used", "codes/train_n_codes")),
+        StageInfo("prior", "geovq.stages.prior", MODEL_FILE, trains=True,
+                  headline=("test/nll", "test/perplexity")),
+        StageInfo("sample", "geovq.stages.sample", SAMPLES_FILE, trains=False,
+                  headline=("fidelity/fid", "fidelity/fid_floor")),
+        StageInfo("evaluate", "geovq.stages.evaluate", EVALUATION_FILE, trains=False,
+                  headline=("fidelity/fid", "fidelity/fid_floor")),
         StageInfo("pipeline", "geovq.stages.pipeline", None, trains=False),  # the study: runs the others
     )
 }
 # The stages a study runs as steps, each with its own override list pipeline.<name>.
 STEP_STAGES = tuple(name for name, stage in STAGES.items() if stage.output is not None)
+
+
+TRAINING_STAGES = tuple(name for name, stage in STAGES.items() if stage.trains)
 
 
 def trains(stage: str) -> bool:

@@ -21,7 +21,7 @@ from geovq.interrupts import as_interruption, signals_interrupt
 from geovq.outcome import finished_lines, interrupted_line
 from geovq.precision import fast_precision
 from geovq.run_folder import write_completion
-from geovq.stage_registry import trains
+from geovq.stage_registry import TRAINING_STAGES, trains
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def run_stage(cfg: DictConfig) -> dict:
 
         raise ConfigError(
             f"ckpt_path: stage={cfg.stage.name} does not train, so it has no checkpoint to resume; "
-            "leave ckpt_path out (it resumes vae, vqvae, finetune, prior and classifier runs)."
+            f"leave ckpt_path out (it resumes {', '.join(TRAINING_STAGES)} runs)."
         )
     finished = finished_run_metrics(cfg)
     if finished is not None:  # resuming a run that trained all its epochs: touch nothing

@@ -65,6 +65,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torchmetrics import MeanSquaredError
 
+from geovq.data import SPLITS
 from geovq.errors import ConfigError, ParameterError, caller_names
 from geovq.metrics.codebook import usage_summary
 from geovq.models.base import GeovqModule
@@ -72,7 +73,6 @@ from geovq.nn.conv import ConvDecoder, ConvEncoder
 from geovq.nn.quantizer_layer import FreeCodebook, QuantizerLayer
 from geovq.nn.quantizers import build_quantizer
 
-SPLITS = ("train", "val", "test")
 LOSS_REDUCTIONS = ("per_image", "paper")
 # What must agree between a GridVAE and a VQ-VAE that starts from it.
 SHARED_ARCHITECTURE = ("latent_dim", "hidden_channels", "n_res_blocks", "in_channels")
