@@ -11,6 +11,7 @@ loop or a study never mistakes a stopped run for a finished one.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 
@@ -68,6 +69,18 @@ def signals_interrupt():
     finally:
         for stop, handler in previous.items():
             signal.signal(stop, handler)
+
+
+def stop_quietly_while_starting() -> None:
+    """Until a run starts, a signal (Ctrl-C while torch and Lightning load) ends the process with
+    one line and 128 + signal, instead of a traceback through the import machinery."""
+
+    def stop(signum, frame):
+        print(f"interrupted ({signal.Signals(signum).name}) while starting; nothing was written.", file=sys.stderr)
+        raise SystemExit(128 + signum)
+
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, stop)
 
 
 def as_interruption(err: BaseException) -> RunInterrupted | None:

@@ -6,6 +6,11 @@ clear line on stderr (exit code 1) instead of a traceback.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the heavy imports below, which take seconds
+    from geovq.interrupts import stop_quietly_while_starting
+
+    stop_quietly_while_starting()
+
 import logging
 import sys
 from pathlib import Path

@@ -74,6 +74,8 @@ def test_steps_side_by_side_share_the_cores_and_a_lone_step_gets_them_all(tmp_pa
     assert lone.launched == [("vae", 8)] and running[0].slots == 2
 
 
+# A whole study (several training steps): slow tier; CI's default run includes it.
+@pytest.mark.slow
 def test_a_study_runs_two_steps_at_a_time_and_a_second_run_reuses_them(compose_config, study_overrides, one_method_study,
                                                                       tmp_path):
     out = tmp_path / "study"
@@ -90,6 +92,8 @@ def test_a_study_runs_two_steps_at_a_time_and_a_second_run_reuses_them(compose_c
     assert before == {step: (out / step / "step.json").stat().st_mtime_ns for step in STUDY_STEPS}
 
 
+# A whole study (several training steps): slow tier; CI's default run includes it.
+@pytest.mark.slow
 def test_a_failed_step_names_its_log_and_the_steps_done_are_kept(compose_config, study_overrides, one_method_study,
                                                                  tmp_path):
     out = tmp_path / "study"

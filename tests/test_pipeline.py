@@ -87,6 +87,8 @@ def test_quick_experiment_on_two_cpu_processes(run_cli, study_overrides, tmp_pat
         assert (out / step / "step.json").is_file(), step
 
 
+# A whole study (several training steps): slow tier; CI's default run includes it.
+@pytest.mark.slow
 def test_a_method_declared_in_config_runs_for_two_seeds_and_reports_its_spread(compose_config, study_overrides,
                                                                                 one_method_study, tmp_path):
     out = tmp_path / "study"

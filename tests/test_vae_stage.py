@@ -53,12 +53,14 @@ def test_same_seed_same_model(make_cfg, tmp_path):
 
 
 def test_resume_continues_the_global_step(make_cfg, tmp_path):
+    # A constant learning rate (no schedule spanning max_epochs), so more epochs can be resumed.
     out = tmp_path / "run"
-    run_stage(make_cfg("stage=vae", "figures=false", output_dir=out))
+    run_stage(make_cfg("stage=vae", "figures=false", "model.scheduler=null", output_dir=out))
     first_rows = read_metrics_csv(out)
     last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] > 0
-    run_stage(make_cfg("stage=vae", "figures=false", "ckpt_path=last", output_dir=out, **{"trainer.max_epochs": 2}))
+    run_stage(make_cfg("stage=vae", "figures=false", "model.scheduler=null", "ckpt_path=last", output_dir=out,
+                       **{"trainer.max_epochs": 2}))
     resumed = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 2 * last["global_step"]
     # The interrupted run's metrics are kept; the resumed run's steps continue after them.
