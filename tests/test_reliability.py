@@ -382,6 +382,16 @@ def test_a_failing_sweep_point_is_recorded_and_the_sweep_goes_on(run_cli, tiny_o
     assert (sweep / "1" / "failed.json").is_file()
 
 
+@pytest.mark.slow
+def test_a_failing_point_beside_a_good_one_under_joblib_does_not_kill_it(run_cli, tiny_overrides, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli("-m", "stage=vqvae", "model=vqvae", "model.quantizer.n_codes=8,-1", "launcher=joblib",
+                     "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}", "figures=false", *tiny_overrides())
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert rows[0]["test/mse"] and not rows[0]["error"] and "out of range" in rows[1]["error"]
+
+
 def test_the_summary_reads_finished_and_failed_points(tmp_path):
     from geovq.sweeps import collect_runs, write_failure, write_summary
 
