@@ -80,9 +80,10 @@ RULES = (
     Rule("model.quantizer.dead_code_threshold", float, low=0), fraction("model.quantizer.dead_code_decay"),
     positive("model.quantizer.dead_code_window", optional=True), positive("model.quantizer.restart_buffer_size"),
     Rule("model.quantizer.restart_noise", float, low=0),
+    Rule("model.scheduler.warmup_steps", int, low=0), Rule("model.scheduler.factor", float, low=0, high=1, low_open=True, high_open=True),
     # stages
     positive("stage.n_samples"), positive("stage.temperature", float), positive("stage.top_k", optional=True),
-    positive("stage.batch_size"),
+    positive("stage.batch_size"), Rule("stage.fid_bootstrap", int, low=0),
     Rule("callbacks.early_stopping.patience", int, low=0), Rule("callbacks.early_stopping.min_delta", float, low=0),
 )
 QUANTIZER_RULES = (
@@ -105,6 +106,13 @@ def check_settings(cfg: DictConfig) -> None:
     if uses_quantizer(cfg):
         check_quantizer_sizes(cfg)
     check_memory(cfg)
+
+
+def ignored_overrides(cfg: DictConfig, overrides: list[str]) -> list[str]:
+    """The command line's settings this stage does not read: today the ``quantizer.*`` keys of a
+    stage that builds no codebook (stage=prior quantizer.n_clusters=64 trains the same prior)."""
+    keys = [item.split("=", 1)[0].lstrip("+~") for item in overrides]
+    return [key for key in keys if key.split(".")[0] == "quantizer" and not uses_quantizer(cfg)]
 
 
 def uses_quantizer(cfg: DictConfig) -> bool:

@@ -18,7 +18,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from geovq.config_check import check_settings
+from geovq.config_check import check_settings, ignored_overrides
 from geovq.console import route_warnings_to_log
 from geovq.errors import GeovqError
 from geovq.hydra_callbacks import launch_rank
@@ -58,6 +58,8 @@ def run_stage(cfg: DictConfig) -> dict:
     from geovq.training import finished_run_metrics
 
     check_settings(cfg)
+    for key in ignored_overrides(cfg, command_line_overrides()):
+        log.warning("%s does not apply to stage=%s; it is ignored.", key, cfg.stage.name)
     if cfg.get("ckpt_path") and not trains(cfg.stage.name):
         from geovq.errors import ConfigError
 
@@ -97,6 +99,12 @@ def main(cfg: DictConfig) -> dict | float | None:
         write_completion(cfg.paths.output_dir, cfg.stage.name)
         print("\n".join(finished_lines(cfg, metrics)))
     return value
+
+
+def command_line_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def in_sweep() -> bool:

@@ -358,6 +358,13 @@ def test_an_allocation_that_cannot_fit_is_refused_up_front(make_cfg, stage, over
         run_stage(make_cfg(stage, override))
 
 
+def test_a_setting_the_stage_does_not_read_is_named(make_cfg):
+    from geovq.config_check import ignored_overrides
+
+    assert ignored_overrides(make_cfg("stage=prior", tiny=False), ["quantizer.n_clusters=64", "seed=1"]) == ["quantizer.n_clusters"]
+    assert ignored_overrides(make_cfg("stage=quantize"), ["quantizer.n_clusters=64"]) == []
+
+
 def test_a_bad_setting_on_the_command_line_is_one_line_and_exit_1(run_cli, tiny_overrides, tmp_path):
     result = run_cli("stage=vae", "data.batch_size=abc", f"hydra.run.dir={tmp_path / 'run'}", *tiny_overrides())
     assert result.returncode == 1
