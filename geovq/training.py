@@ -17,6 +17,7 @@ from geovq.artifacts import MODEL_FILE, Artifact
 from geovq.callbacks.model_artifact import CHECKPOINT_STAGE, SaveBestModel
 from geovq.checkpoint_io import AtomicCheckpointIO
 from geovq.errors import ConfigError, config_section
+from geovq.metrics.budget import training_budget
 from geovq.models.base import MODEL_CLASS, OPTIMIZER_SETTINGS, SCHEDULE_SETTINGS
 from geovq.run_folder import (
     as_floats,
@@ -267,4 +268,5 @@ def train_and_test(
     results = trainer.test(model, datamodule=datamodule, verbose=False)
     metrics.update(as_floats(results[0]) if results else {})
     metrics["epochs"] = float(trainer.current_epoch)
+    metrics.update(training_budget(trainer, datamodule))
     return Trained(model, datamodule, trainer, metrics, saver.artifact)
