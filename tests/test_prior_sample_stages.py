@@ -45,6 +45,7 @@ def test_prior_then_samples_for_each_pipeline(compose_config, prior_cfg, pipelin
         assert metrics[f"{split}/perplexity"] == pytest.approx(math.exp(metrics[f"{split}/nll"]), rel=1e-4)
     assert 0 <= metrics["unigram/nll"] <= math.log(n_codes) + 1e-6
     assert metrics["test/bits_per_image"] == pytest.approx(metrics["test/nll"] * 49 / math.log(2), rel=1e-4)
+    assert metrics["prior/converged"] == 0.0 and metrics["prior/epochs"] == 1  # one epoch: the cap ended it
 
     sample_dir = logs / "sample" / "runs" / pipeline
     cfg = compose_config(sample_dir, ["stage=sample", f"paths.log_dir={logs}", f"stage.prior={prior_dir / 'model.pt'}",

@@ -14,9 +14,11 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 # Checkpoint keys of the optimizer's and the learning-rate schedule's settings, so that a resumed
-# run can tell they changed (a cosine schedule's T_max follows trainer.max_epochs).
+# run can tell they changed (a cosine schedule's T_max follows trainer.max_epochs; the prior's
+# warm-up-then-plateau schedule holds no epoch count, so a higher cap resumes it).
 OPTIMIZER_SETTINGS = "geovq_optimizer_settings"
 SCHEDULE_SETTINGS = "geovq_schedule_settings"
 # Checkpoint key of the module's class, so that a checkpoint of another model is refused by name.
@@ -24,6 +26,9 @@ MODEL_CLASS = "geovq_model_class"
 
 
 class GeovqModule(L.LightningModule):
+    # What a reduce-on-plateau schedule watches (Lightning steps it with this logged value).
+    scheduler_monitor = "val/loss"
+
     def __init__(self, optimizer: Any = None, scheduler: Any = None):
         super().__init__()
         self.optimizer_factory = optimizer
@@ -60,7 +65,8 @@ class GeovqModule(L.LightningModule):
         checkpoint[MODEL_CLASS] = type(self).__name__
 
     def configure_optimizers(self):
-        """The configured optimizer (Adam(1e-3) when none) and, if configured, an epoch scheduler."""
+        """The configured optimizer (Adam(1e-3) when none) and, if configured, an epoch scheduler;
+        a reduce-on-plateau one is stepped with ``scheduler_monitor`` after each validation."""
         if self.optimizer_factory is None:
             optimizer = torch.optim.Adam(self.parameters(), lr=1e-3)
         else:
@@ -68,7 +74,10 @@ class GeovqModule(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        config = {"scheduler": scheduler, "interval": "epoch"}
+        if isinstance(scheduler, ReduceLROnPlateau):
+            config["monitor"] = self.scheduler_monitor
+        return {"optimizer": optimizer, "lr_scheduler": config}
 
 
 def partial_settings(factory) -> dict:

@@ -35,6 +35,8 @@ from geovq.nn.transformer import GPT
 
 
 class TransformerPrior(GeovqModule):
+    scheduler_monitor = "val/nll"  # what early stopping watches too (stage=prior)
+
     def __init__(
         self,
         n_codes: int = 128,

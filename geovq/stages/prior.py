@@ -7,9 +7,10 @@ grids, and the unigram baseline (entropy of the training codes' marginal): perpl
 rewards a collapsed codebook.
 
 Training stops when the validation NLL has not improved by ``callbacks.early_stopping.min_delta``
-for ``patience`` epochs, or at the cap ``trainer.max_epochs``; ``prior/epochs``,
-``prior/stopped_on_patience`` (1: converged, 0: hit the cap) and ``prior/best_epoch`` say which,
-and history.json holds the validation NLL of every epoch. Writes model.pt (kind ``prior``),
+for ``patience`` epochs, or at the cap ``trainer.max_epochs`` (model=prior's learning-rate schedule
+has no end of its own: geovq/models/schedules.py); ``prior/epochs``, ``prior/converged`` (1: early
+stopping ended it, 0: it hit the cap) and ``prior/best_epoch`` say which, and history.json holds
+the validation NLL of every epoch. Writes model.pt (kind ``prior``),
 metrics.json, history.json, config.yaml.
 """
 
@@ -37,7 +38,7 @@ def convergence(trainer, val_nll: list[float]) -> dict:
     stoppers = [cb for cb in trainer.callbacks if isinstance(cb, EarlyStopping)]
     stopped = bool(stoppers) and stoppers[0].stopped_epoch > 0
     best = min(range(len(val_nll)), key=val_nll.__getitem__) + 1 if val_nll else 0
-    return {"prior/epochs": float(trainer.current_epoch), "prior/stopped_on_patience": float(stopped),
+    return {"prior/epochs": float(trainer.current_epoch), "prior/converged": float(stopped),
             "prior/max_epochs": float(trainer.max_epochs), "prior/best_epoch": float(best),
             "prior/best_val_nll": float(min(val_nll)) if val_nll else float("nan")}
 
