@@ -14,9 +14,12 @@ from geovq.data.images import load_split
 from geovq.metrics.fidelity import (
     ClassifierFeatures,
     as_unit_images,
+    bootstrap_interval,
     classifier_scores,
+    feature_matrix,
     fidelity_report,
     frechet_distance,
+    gaussian,
     scores_from_logits,
 )
 from geovq.models.classifier import MNISTClassifier
@@ -206,6 +209,29 @@ def test_fidelity_report(trained_classifier, mnist):
     assert bad["fid"] > 5 * max(good["fid"], bad["fid_floor"])
     assert bad["fid_floor"] == pytest.approx(good["fid_floor"])
     assert "fid_floor" not in fidelity_report(trained_classifier, samples[:100], test_images)
+
+
+def test_fd_bootstrap_interval_is_seeded_and_brackets_the_sampling_noise(trained_classifier, mnist):
+    test_images, samples = mnist["test"][:500], mnist["test"][500:1000]
+    report = fidelity_report(trained_classifier, samples, test_images, n_bootstrap=50, seed=3)
+    assert report["fid_bootstrap"] == 50
+    # The interval of the distance over resampled sample sets, about the distance itself.
+    assert report["fid_ci_low"] < report["fid"] < report["fid_ci_high"]
+    again = fidelity_report(trained_classifier, samples, test_images, n_bootstrap=50, seed=3)
+    assert (again["fid_ci_low"], again["fid_ci_high"]) == (report["fid_ci_low"], report["fid_ci_high"])
+    assert "fid_ci_low" not in fidelity_report(trained_classifier, samples, test_images)
+    # Fewer samples: more sampling noise, a wider interval.
+    real = gaussian(feature_matrix(trained_classifier, test_images))
+    wide = bootstrap_interval(real, feature_matrix(trained_classifier, samples[:100]), 50, seed=3)
+    assert wide[1] - wide[0] > report["fid_ci_high"] - report["fid_ci_low"]
+
+
+def test_weighted_gaussian_is_the_gaussian_of_the_repeated_rows():
+    features = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    weights = torch.tensor([0, 2, 1, 0, 3, 0])
+    mean, cov = gaussian(features, weights)
+    repeated = features.repeat_interleave(weights, dim=0)
+    assert torch.allclose(mean, repeated.mean(dim=0)) and torch.allclose(cov, torch.cov(repeated.T))
 
 
 def test_seeded_subset_is_reproducible_in_order_and_capped():

@@ -8,8 +8,10 @@ decoder (pipeline A: GridVAE + geodesic codebook; B: VQ-VAE). Measured:
 - codebook utilization and code perplexity of the training codes;
 - prior test NLL (nats per token), perplexity, bits per image, and the unigram baseline;
 - sample fidelity with the project's MNIST classifier: Fréchet distance of its features between
-  the samples and the test images, the same distance between training and test images (the
-  floor to read it against), mean confidence and entropy of the predicted digits.
+  the samples and the test images with a 95% bootstrap interval over the samples (its sampling
+  noise: ``fidelity/fid_ci_low``, ``fidelity/fid_ci_high``, ``stage.fid_bootstrap`` resamples), the
+  same distance between training and test images (the floor to read it against), mean confidence
+  and entropy of the predicted digits.
 
 Also measured under the paper's own protocol, for Table 1 like for like (``paper/`` keys):
 reconstruction MSE on the first test batch of 128 images, and the prior's perplexity on
@@ -104,7 +106,8 @@ def run(cfg: DictConfig) -> dict:
         results["recon/continuous_test_mse"] = continuous_mse(vae, mu, test_images)
     sample_images = samples.payload["images"].to(torch.float32) / 255.0
     train_images = datamodule.split("train").tensors[0][: len(test_images)]
-    fidelity = fidelity_report(classifier, sample_images, test_images, train_images)
+    fidelity = fidelity_report(classifier, sample_images, test_images, train_images, seed=cfg.seed,
+                               n_bootstrap=options.fid_bootstrap)
     for key, value in fidelity.items():
         results[f"fidelity/{key}"] = value
     results["fidelity/n_samples"] = len(sample_images)
