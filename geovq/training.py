@@ -130,8 +130,7 @@ def check_resumable(cfg: DictConfig, model, checkpoint: dict, path: str) -> None
             f"Resume with the model it was trained with (its run folder's config.yaml), or start a new run."
         )
     check_same_shapes(model, checkpoint["state_dict"], path)
-    check_optimizer_unchanged(model, checkpoint, path)
-    check_schedule_unchanged(cfg, model, checkpoint, path)
+    check_settings_unchanged(cfg, model, checkpoint, path)
 
 
 def check_same_shapes(model, saved: dict, path: str) -> None:
@@ -151,32 +150,21 @@ def check_same_shapes(model, saved: dict, path: str) -> None:
     )
 
 
-def check_optimizer_unchanged(model, checkpoint: dict, path: str) -> None:
-    """A resumed run continues with the optimizer state of its checkpoint: refuse a changed
-    optimizer setting rather than ignore it."""
-    changed = changed_settings(checkpoint.get(OPTIMIZER_SETTINGS), model.optimizer_settings())
+def check_settings_unchanged(cfg: DictConfig, model, checkpoint: dict, path: str) -> None:
+    """A resumed run continues the optimizer state and the learning-rate schedule of its
+    checkpoint: a changed setting would be ignored (a cosine schedule spans trainer.max_epochs,
+    so more epochs would train at the rate it ended with, zero). Refused, naming the key."""
+    changed = {f"model.optimizer.{key}": value
+               for key, value in changed_settings(checkpoint.get(OPTIMIZER_SETTINGS), model.optimizer_settings()).items()}
+    changed.update({schedule_key_name(cfg, key): value
+                    for key, value in changed_settings(checkpoint.get(SCHEDULE_SETTINGS), model.schedule_settings()).items()})
     if not changed:
         return
-    was = ", ".join(f"model.optimizer.{key}={value}" for key, value in changed.items())
+    was = ", ".join(f"{key}={value}" for key, value in changed.items())
     raise ConfigError(
-        f"{path} was trained with {was}; a resumed run continues with the checkpoint's optimizer "
-        "state, so the new value would be ignored. Resume with the same settings, or start a new run "
-        "(without ckpt_path) to train with the new ones."
-    )
-
-
-def check_schedule_unchanged(cfg: DictConfig, model, checkpoint: dict, path: str) -> None:
-    """A resumed run continues the learning-rate schedule of its checkpoint. A cosine schedule
-    spans trainer.max_epochs, so resuming with more epochs would train the extra ones at the
-    learning rate the schedule ended with (zero): refused, naming the key to put back."""
-    changed = changed_settings(checkpoint.get(SCHEDULE_SETTINGS), model.schedule_settings())
-    if not changed:
-        return
-    was = ", ".join(f"{schedule_key_name(cfg, key)}={value}" for key, value in changed.items())
-    raise ConfigError(
-        f"{path} was trained with {was}; a resumed run continues the checkpoint's learning-rate schedule, "
-        "which cannot follow the new value. Resume with the same settings, or start a new run (without "
-        "ckpt_path) to train with the new ones."
+        f"{path} was trained with {was}; a resumed run continues the checkpoint's optimizer state and "
+        "learning-rate schedule, so the new value would be ignored. Resume with the same settings, or start "
+        "a new run (without ckpt_path) to train with the new ones."
     )
 
 
