@@ -51,7 +51,11 @@ def test_quick_experiment_writes_report_and_figures_and_resumes(compose_config, 
     assert summary["A_geodesic/codes/n_codes"] == 16
     text = (out / "report.md").read_text()
     assert "| A: GridVAE + geodesic K-Medoids |" in text and "0.016125" in text and "0.011385" in text
-    assert "## Findings" in text and "one seed: spread unknown" in text
+    assert "## Findings" in text and "not separable (n = 1)" in text and "better than" not in text
+    # experiment=quick's priors stop at their small cap, and the report says so; every method's cost.
+    assert "priors hit their epoch cap" in text and "## Budgets" in text
+    assert all(record["networks"]["prior"]["epochs"] >= 1 for record in report["budgets"])
+    assert all("fidelity/fid_ci_low" in method["seeds"]["0"] for method in report["methods"].values())
     for figure in ("fig1_tsne_clusters.png", "fig2_codebook_usage.png", "fig3_reconstructions.png", "fig4_samples.png",
                    "fig5_prior_val_nll.png"):
         assert (out / figure).stat().st_size > 5000, figure
@@ -112,6 +116,7 @@ def test_a_method_declared_in_config_runs_for_two_seeds_and_reports_its_spread(c
     assert "## Priors" in text and (out / "fig5_prior_val_nll.png").stat().st_size > 5000
     for record in report["priors"]:
         assert record["prior/epochs"] <= record["prior/max_epochs"] == 3
+    assert "## Budgets" in text
 
 
 def test_a_study_mistake_stops_before_any_step_runs(compose_config, study_overrides, one_method_study, tmp_path):

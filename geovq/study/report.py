@@ -5,7 +5,11 @@ over the whole test split, prior NLL on the test code grids, Fréchet distances 
 images. A second table gives each method under the paper's own protocol (MSE on the first test
 batch of 128, prior perplexity on the training codes) next to the paper's Table 1. With several
 seeds every figure is the mean ± standard deviation over n seeds (per-seed values in
-report.json), and the findings state each declared comparison with its spread.
+report.json). The FD carries its 95% bootstrap interval over the samples (sampling noise) next to
+that spread (training noise). The findings state each declared comparison paired by seed, and call
+a method better only where the t interval of the mean paired difference excludes zero
+(geovq/study/findings.py). The Priors table says whether each prior converged or hit its epoch
+cap, and the Budgets table what each method cost (geovq/study/budgets.py).
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import time
 from pathlib import Path
 
 from geovq.artifacts import atomic_write_text
+from geovq.study.budgets import budget_section, head_start, method_budgets
 from geovq.study.figures import write_figures
+from geovq.study.findings import LEVEL, paired_difference, verdict
 from geovq.study.results import PRIOR_KEYS, method_runs, spread, values
 from geovq.study.spec import Study
 
@@ -35,7 +41,7 @@ FULL_PROTOCOL = [
     ("prior perplexity (test)", "prior/test_perplexity", "{:.3f}"),
     ("unigram perplexity", "prior/unigram_perplexity", "{:.3f}"),
     ("bits/image (test)", "prior/test_bits_per_image", "{:.1f}"),
-    ("FD (samples vs test)", "fidelity/fid", "{:.2f}"),
+    ("FD (samples vs test) [95% bootstrap]", "fidelity/fid", "{:.2f}"),
     ("classifier confidence", "fidelity/confidence", "{:.3f}"),
     ("digit entropy (nats)", "fidelity/class_entropy", "{:.3f}"),
 ]
@@ -45,9 +51,10 @@ PAPER_PROTOCOL = [
     ("utilization (training codes)", "codes/utilization", "{:.1%}", "utilization", "{:.1%}"),
     ("prior perplexity (training codes)", "paper/prior_train_perplexity", "{:.4f}", "prior_perplexity", "{}"),
 ]
-# What the findings compare.
-FINDINGS = [("test MSE", "recon/test_mse", "{:+.5f}"), ("prior test NLL", "prior/test_nll", "{:+.4f}"),
-            ("FD", "fidelity/fid", "{:+.2f}")]
+# What the findings compare, and the word of a claim (lower is better for MSE and FD; a lower prior
+# NLL is better only between codebooks of similar code perplexity, so it is only "lower").
+FINDINGS = [("test MSE", "recon/test_mse", "{:+.5f}", "better"), ("prior test NLL", "prior/test_nll", "{:+.4f}", "lower"),
+            ("FD", "fidelity/fid", "{:+.2f}", "better")]
 
 
 def fmt(template: str, value) -> str:
@@ -63,25 +70,49 @@ def cell(values: list[float], template: str) -> str:
     return fmt(template, mean)
 
 
-def findings(study: Study, runs: dict, comparisons: list) -> tuple[list[str], list[dict]]:
-    """Each declared comparison (first minus second), paired by seed, against its spread."""
+def fd_cell(runs: dict[int, dict], template: str) -> str:
+    """The FD with its sampling noise: one seed "FD [low, high]" (the 95% bootstrap interval over
+    the samples); several "mean ± std over seeds (sampling ± the mean half-width of the intervals)"."""
+    text = cell(values(runs, "fidelity/fid"), template)
+    bounds = [(run["fidelity/fid_ci_low"], run["fidelity/fid_ci_high"]) for run in runs.values()
+              if isinstance(run.get("fidelity/fid_ci_low"), (int, float)) and isinstance(run.get("fidelity/fid_ci_high"), (int, float))]
+    if not bounds:
+        return text
+    if len(runs) == 1:
+        return f"{text} [{fmt(template, bounds[0][0])}, {fmt(template, bounds[0][1])}]"
+    return f"{text} (sampling ± {fmt(template, sum(high - low for low, high in bounds) / len(bounds) / 2)})"
+
+
+def table_cell(runs: dict[int, dict], key: str, template: str) -> str:
+    return fd_cell(runs, template) if key == "fidelity/fid" else cell(values(runs, key), template)
+
+
+def findings(study: Study, runs: dict, comparisons: list, budgets: dict | None = None) -> tuple[list[str], list[dict]]:
+    """Each declared comparison (first minus second), paired by seed, with the t interval of the
+    mean difference and what it lets the report claim (geovq/study/findings.py)."""
     lines, records = [], []
     for first, second in comparisons or []:
         if first not in runs or second not in runs:
             continue
         parts = []
-        for label, key, template in FINDINGS:
-            diffs = [runs[first][s][key] - runs[second][s][key] for s in runs[first] if key in runs[first][s] and key in runs[second][s]]
-            mean, std, n = spread(diffs)
-            if n == 0:
+        for label, key, template, better in FINDINGS:
+            diffs = [runs[first][s][key] - runs[second][s][key] for s in runs[first]
+                     if s in runs[second] and key in runs[first][s] and key in runs[second][s]]
+            difference = paired_difference(diffs)
+            if difference.n == 0:
                 continue
-            if n > 1:
-                verdict = "smaller than its spread: not distinguishable" if abs(mean) <= std else "larger than its spread"
-                parts.append(f"{label} {fmt(template, mean)} ± {fmt(template, std).lstrip('+')} ({verdict})")
+            claim = verdict(first, second, difference, better)
+            if difference.n > 1:
+                interval = f"[{fmt(template, difference.low)}, {fmt(template, difference.high)}]"
+                parts.append(f"{label} {fmt(template, difference.mean)} {interval} (n = {difference.n}): {claim}")
             else:
-                parts.append(f"{label} {fmt(template, mean)} (one seed: spread unknown)")
-            records.append({"first": first, "second": second, "metric": key, "mean_difference": mean, "std": std, "n": n})
-        lines.append(f"- {study.methods[first].title} minus {study.methods[second].title}: " + "; ".join(parts) + ".")
+                parts.append(f"{label} {fmt(template, difference.mean)}: {claim}")
+            records.append({"first": first, "second": second, "metric": key, "mean_difference": difference.mean,
+                            "std": difference.std, "ci_low": difference.low, "ci_high": difference.high,
+                            "n": difference.n, "verdict": claim})
+        note = head_start(first, second, budgets) if budgets else None
+        lines.append(f"- {study.methods[first].title} minus {study.methods[second].title}: " + "; ".join(parts) + "."
+                     + (f" {note}" if note else ""))
     return lines, records
 
 
@@ -110,11 +141,13 @@ def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: d
         "|---|" + "---|" * len(FULL_PROTOCOL),
     ]
     for name, method in study.methods.items():
-        lines.append(f"| {method.title} | " + " | ".join(cell(values(runs[name], key), t) for _, key, t in FULL_PROTOCOL) + " |")
+        lines.append(f"| {method.title} | " + " | ".join(table_cell(runs[name], key, t) for _, key, t in FULL_PROTOCOL) + " |")
     lines += [
         "",
         f"References: continuous GridVAE (posterior mean) test MSE {fmt('{:.5f}', continuous)}; FD floor (training vs "
-        f"test images) {fmt('{:.2f}', fid_floor)}; classifier test accuracy {fmt('{:.2%}', accuracy)}.",
+        f"test images) {fmt('{:.2f}', fid_floor)}; classifier test accuracy {fmt('{:.2%}', accuracy)}. The FD's bracket "
+        "is its 95% bootstrap interval over the samples (how far another draw of as many samples would move it); "
+        "with several seeds, its mean half-width (sampling ±) stands next to the spread over seeds.",
         "",
         "## The paper's protocol (Table 1 like for like)",
         "",
@@ -134,12 +167,18 @@ def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: d
 
     prior_lines, prior_records, capped = prior_section(study, runs)
     lines += ["", "## Priors", ""] + prior_lines
-    finding_lines, finding_records = findings(study, runs, options.get("comparisons"))
+    budgets = method_budgets(pipe, study, seeds)
+    budget_lines, budget_records = budget_section(study, budgets)
+    lines += ["", "## Budgets", ""] + budget_lines
+    finding_lines, finding_records = findings(study, runs, options.get("comparisons"), budgets)
     if finding_lines:
         lines += ["", "## Findings", "",
-                  "Differences of the means (first minus second), paired by seed, ± the standard deviation of the "
-                  "per-seed differences. Lower is better for test MSE and FD; a lower prior NLL is better only "
-                  "between codebooks of similar code perplexity (a collapsed codebook is easy to predict).", ""] + finding_lines
+                  f"Mean differences (first minus second), paired by seed, with the {LEVEL:.0%} t interval of the mean "
+                  "paired difference over seeds. A method is called better only where that interval excludes zero, "
+                  "\"not separable\" otherwise, and one seed separates nothing (n = 1). Lower is better for test MSE "
+                  "and FD; a lower prior NLL is better only between codebooks of similar code perplexity (a collapsed "
+                  "codebook is easy to predict), so it is only called lower. A comparison whose methods trained their "
+                  "codes for different budgets says so (the Budgets table).", ""] + finding_lines
     times = {name: round(r.seconds, 1) for name, r in pipe.results.items()}
     wall = time.perf_counter() - pipe.started
     parallel = options.get("parallel", 1)
@@ -169,6 +208,7 @@ def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: d
                            "seeds": {str(s): run for s, run in r.items()}} for name, r in runs.items()},
         "findings": finding_records,
         "priors": prior_records,
+        "budgets": budget_records,
         "paper_table_1": PAPER_TABLE,
         "step_seconds": times,
         "wall_seconds_until_figures": round(wall, 1),
@@ -182,25 +222,31 @@ def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: d
 
 
 def prior_section(study: Study, runs: dict) -> tuple[list[str], list[dict], set[str]]:
-    """Per method: epochs run, whether early stopping ended training or the cap did."""
+    """Per method: epochs run of its cap, whether it converged (early stopping ended it) or hit the cap."""
     lines = [
-        "Each prior trains until its validation NLL stops improving (early stopping) or reaches the epoch cap. "
-        "A prior that hit the cap may be undertrained: its samples measure the prior as much as the codes.",
+        "Each prior trains until its validation NLL stops improving (early stopping: converged) or reaches its "
+        "epoch cap. A prior that hit the cap may be undertrained: its NLL and samples measure its training budget "
+        "as much as the codes.",
         "",
-        "| method | epochs run | ended by | best epoch | best val NLL |",
+        "| method | epochs run (cap) | converged | best epoch | best val NLL |",
         "|---|---|---|---|---|",
     ]
-    records, capped = [], set()
+    records, capped, caps = [], set(), set()
     for name, method in study.methods.items():
         ends, epochs, best = [], [], []
         for seed, run in runs[name].items():
-            epochs.append(f"{run.get('prior/epochs', float('nan')):.0f}")
+            epochs.append(f"{run.get('prior/epochs', float('nan')):.0f} ({run.get('prior/max_epochs', float('nan')):.0f})")
             best.append(f"{run.get('prior/best_epoch', float('nan')):.0f}")
-            ended = "patience" if run.get("prior/stopped_on_patience") else "**the cap**"
-            ends.append(ended)
-            if ended != "patience":
+            converged = bool(run.get("prior/converged"))
+            ends.append("yes" if converged else "**no: hit the cap**")
+            if not converged:
                 capped.add(method.title)
+                caps.add(f"{run.get('prior/max_epochs', float('nan')):.0f}")
             records.append({"method": name, "seed": seed, **{k: run.get(k) for k in PRIOR_KEYS}})
         lines.append(f"| {method.title} | {', '.join(epochs)} | {', '.join(ends)} | {', '.join(best)} | "
                      f"{cell(values(runs[name], 'prior/best_val_nll'), '{:.4f}')} |")
+    n_capped = sum(not bool(r.get("prior/converged")) for r in records)
+    lines += ["", f"{n_capped} of {len(records)} priors hit their epoch cap ({', '.join(sorted(caps, key=float))} "
+              "epochs) before they converged; their figures rank training budgets as much as codebooks."
+              if n_capped else f"All {len(records)} priors converged before their epoch cap."]
     return lines, records, capped

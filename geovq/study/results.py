@@ -10,7 +10,9 @@ import numpy as np
 from geovq.callbacks.epoch_history import HISTORY_FILE
 from geovq.study.spec import Study
 
-PRIOR_KEYS = ("prior/epochs", "prior/stopped_on_patience", "prior/max_epochs", "prior/best_epoch", "prior/best_val_nll")
+PRIOR_KEYS = ("prior/epochs", "prior/converged", "prior/max_epochs", "prior/best_epoch", "prior/best_val_nll")
+# prior/converged's name in metrics written before it had that name.
+FORMER_NAMES = {"prior/stopped_on_patience": "prior/converged"}
 
 
 def method_runs(pipe, study: Study, seeds: list[int]) -> dict[str, dict[int, dict]]:
@@ -21,6 +23,7 @@ def method_runs(pipe, study: Study, seeds: list[int]) -> dict[str, dict[int, dic
         for seed in seeds:
             evaluation = json.loads(pipe.results[f"seed_{seed}/evaluate_{name}"].output.read_text())
             prior = pipe.results[f"seed_{seed}/prior_{name}"].metrics
+            prior = {FORMER_NAMES.get(key, key): value for key, value in prior.items()}
             evaluation.update({key: prior[key] for key in PRIOR_KEYS if key in prior})
             runs[name][seed] = evaluation
     return runs
