@@ -203,8 +203,10 @@ def test_fidelity_report(trained_classifier, mnist):
     # The floor is the distance of real training images: the same as the fid of 'samples' that
     # are that very choice of training images.
     chosen = train_images[torch.randperm(len(train_images), generator=torch.Generator().manual_seed(0))[:500].sort().values]
-    assert good["fid_floor"] == pytest.approx(frechet_distance(trained_classifier, test_images, chosen), rel=1e-9)
-    assert good["fid"] == pytest.approx(frechet_distance(trained_classifier, test_images, samples), rel=1e-9)
+    # The report computes its distances from features shared by the floor and the bootstrap; the
+    # two routes agree to float64 round-off, which the thread count moves (1e-8 seen on 2 threads).
+    assert good["fid_floor"] == pytest.approx(frechet_distance(trained_classifier, test_images, chosen), rel=1e-6)
+    assert good["fid"] == pytest.approx(frechet_distance(trained_classifier, test_images, samples), rel=1e-6)
     bad = fidelity_report(trained_classifier, noisy(samples, 0.5), test_images, train_images)
     assert bad["fid"] > 5 * max(good["fid"], bad["fid_floor"])
     assert bad["fid_floor"] == pytest.approx(good["fid_floor"])
