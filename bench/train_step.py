@@ -94,9 +94,8 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def best_seconds(fn, device: str, reps: int) -> float:
-    fn()  # warm-up: kernel choice, allocation
-    fn()
+def timed_runs(fn, device: str, reps: int) -> list[float]:
+    """Seconds of each of ``reps`` calls of ``fn``, the device synchronised around each."""
     times = []
     for _ in range(reps):
         sync(device)
@@ -104,7 +103,13 @@ def best_seconds(fn, device: str, reps: int) -> float:
         fn()
         sync(device)
         times.append(time.perf_counter() - started)
-    return min(times)
+    return times
+
+
+def best_seconds(fn, device: str, reps: int) -> float:
+    fn()  # warm-up: kernel choice, allocation
+    fn()
+    return min(timed_runs(fn, device, reps))
 
 
 def peaks(precision: str, device: str, reps: int = 10) -> dict[str, float]:
@@ -229,23 +234,11 @@ def measure(name: str, precision: str = "fp32", compiled: bool = False, channels
         warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer: logging is a no-op
         model, optimizer, batch, _ = build(name, device, channels_last)
         step = make_step(name, model, optimizer, batch, precision, device, compiled)
-        warm_times = []
-        for _ in range(warmup):
-            sync(device)
-            started = time.perf_counter()
-            step()
-            sync(device)
-            warm_times.append(time.perf_counter() - started)
+        warm_times = timed_runs(step, device, warmup)
         row = Row(name, precision, compiled, channels_last)
         if count_flops and not compiled:
             row.gflop_per_step = count_gflop(step)
-        times = []
-        for _ in range(steps):
-            sync(device)
-            started = time.perf_counter()
-            step()
-            sync(device)
-            times.append(time.perf_counter() - started)
+        times = timed_runs(step, device, steps)
     times.sort()
     median = times[len(times) // 2] if len(times) % 2 else (times[len(times) // 2 - 1] + times[len(times) // 2]) / 2
     row.ms = median * 1e3
