@@ -399,6 +399,19 @@ def test_a_failing_point_beside_a_good_one_under_joblib_does_not_kill_it(run_cli
     assert rows[0]["test/mse"] and not rows[0]["error"] and "out of range" in rows[1]["error"]
 
 
+@pytest.mark.slow
+def test_an_optuna_search_kept_in_sqlite_continues_where_it_stopped(run_cli, tiny_overrides, tmp_path):
+    optuna = pytest.importorskip("optuna")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    for sweep in ("first", "second"):  # the second command: the same search, continued
+        result = run_cli("-m", "hparams_search=vqvae_optuna", "model=vqvae", "hydra.sweeper.n_trials=1",
+                         f"hydra.sweeper.storage={storage}", f"hydra.sweep.dir={tmp_path / sweep}", "figures=false",
+                         *tiny_overrides())
+        assert result.returncode == 0, result.stderr
+    trials = optuna.load_study(study_name="vqvae_optuna", storage=storage).trials
+    assert [trial.state.name for trial in trials] == ["COMPLETE", "COMPLETE"]
+
+
 def test_the_summary_reads_finished_and_failed_points(tmp_path):
     from geovq.sweeps import collect_runs, write_failure, write_summary
 
