@@ -27,6 +27,7 @@ def brute_nearest(queries, reference):
 
 
 @pytest.mark.parametrize("dim, n_ref", [(2, 700), (16, 900), (64, 1500), (100, 600)])
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_pruned_search_is_exact(dim, n_ref):
     ref, queries = low_rank(n_ref, dim, 1), low_rank(4000, dim, 2)
     queries[:20] = ref[:20]  # queries on reference points: distance 0

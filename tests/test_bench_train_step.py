@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import importlib.util
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ def _bench():
     return module
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_one_eager_step_of_the_prior_has_time_flops_and_a_fraction_of_peak():
     bench = _bench()
     row = bench.measure("prior", "fp32", compiled=False, channels_last=False, steps=1, warmup=1)

@@ -37,6 +37,7 @@ def test_bad_settings_name_their_argument(kwargs):
     assert raised.value.parameter == next(iter(kwargs))
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_stage_classifier_trains_tests_and_saves_a_loadable_model(make_cfg, classifier_overrides, tmp_path):
     cfg = make_cfg(
         "stage=classifier",

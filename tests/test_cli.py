@@ -15,6 +15,7 @@ def assert_clear_error(result, *needles):
         assert needle in err, err[-2000:]
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_unknown_stage_lists_the_choices(run_cli, tmp_path):
     result = run_cli("stage=nope", f"paths.log_dir={tmp_path}")
     assert_clear_error(result, "stage/nope", "vae")

@@ -25,6 +25,7 @@ def options(group: str) -> list[str]:
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_config_composes_and_instantiates(make_cfg, group, option, tmp_path):
     if group == "trainer" and option == "gpu" and not torch.cuda.is_available():
         pytest.skip("no GPU here; the gpu trainer config only composes")

@@ -23,6 +23,7 @@ def test_full_split_sizes_and_pixel_range(data_root):
     assert abs(float(images.mean()) - 0.1307) < 0.005
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_split_is_seeded_and_subset_is_proportional(data_root):
     a = ImageDataModule(root=str(data_root), subset=1200, download=False, seed=3)
     b = ImageDataModule(root=str(data_root), subset=1200, download=False, seed=3)

@@ -68,6 +68,7 @@ def feature_scale(classifier, images) -> float:
     return float(features.var(dim=0).sum())
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_classifier_features_fit_torchmetrics_fid(trained_classifier, mnist):
     features = ClassifierFeatures(trained_classifier)
     assert features.num_features == 128 and isinstance(features.num_features, int)
@@ -101,6 +102,7 @@ def test_features_found_without_n_features():
     assert ClassifierFeatures(Plain()).num_features == 7
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_distance_of_a_set_to_itself_is_zero(trained_classifier, mnist):
     images = mnist["test"][:500]
     scale = feature_scale(trained_classifier, images)
@@ -109,6 +111,7 @@ def test_distance_of_a_set_to_itself_is_zero(trained_classifier, mnist):
 
 
 @pytest.mark.parametrize("which", ["trained", "untrained"])
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_distance_grows_with_the_corruption(which, trained_classifier, untrained_classifier, mnist):
     classifier = trained_classifier if which == "trained" else untrained_classifier
     real, held_out = mnist["test"][:500], mnist["test"][500:1000]
@@ -119,6 +122,7 @@ def test_distance_grows_with_the_corruption(which, trained_classifier, untrained
         assert distances[0] < 0.2 * distances[2], distances
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_uint8_input_gives_the_float_distance(trained_classifier, mnist):
     as_bytes = (mnist["test"][:500] * 255).round().to(torch.uint8)
     as_floats = as_bytes.float() / 255
@@ -195,6 +199,7 @@ def test_real_digits_score_as_recognisable_and_varied(trained_classifier, mnist)
     assert sum(scores["class_histogram"]) == 1000 and len(scores["class_histogram"]) == 10
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_fidelity_report(trained_classifier, mnist):
     test_images, samples, train_images = mnist["test"][:500], mnist["test"][500:1000], mnist["train"][2000:4000]
     good = fidelity_report(trained_classifier, samples, test_images, train_images)
@@ -213,6 +218,7 @@ def test_fidelity_report(trained_classifier, mnist):
     assert "fid_floor" not in fidelity_report(trained_classifier, samples[:100], test_images)
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_fd_bootstrap_interval_is_seeded_and_brackets_the_sampling_noise(trained_classifier, mnist):
     test_images, samples = mnist["test"][:500], mnist["test"][500:1000]
     report = fidelity_report(trained_classifier, samples, test_images, n_bootstrap=50, seed=3)

@@ -30,6 +30,7 @@ def finetuned(compose_config, tiny_overrides, tmp_path_factory):
     return logs, out, vae_metrics, metrics
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_only_the_decoder_changes(finetuned):
     logs, out, _, _ = finetuned
     original, _ = load_model(logs / "vae" / "runs" / "a" / "model.pt", "grid_vae")
@@ -65,6 +66,7 @@ def test_test_mse_through_the_codes_does_not_rise(finetuned):
     assert (out / "reconstructions.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_prior_and_samples_run_off_the_new_codes_with_the_finetuned_decoder(compose_config, finetuned):
     logs, out, _, _ = finetuned
     prior_dir, sample_dir = logs / "prior" / "runs" / "ft", logs / "sample" / "runs" / "ft"
@@ -80,6 +82,7 @@ def test_prior_and_samples_run_off_the_new_codes_with_the_finetuned_decoder(comp
     assert torch.equal(samples.payload["images"], (expected * 255).round().to(torch.uint8))
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_vqvae_codes_are_refused(compose_config, tiny_overrides, tmp_path):
     vq = tmp_path / "vq"
     run_stage(compose_config(vq, tiny_overrides() + ["stage=vqvae", "model.quantizer.n_codes=8", "figures=false"]))
@@ -87,6 +90,7 @@ def test_vqvae_codes_are_refused(compose_config, tiny_overrides, tmp_path):
         run_stage(compose_config(tmp_path / "ft", tiny_overrides() + ["stage=finetune", f"stage.codes={vq / 'codes.pt'}"]))
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_a_missing_codes_file_and_other_data_are_refused(compose_config, tiny_overrides, finetuned, tmp_path):
     logs, _, _, _ = finetuned
     with pytest.raises(ConfigError, match="nor an existing file"):

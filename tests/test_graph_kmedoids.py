@@ -17,6 +17,7 @@ def noisy_roll(n=1500, noise=0.3, seed=0):
     return X.astype(np.float32), t
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_objective_is_near_fasterpam_on_the_dense_matrix():
     X, _ = noisy_roll(1200, 0.3, 1)
     graph = knn_graph(X, 10)
@@ -37,6 +38,7 @@ def test_objective_never_increases_and_every_medoid_is_in_its_own_cluster():
     assert found.history[-1] < found.history[0]  # the iterations improve on the seeding
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_noisy_swiss_roll_clusters_stay_contiguous_along_the_roll():
     X, t = noisy_roll(2000, 0.4, 3)
     gkm = GeodesicKMedoids(n_clusters=8, n_landmarks=2000, n_neighbors=10, method="graph").fit(X)

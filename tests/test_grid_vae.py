@@ -31,6 +31,7 @@ def test_kl_is_zero_at_the_prior_and_loss_is_per_image():
     assert float(model.loss_terms(torch.cat([x, x]))["loss"]) == pytest.approx(float(terms["loss"]), rel=1e-5)
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_loss_falls_on_a_fixed_batch(data_root):
     from geovq.data.images import load_split
 

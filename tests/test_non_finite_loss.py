@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 import torch
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(nan_loss_message, tmp_path):
     message = nan_loss_message(tmp_path)
     assert "nan at global step 5" in message and "last.ckpt" in message and "ckpt_path=last" in message

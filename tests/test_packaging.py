@@ -24,6 +24,7 @@ def wheel(repo, tmp_path_factory) -> Path:
     return next(out.glob("geovq-*.whl"))
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_the_wheel_holds_every_config_and_the_console_script(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     configs = {f"geovq/conf/{path.relative_to(CONF_DIR).as_posix()}" for path in CONF_DIR.rglob("*.yaml")}

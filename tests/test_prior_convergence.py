@@ -100,6 +100,7 @@ def prior_cfg(compose_config, codes, tmp_path):
     return lambda *extra, name="prior": compose_config(tmp_path / name, ["stage=prior", f"stage.codes={codes}", *TINY_PRIOR, *extra])
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_a_prior_that_converges_stops_before_its_cap_and_says_so(prior_cfg, tmp_path):
     # Patience 1 and a min_delta no epoch after the first few can beat: early stopping fires.
     metrics = run_stage(prior_cfg("trainer.max_epochs=30", "callbacks.early_stopping.patience=1",
@@ -110,6 +111,7 @@ def test_a_prior_that_converges_stops_before_its_cap_and_says_so(prior_cfg, tmp_
     assert metrics["train/images_seen"] == 256 * metrics["epochs"]
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_a_prior_resumed_with_a_higher_cap_continues_its_schedule(prior_cfg, tmp_path):
     first = run_stage(prior_cfg("trainer.max_epochs=1"))
     assert first["prior/converged"] == 0.0 and first["prior/epochs"] == 1  # it hit the cap

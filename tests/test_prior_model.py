@@ -108,6 +108,7 @@ def test_generate_restores_training_mode_and_handles_batches():
     assert model.generate(0).shape == (0, 49)
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_overfits_four_grids():
     torch.manual_seed(0)
     grids = torch.randint(0, K, (4, 49), generator=torch.Generator().manual_seed(0))

@@ -35,6 +35,7 @@ def prior_cfg(compose_config):
 
 
 @pytest.mark.parametrize("pipeline,n_codes", [("geodesic", 8), ("vqvae", 16)])
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_prior_then_samples_for_each_pipeline(compose_config, prior_cfg, pipelines, pipeline, n_codes):
     logs = pipelines
     metrics = run_stage(prior_cfg(logs, pipeline, f"stage.codes={pipeline}"))
@@ -62,6 +63,7 @@ def test_prior_then_samples_for_each_pipeline(compose_config, prior_cfg, pipelin
     assert json.loads((sample_dir / "metrics.json").read_text())["sample/n"] == 20 == sample_metrics["sample/n"]
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_top_k_one_sampling_is_deterministic(compose_config, prior_cfg, pipelines, tmp_path):
     logs = pipelines
     run_stage(prior_cfg(logs, "greedy", "stage.codes=vqvae"))
@@ -74,6 +76,7 @@ def test_top_k_one_sampling_is_deterministic(compose_config, prior_cfg, pipeline
     assert torch.equal(codes[0], codes[1])
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_bad_sampling_inputs_are_refused(compose_config, prior_cfg, pipelines, tmp_path):
     logs = pipelines
     run_stage(prior_cfg(logs, "checks", "stage.codes=geodesic"))

@@ -25,6 +25,7 @@ def trained_vae(compose_config, tiny_overrides, tmp_path_factory):
     return out, metrics
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_callback_writes_codebook_and_code_grids_at_fit_end(trained_vae, data_root):
     out, metrics = trained_vae
     vae, vae_art = load_model(out / "model.pt", "grid_vae")
@@ -50,6 +51,7 @@ def test_callback_writes_codebook_and_code_grids_at_fit_end(trained_vae, data_ro
     assert metrics["time/shortest_paths"] >= 0 and "memory_mb/shortest_paths" in metrics
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_stage_quantize_reuses_a_saved_vae(trained_vae, make_cfg, tmp_path):
     vae_dir, _ = trained_vae
     cfg = make_cfg("stage=quantize", f"stage.vae={vae_dir / 'model.pt'}", *SMALL_QUANTIZER, "quantizer.assignment=geodesic")
@@ -65,6 +67,7 @@ def test_stage_quantize_reuses_a_saved_vae(trained_vae, make_cfg, tmp_path):
     assert saved["quantized/objective"] == pytest.approx(metrics["quantized/objective"])
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_same_seed_same_codebook(trained_vae, make_cfg, tmp_path):
     vae_dir, _ = trained_vae
     books = []
@@ -74,6 +77,7 @@ def test_same_seed_same_codebook(trained_vae, make_cfg, tmp_path):
     assert torch.equal(books[0], books[1])
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_kmeans_quantizer(trained_vae, make_cfg, tmp_path):
     vae_dir, _ = trained_vae
     metrics = run_stage(make_cfg("stage=quantize", "quantizer=kmeans", f"stage.vae={vae_dir / 'model.pt'}",
@@ -82,6 +86,7 @@ def test_kmeans_quantizer(trained_vae, make_cfg, tmp_path):
     assert metrics["quantized/test_mse"] > 0
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_a_vqvae_is_not_a_gridvae(tmp_path, make_cfg):
     run_stage(make_cfg("stage=vqvae", "model.quantizer.n_codes=8", "figures=false", output_dir=tmp_path / "vq"))
     with pytest.raises(ArtifactError, match="expected 'grid_vae'"):
@@ -111,6 +116,7 @@ def test_cluster_count_sweep_through_multirun(run_cli, tiny_overrides, trained_v
     assert [int(float(row["quantized/train_n_codes"])) for row in rows] == [4, 8]
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_quantize_logs_usage_to_wandb_offline(trained_vae, make_cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -125,6 +131,7 @@ def test_quantize_logs_usage_to_wandb_offline(trained_vae, make_cfg, tmp_path, m
         assert key in data, key
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_quantize_callback_needs_a_gridvae_and_a_valid_quantizer(make_cfg):
     with pytest.raises(ConfigError, match="use it with stage=vae"):
         run_stage(make_cfg("stage=vqvae", "callbacks=quantize", "model.quantizer.n_codes=8", *SMALL_QUANTIZER))
@@ -137,6 +144,7 @@ def test_quantize_callback_needs_a_gridvae_and_a_valid_quantizer(make_cfg):
     assert "n_clusters=64 is more than n_landmarks=50" in str(err.value)
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_the_callback_run_writes_model_pt_once_and_records_the_config_as_stage_quantize_does(make_cfg, tmp_path, monkeypatch):
     import geovq.artifacts as artifacts
     from geovq.artifacts import config_hash

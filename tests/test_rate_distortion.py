@@ -48,6 +48,7 @@ def sweep(compose_config, tiny_overrides, tmp_path_factory):
     return sweep, runs
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_both_quantizers_write_their_own_folder_codes_and_metrics(sweep, make_cfg):
     folder, [(cfg, metrics), _] = sweep
     out = folder / "0"

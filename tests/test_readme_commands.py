@@ -183,6 +183,7 @@ def test_readme_and_docs_quote_the_commands():
         for kind, text in SNIPPETS
     ],
 )
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_readme_command_parses_and_composes(kind, text):
     check_snippet(kind, text)
 

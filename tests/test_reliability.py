@@ -56,6 +56,7 @@ def files_in(folder):
 NEVER_IMPROVES = ["callbacks.model_checkpoint.monitor=epoch", "callbacks.model_checkpoint.mode=min", "figures=false"]
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_resume_continues_after_the_last_completed_epoch_when_the_monitor_stopped_improving(make_cfg, tmp_path):
     out = tmp_path / "run"
     interrupt = f"+callbacks.interrupt._target_={__name__}.InterruptAtEpoch"
@@ -71,6 +72,7 @@ def test_resume_continues_after_the_last_completed_epoch_when_the_monitor_stoppe
     assert (out / "model.pt").is_file() and (out / "metrics.json").is_file()
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_resuming_a_finished_run_does_nothing_and_rewrites_nothing(make_cfg, tmp_path):
     out = tmp_path / "run"
     metrics = run_stage(make_cfg("stage=vae", output_dir=out))
@@ -80,6 +82,7 @@ def test_resuming_a_finished_run_does_nothing_and_rewrites_nothing(make_cfg, tmp
     assert files_in(out) == before
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_a_changed_learning_rate_on_resume_is_refused_not_ignored(make_cfg, tmp_path):
     out = tmp_path / "run"
     run_stage(make_cfg("stage=vae", "figures=false", output_dir=out))
@@ -195,6 +198,7 @@ def wait_for(path, process, seconds: float = 240) -> None:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_a_signal_ends_a_training_run_as_interrupted_with_the_command_that_continues_it(signum, tiny_overrides, tmp_path):
     out = tmp_path / "run"
     process = start_cli(["stage=vae", f"hydra.run.dir={out}", "trainer.max_epochs=200", "figures=false",
@@ -269,6 +273,7 @@ def _cmdline(pid: str) -> str:
 # -- resumes ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_more_epochs_on_resume_are_refused_when_the_schedule_cannot_follow(make_cfg, tmp_path):
     out = tmp_path / "run"
     run_stage(make_cfg("stage=vae", "figures=false", output_dir=out))
@@ -276,6 +281,7 @@ def test_more_epochs_on_resume_are_refused_when_the_schedule_cannot_follow(make_
         run_stage(make_cfg("stage=vae", "figures=false", "ckpt_path=last", output_dir=out, **{"trainer.max_epochs": 2}))
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_a_checkpoint_of_another_stage_or_shape_is_refused_before_training(make_cfg, tmp_path):
     out = tmp_path / "run"
     run_stage(make_cfg("stage=vae", "figures=false", output_dir=out))
@@ -296,6 +302,7 @@ def test_ckpt_path_on_a_stage_that_does_not_train_is_an_error(make_cfg, tmp_path
 # -- finished runs are kept ---------------------------------------------------------------------
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_a_new_run_in_a_folder_holding_a_run_is_refused_and_touches_nothing(run_cli, tiny_overrides, tmp_path):
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)
@@ -309,6 +316,7 @@ def test_a_new_run_in_a_folder_holding_a_run_is_refused_and_touches_nothing(run_
     assert {path: value for path, value in files_in(out).items() if path.name != LOCK_FILE} == before
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_overwrite_moves_the_earlier_run_aside_before_the_new_one_writes(run_cli, tiny_overrides, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
@@ -338,6 +346,7 @@ def test_overwrite_moves_the_earlier_run_aside_before_the_new_one_writes(run_cli
         ("stage=sample", "stage.temperature=hot", "stage.temperature"),
     ],
 )
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_bad_settings_are_one_error_naming_the_key_before_anything_is_written(make_cfg, tmp_path, stage, override, key):
     out = tmp_path / "run"
     with pytest.raises(ConfigError, match=re.escape(key)):
@@ -365,6 +374,7 @@ def test_a_setting_the_stage_does_not_read_is_named(make_cfg):
     assert ignored_overrides(make_cfg("stage=quantize"), ["quantizer.n_clusters=64"]) == []
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_a_bad_setting_on_the_command_line_is_one_line_and_exit_1(run_cli, tiny_overrides, tmp_path):
     result = run_cli("stage=vae", "data.batch_size=abc", f"hydra.run.dir={tmp_path / 'run'}", *tiny_overrides())
     assert result.returncode == 1
@@ -375,6 +385,7 @@ def test_a_bad_setting_on_the_command_line_is_one_line_and_exit_1(run_cli, tiny_
 # -- sweeps that finish -------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_a_failing_sweep_point_is_recorded_and_the_sweep_goes_on(run_cli, tiny_overrides, tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli("-m", "stage=vqvae", "model=vqvae", "model.quantizer.n_codes=8,-1,16", f"hydra.sweep.dir={sweep}",
@@ -469,6 +480,7 @@ def test_a_failed_download_removes_the_folders_it_created(tmp_path, monkeypatch)
     assert list(shared.iterdir()) == []  # the folder that was there stays, nothing inside it
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_a_full_disk_while_checkpointing_is_one_error_and_the_earlier_checkpoint_survives(make_cfg, tmp_path, monkeypatch):
     import errno
 
@@ -495,6 +507,7 @@ def test_a_full_disk_while_checkpointing_is_one_error_and_the_earlier_checkpoint
 # -- refusals say only what is safe -------------------------------------------------------------
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_an_unsafe_artifact_is_refused_in_one_line_without_unsafe_advice(run_cli, tiny_overrides, tmp_path):
     marker = tmp_path / "pwned"
 
@@ -522,6 +535,7 @@ def test_an_unsafe_checkpoint_refusal_gives_no_unsafe_advice(make_cfg, tmp_path)
 # -- every run says what it made ----------------------------------------------------------------
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_a_finished_run_names_its_folder_and_headline_figures(run_cli, tiny_overrides, tmp_path):
     out = tmp_path / "run"
     result = run_cli("stage=vae", f"hydra.run.dir={out}", "figures=false", *tiny_overrides())

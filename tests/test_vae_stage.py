@@ -19,6 +19,7 @@ def read_metrics_csv(folder, version=0):
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_stage_vae_writes_checkpoints_metrics_figure_and_model(make_cfg, tmp_path):
     cfg = make_cfg("stage=vae")
     metrics = run_stage(cfg)
@@ -37,6 +38,7 @@ def test_stage_vae_writes_checkpoints_metrics_figure_and_model(make_cfg, tmp_pat
     assert model.encode(torch.rand(2, 1, 28, 28))[0].shape == (2, 8, 7, 7)
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_stage_vae_reports_its_rate_against_the_codebook(make_cfg):
     metrics = run_stage(make_cfg("stage=vae", "figures=false", "quantizer.n_clusters=64"))
     # The same KL as the test loss's KL term, per image, then per position of the 7x7 grid.
@@ -46,12 +48,14 @@ def test_stage_vae_reports_its_rate_against_the_codebook(make_cfg):
     assert metrics["rate/ln_codebook_size"] == pytest.approx(math.log(64))
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_same_seed_same_model(make_cfg, tmp_path):
     first = run_stage(make_cfg("stage=vae", "figures=false", output_dir=tmp_path / "a"))
     second = run_stage(make_cfg("stage=vae", "figures=false", output_dir=tmp_path / "b"))
     assert first["test/mse"] == pytest.approx(second["test/mse"], abs=1e-7)
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_resume_continues_the_global_step(make_cfg, tmp_path):
     # A constant learning rate (no schedule spanning max_epochs), so more epochs can be resumed.
     out = tmp_path / "run"
@@ -69,11 +73,13 @@ def test_resume_continues_the_global_step(make_cfg, tmp_path):
     assert resumed_steps and min(resumed_steps) >= last["global_step"]
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_bf16_mixed_precision_runs_on_cpu(make_cfg):
     metrics = run_stage(make_cfg("stage=vae", "figures=false", "trainer.precision=bf16-mixed"))
     assert torch.isfinite(torch.tensor(metrics["test/loss"]))
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_wandb_logger_works_offline_without_account(make_cfg, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")

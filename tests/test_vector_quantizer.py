@@ -305,6 +305,7 @@ def test_restart_seeds_come_from_the_current_step():
         assert (flat - code).norm(dim=1).min() < 1e-5  # a vector of this step, not an older one
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_restart_training_stays_finite_and_loss_falls():
     """The appendix's failure: restarts made the reconstruction loss explode. Ours must not."""
     import torchvision

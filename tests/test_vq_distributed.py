@@ -106,6 +106,7 @@ def ranks(tmp_path_factory):
 
 
 @pytest.mark.parametrize("scenario", ["ema_restarts", "learned_restarts"])
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_ranks_end_with_identical_codebooks_and_restarts(ranks, scenario):
     first, second = ranks[0][scenario], ranks[1][scenario]
     # Each rank saw its own data, so without synchronisation the codebooks would differ.

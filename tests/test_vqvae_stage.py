@@ -14,6 +14,7 @@ from geovq.models.vqvae import VQVAE
 from geovq.train import run_stage
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_stage_vqvae_writes_model_codes_and_usage(make_cfg, tmp_path):
     metrics = run_stage(make_cfg("stage=vqvae", "model.quantizer.n_codes=16"))
     out = tmp_path / "run"

@@ -91,6 +91,7 @@ def test_paper_objective_config_and_bad_reduction(make_cfg):
 
 # -- today's quantizers -------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_variant_trains_and_round_trips_code_grids(make_cfg, mnist, variant):
     torch.manual_seed(0)
     model = variant_model(make_cfg, variant)
@@ -138,6 +139,7 @@ def test_unknown_kind_and_leftover_options_name_the_key(make_cfg):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_stage_vqvae_writes_codes_with_each_variant(make_cfg, data_root, tmp_path, variant):
     metrics = run_stage(make_cfg("stage=vqvae", f"model={variant}", "figures=false"))
     out = tmp_path / "run"
@@ -199,6 +201,7 @@ def quantized_vae(compose_config, tiny_overrides, tmp_path_factory):
     return root / "quantize" / "codes.pt"
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_stage_vqvae_starts_from_the_aposteriori_codebook(quantized_vae, make_cfg, tmp_path):
     metrics = run_stage(make_cfg("stage=vqvae", "model=vqvae_hybrid", "model.quantizer.n_codes=8",
                                  f"stage.init_codes={quantized_vae}", "figures=false"))
@@ -210,6 +213,7 @@ def test_stage_vqvae_starts_from_the_aposteriori_codebook(quantized_vae, make_cf
     assert metrics["test/mse"] > 0 and codes.payload["n_codes"] == 8
 
 
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_stage_vqvae_refuses_a_start_without_a_codebook(quantized_vae, make_cfg, tmp_path):
     run_stage(make_cfg("stage=vqvae", "model.quantizer.n_codes=8", "figures=false", output_dir=tmp_path / "b"))
     with pytest.raises(ArtifactError, match="written by stage=vqvae.*codes.pt of stage=quantize"):
