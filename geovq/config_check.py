@@ -108,10 +108,15 @@ def check_settings(cfg: DictConfig) -> None:
     check_memory(cfg)
 
 
+def override_key(item: str) -> str:
+    """The config key an override sets: 'data.root=x' -> 'data.root', '+data=codes' -> 'data'."""
+    return item.split("=", 1)[0].lstrip("+~")
+
+
 def ignored_overrides(cfg: DictConfig, overrides: list[str]) -> list[str]:
     """The command line's settings this stage does not read: today the ``quantizer.*`` keys of a
     stage that builds no codebook (stage=prior quantizer.n_clusters=64 trains the same prior)."""
-    keys = [item.split("=", 1)[0].lstrip("+~") for item in overrides]
+    keys = [override_key(item) for item in overrides]
     return [key for key in keys if key.split(".")[0] == "quantizer" and not uses_quantizer(cfg)]
 
 

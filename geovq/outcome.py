@@ -9,6 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from geovq.config_check import override_key
 from geovq.stage_registry import STAGES
 
 # Checkpoints every training stage writes at the end of each epoch (conf/callbacks/default.yaml).
@@ -47,7 +48,7 @@ def interrupted_line(cfg: DictConfig, signal_name: str) -> str:
 def command_line(drop: tuple[str, ...] = (), add: tuple[str, ...] = ()) -> str:
     """This process's command, as a person would type it, less the overrides of keys in ``drop``
     and with ``add`` after them."""
-    kept = [arg for arg in sys.argv[1:] if arg.split("=", 1)[0].lstrip("+~") not in drop]
+    kept = [arg for arg in sys.argv[1:] if override_key(arg) not in drop]
     return shlex.join(["python", "-m", "geovq.train", *kept, *add])
 
 

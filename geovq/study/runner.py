@@ -52,7 +52,7 @@ from geovq.artifacts import (
     atomic_write_text,
     config_hash,
 )
-from geovq.config_check import check_settings
+from geovq.config_check import check_settings, override_key
 from geovq.errors import ConfigError, TrainingError
 from geovq.loggers import log_without_trainer
 from geovq.run_folder import (
@@ -109,11 +109,6 @@ def compose_step(overrides: list[str], step: str = "") -> DictConfig:
             f"the pipeline's step '{step}' cannot use these overrides ({str(err).splitlines()[0]}). "
             f"Give overrides meant for one step in its list, e.g. 'pipeline.{step or 'vae'}=[\"model.latent_dim=32\"]'."
         ) from None
-
-
-def override_key(item: str) -> str:
-    """The config key an override sets: 'data.root=x' -> 'data.root', '+data=codes' -> 'data'."""
-    return item.split("=", 1)[0].lstrip("+~")
 
 
 def file_sha256(path: Path) -> str:
