@@ -11,7 +11,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from geovq.artifacts import CODES_FILE, Artifact, find_latest, load_artifact, load_input, read_sidecar
+from geovq.artifacts import (
+    CODES_FILE,
+    Artifact,
+    find_latest,
+    load_artifact,
+    load_input,
+    read_sidecar,
+)
 from geovq.errors import ArtifactError, ConfigError
 
 # Where each pipeline's code grids come from, and the quantizer that must have made them (a
@@ -85,3 +92,24 @@ def grid_vae_and_codebook(codes: Artifact) -> tuple[Artifact, Artifact]:
             "fine-tunes the decoder of pipeline A. Give stage.codes=<codes.pt of stage=quantize>."
         )
     return load_input(codes, "vae", kind="grid_vae"), load_input(codes, "codebook", kind="codebook")
+
+
+def codes_to_decode(prior: Artifact, path=None) -> Artifact:
+    """The code grids whose decoder turns the prior's samples into images: the grids the prior was
+    trained on (``path`` None or that file), or grids made from them that record another decoder
+    (stage=finetune's codes.pt: the same grids, the decoder fine-tuned on them). So one prior serves
+    every decoder of the same grids, and a study trains one prior per distinct set of code grids."""
+    if path is None:
+        return load_input(prior, "codes", kind="code_grids")
+    given = load_artifact(path, kind="code_grids")
+    recorded = prior.provenance.get("inputs", {}).get("codes", {}).get("sha256")
+    if recorded == given.sha256:
+        return given
+    source = given.provenance.get("inputs", {}).get("codes", {}).get("sha256")
+    if source is None or source != recorded:
+        raise ArtifactError(
+            f"mismatched artifacts: {given.path} holds neither the code grids the prior {prior.path} was "
+            "trained on nor grids made from them (a stage=finetune codes.pt of those grids). Give "
+            "stage.codes=<the prior's codes.pt or a finetune codes.pt made from it>, or leave it unset."
+        )
+    return given

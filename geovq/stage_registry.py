@@ -22,6 +22,9 @@ class StageInfo:
     output: str | None  # the file a study step of this stage leaves for the next steps (None: not a step)
     trains: bool  # fits a model through a Lightning Trainer
     headline: tuple[str, ...] = ()  # the metrics a finished run prints first, when it reported them
+    # A stage whose code grids are its input's, unchanged (only the decoder they record differs):
+    # the config key of that input. A study trains one prior for both.
+    same_grids_as: str | None = None
 
 
 STAGES: dict[str, StageInfo] = {
@@ -36,7 +39,7 @@ STAGES: dict[str, StageInfo] = {
         StageInfo("vqvae", "geovq.stages.vqvae", CODES_FILE, trains=True,
                   headline=("test/mse", "codes/train_codes_used", "codes/train_n_codes")),
         StageInfo("finetune", "geovq.stages.finetune", CODES_FILE, trains=True,
-                  headline=("test/mse", "codes/train_codes_used", "codes/train_n_codes")),
+                  headline=("test/mse", "codes/train_codes_used", "codes/train_n_codes"), same_grids_as="stage.codes"),
         StageInfo("prior", "geovq.stages.prior", MODEL_FILE, trains=True,
                   headline=("test/nll", "test/perplexity")),
         StageInfo("sample", "geovq.stages.sample", SAMPLES_FILE, trains=False,

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from geovq.artifacts import load_artifact, load_code_grids
+from geovq.artifacts import load_artifact, load_code_grids, save_code_grids
 from geovq.errors import ArtifactError, ConfigError
 from geovq.models.decoding import code_decoder
 from geovq.models.io import load_model
@@ -70,8 +70,10 @@ def test_test_mse_through_the_codes_does_not_rise(finetuned):
 def test_prior_and_samples_run_off_the_new_codes_with_the_finetuned_decoder(compose_config, finetuned):
     logs, out, _, _ = finetuned
     prior_dir, sample_dir = logs / "prior" / "runs" / "ft", logs / "sample" / "runs" / "ft"
-    run_stage(compose_config(prior_dir, ["stage=prior", f"stage.codes={out / 'codes.pt'}", *TINY_PRIOR]))
-    run_stage(compose_config(sample_dir, ["stage=sample", f"stage.prior={prior_dir / 'model.pt'}", "stage.n_samples=6", "figures=false"]))
+    # The prior learns the original grids (the fine-tuned codes copy them); sampling takes the decoder apart.
+    run_stage(compose_config(prior_dir, ["stage=prior", f"stage.codes={logs / 'vae' / 'runs' / 'a' / 'codes.pt'}", *TINY_PRIOR]))
+    run_stage(compose_config(sample_dir, ["stage=sample", f"stage.prior={prior_dir / 'model.pt'}", f"stage.codes={out / 'codes.pt'}",
+                                          "stage.n_samples=6", "figures=false"]))
     samples = load_artifact(sample_dir / "samples.pt", kind="samples")
     assert samples.provenance["inputs"]["vae"]["sha256"] == load_artifact(out / "model.pt").sha256
     # The images are the fine-tuned decoder's, not the original GridVAE's.
@@ -80,6 +82,12 @@ def test_prior_and_samples_run_off_the_new_codes_with_the_finetuned_decoder(comp
     with torch.no_grad():
         expected = torch.sigmoid(tuned.decode(vectors[samples.payload["codes"].long()].permute(0, 3, 1, 2)))
     assert torch.equal(samples.payload["images"], (expected * 255).round().to(torch.uint8))
+    # Grids that are neither the prior's nor made from them are refused, naming the key.
+    other = save_code_grids(logs / "other_codes.pt", {s: g.clone() for s, g in load_code_grids(out / "codes.pt").payload["splits"].items()},
+                            8, stage="quantize")
+    with pytest.raises(ArtifactError, match=r"neither the code grids the prior .* stage.codes="):
+        run_stage(compose_config(logs / "sample" / "runs" / "bad", ["stage=sample", f"stage.prior={prior_dir / 'model.pt'}",
+                                                                     f"stage.codes={other.path}", "stage.n_samples=6", "figures=false"]))
 
 
 @pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import geovq.stages.pipeline as pipeline_module
 from geovq.errors import TrainingError
@@ -117,6 +118,29 @@ def test_a_method_declared_in_config_runs_for_two_seeds_and_reports_its_spread(c
     for record in report["priors"]:
         assert record["prior/epochs"] <= record["prior/max_epochs"] == 3
     assert "## Budgets" in text
+
+
+@pytest.mark.slow
+def test_a_fine_tuned_decoder_samples_from_the_prior_of_the_grids_it_copies(compose_config, study_overrides,
+                                                                           one_method_study, tmp_path):
+    """One prior per distinct set of code grids: the fine-tuned decoder's method trains none of its own."""
+    from geovq.artifacts import load_artifact
+
+    out = tmp_path / "study"
+    steps = one_method_study[1][:-1] + ", tuned: {stage: finetune, inputs: {stage.codes: kmeans8}}}"
+    methods = "+pipeline.methods={A_kmeans8: {codes: kmeans8}, A_tuned: {codes: tuned}}"
+    run_stage(compose_config(out, study_overrides + ["~study", steps, methods, "pipeline.figures=false"]))
+    seed = out / "seed_0"
+    assert (seed / "prior_A_kmeans8" / "step.json").is_file() and not (seed / "prior_A_tuned").exists()
+    samples = load_artifact(seed / "sample_A_tuned" / "samples.pt", kind="samples")
+    assert samples.provenance["inputs"]["prior"]["sha256"] == load_artifact(seed / "prior_A_kmeans8" / "model.pt").sha256
+    assert samples.provenance["inputs"]["vae"]["sha256"] == load_artifact(seed / "tuned" / "model.pt").sha256
+    plain = load_artifact(seed / "sample_A_kmeans8" / "samples.pt", kind="samples")
+    assert torch.equal(plain.payload["codes"], samples.payload["codes"])  # the same prior and seed draw the same grids
+    assert not torch.equal(plain.payload["images"], samples.payload["images"])  # decoded by another decoder
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["methods"]) == {"A_kmeans8", "A_tuned"}
+    assert "| A_tuned (the prior of A_kmeans8: the same code grids) |" in (out / "report.md").read_text()
 
 
 def test_a_study_mistake_stops_before_any_step_runs(compose_config, study_overrides, one_method_study, tmp_path):

@@ -31,6 +31,19 @@ def test_a_chain_lists_inputs_first_and_shares_the_vae():
     assert study.methods["A_geodesic"].title == "A_geodesic" and study.methods["B"].title == "B: VQ-VAE"
 
 
+def test_one_prior_per_distinct_set_of_code_grids():
+    steps = {**STEPS, "tuned": {"stage": "finetune", "inputs": {"stage.codes": "quantize_geodesic"}}}
+    methods = {**METHODS, "A_tuned": {"codes": "tuned"}, "A_tuned_small": {"codes": "tuned", "prior": ["model.n_layer=1"]}}
+    study = plan_study(steps, methods)
+    # The fine-tuned decoder's codes copy quantize_geodesic's grids: A_geodesic's prior serves both.
+    assert study.grids_step("A_tuned") == "quantize_geodesic"
+    assert study.derived_step("A_tuned", "prior") == "prior_A_geodesic"
+    assert study.derived_step("A_tuned", "sample") == "sample_A_tuned"
+    # Other prior settings, another prior (the first method with those settings owns it).
+    assert study.derived_step("A_tuned_small", "prior") == "prior_A_tuned_small"
+    assert study.derived_step("A_kmeans", "prior") == "prior_A_kmeans"
+
+
 @pytest.mark.parametrize(
     ("steps", "methods", "message"),
     [

@@ -39,7 +39,7 @@ from geovq.artifacts import (
     load_input,
 )
 from geovq.errors import ConfigError, config_section
-from geovq.inputs import given_or_newest
+from geovq.inputs import codes_to_decode, given_or_newest
 from geovq.loggers import log_without_trainer
 from geovq.metrics.codebook import code_counts, usage_summary
 from geovq.metrics.fidelity import fidelity_report
@@ -60,8 +60,8 @@ def run(cfg: DictConfig) -> dict:
     options = cfg.stage
     samples = load_artifact(given_or_newest(cfg, options.samples, "sample", SAMPLES_FILE, kind="samples"), kind="samples")
     prior_art = load_input(samples, "prior", kind="prior", path=options.prior)
-    codes = load_input(prior_art, "codes", kind="code_grids", path=options.codes)
-    load_input(samples, "codes", kind="code_grids", path=codes.path)  # the samples used these codes too
+    codes = load_input(samples, "codes", kind="code_grids", path=options.codes)  # what the samples were decoded from
+    codes_to_decode(prior_art, codes.path)  # the prior's own grids, or a fine-tuned decoder's copy of them
     decode, decoder_inputs, label = code_decoder(codes, options.decoder, options.codebook)
     prior = model_from_artifact(prior_art)
     classifier, _ = load_model(given_or_newest(cfg, options.classifier, "classifier", MODEL_FILE, kind="classifier"), "classifier")

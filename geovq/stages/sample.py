@@ -14,9 +14,9 @@ import time
 import torch
 from omegaconf import DictConfig
 
-from geovq.artifacts import MODEL_FILE, SAMPLES_FILE, load_input, save_artifact
+from geovq.artifacts import MODEL_FILE, SAMPLES_FILE, save_artifact
 from geovq.errors import ConfigError, config_section
-from geovq.inputs import given_or_newest
+from geovq.inputs import codes_to_decode, given_or_newest
 from geovq.loggers import log_without_trainer
 from geovq.metrics.codebook import code_counts, usage_summary
 from geovq.models.decoding import code_decoder
@@ -32,7 +32,7 @@ def run(cfg: DictConfig) -> dict:
         raise ConfigError(f"stage.n_samples and stage.batch_size must be >= 1, got {options.n_samples} and {options.batch_size}.")
     prior_path = given_or_newest(cfg, options.prior, "prior", MODEL_FILE, kind="prior")
     prior, prior_art = load_model(prior_path, "prior")
-    codes_art = load_input(prior_art, "codes", kind="code_grids", path=options.codes)
+    codes_art = codes_to_decode(prior_art, options.codes)
     decode, decoder_inputs, label = code_decoder(codes_art, options.decoder, options.codebook)
 
     started = time.perf_counter()

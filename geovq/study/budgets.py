@@ -23,7 +23,7 @@ NETWORK_FIGURES = (("epochs", "epochs"), ("images_seen", "train/images_seen"), (
 def method_steps(study: Study, name: str) -> list[tuple[str, str]]:
     """(step name, stage) of every step of the method in a seed's folder: its codes' chain, then
     its prior, samples and evaluation."""
-    return [(step.name, step.stage) for step in study.chain(study.methods[name].codes)] + [(f"{d}_{name}", d) for d in DERIVED]
+    return [(step.name, step.stage) for step in study.chain(study.methods[name].codes)] + [(study.derived_step(name, d), d) for d in DERIVED]
 
 
 def method_budgets(pipe, study: Study, seeds: list[int]) -> dict[str, dict[int, dict]]:

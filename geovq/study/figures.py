@@ -62,12 +62,12 @@ def write_figures(pipe, study: Study, seeds: list[int], out_dir: Path, options: 
     save(image_rows_figure(decoded), "fig3_reconstructions.png")
 
     # Figure 4: samples.
-    samples = {m.title: load_artifact(results[f"{seed}/sample_{name}"].output).payload["images"].float() / 255
+    samples = {m.title: load_artifact(results[f"{seed}/{study.derived_step(name, 'sample')}"].output).payload["images"].float() / 255
                for name, m in study.methods.items()}
     save(sample_panels_figure(samples), "fig4_samples.png")
 
     # The priors' validation NLL per epoch, every seed.
-    curves = {m.title: prior_histories(pipe, name, seeds) for name, m in study.methods.items()}
+    curves = {m.title: prior_histories(pipe, study, name, seeds) for name, m in study.methods.items()}
     save(learning_curves_figure(curves, "validation NLL (nats/token)", capped), "fig5_prior_val_nll.png")
     return files
 

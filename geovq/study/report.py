@@ -243,7 +243,9 @@ def prior_section(study: Study, runs: dict) -> tuple[list[str], list[dict], set[
                 capped.add(method.title)
                 caps.add(f"{run.get('prior/max_epochs', float('nan')):.0f}")
             records.append({"method": name, "seed": seed, **{k: run.get(k) for k in PRIOR_KEYS}})
-        lines.append(f"| {method.title} | {', '.join(epochs)} | {', '.join(ends)} | {', '.join(best)} | "
+        owner = study.derived_step(name, "prior").removeprefix("prior_")
+        shared = "" if owner == name else f" (the prior of {owner}: the same code grids)"
+        lines.append(f"| {method.title}{shared} | {', '.join(epochs)} | {', '.join(ends)} | {', '.join(best)} | "
                      f"{cell(values(runs[name], 'prior/best_val_nll'), '{:.4f}')} |")
     n_capped = sum(not bool(r.get("prior/converged")) for r in records)
     lines += ["", f"{n_capped} of {len(records)} priors hit their epoch cap ({', '.join(sorted(caps, key=float))} "

@@ -21,8 +21,8 @@ def method_runs(pipe, study: Study, seeds: list[int]) -> dict[str, dict[int, dic
     for name in study.methods:
         runs[name] = {}
         for seed in seeds:
-            evaluation = json.loads(pipe.results[f"seed_{seed}/evaluate_{name}"].output.read_text())
-            prior = pipe.results[f"seed_{seed}/prior_{name}"].metrics
+            evaluation = json.loads(pipe.results[f"seed_{seed}/{study.derived_step(name, 'evaluate')}"].output.read_text())
+            prior = pipe.results[f"seed_{seed}/{study.derived_step(name, 'prior')}"].metrics
             prior = {FORMER_NAMES.get(key, key): value for key, value in prior.items()}
             evaluation.update({key: prior[key] for key in PRIOR_KEYS if key in prior})
             runs[name][seed] = evaluation
@@ -42,11 +42,11 @@ def spread(values: list[float]) -> tuple[float, float, int]:
     return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else float("nan"), len(array)
 
 
-def prior_histories(pipe, name: str, seeds: list[int]) -> list[list[float]]:
+def prior_histories(pipe, study: Study, name: str, seeds: list[int]) -> list[list[float]]:
     """The validation NLL per epoch of the method's prior, one list per seed."""
     curves = []
     for seed in seeds:
-        history_file = pipe.results[f"seed_{seed}/prior_{name}"].folder / HISTORY_FILE
+        history_file = pipe.results[f"seed_{seed}/{study.derived_step(name, 'prior')}"].folder / HISTORY_FILE
         if history_file.is_file():
             curves.append(json.loads(history_file.read_text()).get("val/nll", []))
     return curves

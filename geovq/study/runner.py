@@ -4,7 +4,8 @@ The study is data (``geovq/study/spec.py``): the experiment declares its represe
 methods in YAML (``geovq/conf/study/``). For every seed of ``pipeline.seeds`` the pipeline runs,
 in ``seed_<n>/`` of one experiment folder, each method's chain of steps (inputs first, a step
 shared by several methods once), then per method ``prior_<m>``, ``sample_<m>`` and
-``evaluate_<m>``. The classifier that measures sample fidelity is trained once, in
+``evaluate_<m>`` (one prior per distinct set of code grids: a method whose codes only swap the
+decoder, stage=finetune's, samples from the prior of the grids it copies). The classifier that measures sample fidelity is trained once, in
 ``classifier/``. Then report.md, report.json and the figures (``geovq/study/report.py``).
 
 Each step's config is composed like a command line: ``stage=<stage>``, ``pipeline.all``, the
@@ -66,7 +67,7 @@ from geovq.run_folder import (
 from geovq.stage_registry import STAGES, STEP_STAGES
 from geovq.study.parallel import StepRecorder, run_steps, stop_processes
 from geovq.study.report import write_report
-from geovq.study.spec import STAGE_OUTPUTS, Method, Study, plan_study
+from geovq.study.spec import DERIVED, STAGE_OUTPUTS, Method, Study, plan_study
 
 log = logging.getLogger(__name__)
 
@@ -275,11 +276,14 @@ def run_method(pipe: Pipeline, study: Study, method: Method, seed_folder: str) -
     for step in study.chain(method.codes):
         pipe.step(f"{seed_folder}/{step.name}", step.stage, list(step.overrides),
                   {key: f"{seed_folder}/{upstream}" for key, upstream in step.inputs})
-    m = f"{seed_folder}/{{}}_{method.name}"
-    pipe.step(m.format("prior"), "prior", list(method.overrides["prior"]), {"stage.codes": f"{seed_folder}/{method.codes}"})
-    pipe.step(m.format("sample"), "sample", list(method.overrides["sample"]), {"stage.prior": m.format("prior")})
-    pipe.step(m.format("evaluate"), "evaluate", list(method.overrides["evaluate"]),
-              {"stage.samples": m.format("sample"), "stage.classifier": "classifier"})
+    prior, sample, evaluate = (f"{seed_folder}/{study.derived_step(method.name, stage)}" for stage in DERIVED)
+    grids, codes = f"{seed_folder}/{study.grids_step(method.name)}", f"{seed_folder}/{method.codes}"
+    pipe.step(prior, "prior", list(method.overrides["prior"]), {"stage.codes": grids})
+    # Codes that copy the prior's grids with another decoder (a fine-tuned one) are decoded by it.
+    decoder = {} if codes == grids else {"stage.codes": codes}
+    pipe.step(sample, "sample", list(method.overrides["sample"]), {"stage.prior": prior, **decoder})
+    pipe.step(evaluate, "evaluate", list(method.overrides["evaluate"]),
+              {"stage.samples": sample, "stage.classifier": "classifier"})
 
 
 def declare_steps(pipe: Pipeline, study: Study, seeds: list[int], per_stage: dict, runner) -> None:

@@ -61,6 +61,22 @@ class Study:
     steps: dict[str, Step]
     methods: dict[str, Method]
 
+    def grids_step(self, method: str) -> str:
+        """The step whose code grids the method's prior learns: its codes step, or for codes that
+        only change the decoder (stage=finetune) the step whose grids they copy."""
+        step = self.steps[self.methods[method].codes]
+        source = STAGES[step.stage].same_grids_as
+        return dict(step.inputs).get(source, step.name) if source else step.name
+
+    def derived_step(self, method: str, stage: str) -> str:
+        """The name of the method's prior, sample or evaluate step. Methods that study the same code
+        grids with the same prior settings share one prior: the first such method's."""
+        if stage != "prior":
+            return f"{stage}_{method}"
+        wanted = (self.grids_step(method), self.methods[method].overrides["prior"])
+        owner = next(m for m in self.methods.values() if (self.grids_step(m.name), m.overrides["prior"]) == wanted)
+        return f"prior_{owner.name}"
+
     def chain(self, step: str) -> list[Step]:
         """The steps ``step`` needs, inputs first, ending with ``step`` itself."""
         order: list[Step] = []
