@@ -85,6 +85,7 @@ RULES = (
     positive("stage.n_samples"), positive("stage.temperature", float), positive("stage.top_k", optional=True),
     positive("stage.batch_size"), Rule("stage.fid_bootstrap", int, low=0),
     Rule("callbacks.early_stopping.patience", int, low=0), Rule("callbacks.early_stopping.min_delta", float, low=0),
+    Rule("callbacks.early_stopping.stopping_threshold", float, optional=True),
 )
 QUANTIZER_RULES = (
     positive("quantizer.n_clusters"), positive("quantizer.n_landmarks", optional=True),

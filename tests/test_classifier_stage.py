@@ -78,6 +78,18 @@ def test_stage_classifier_trains_tests_and_saves_a_loadable_model(make_cfg, clas
     assert model.features(images[:2]).shape == (2, 128)
 
 
+@pytest.mark.slow  # trains
+def test_stage_classifier_stops_once_it_is_accurate_enough(make_cfg, classifier_overrides):
+    """The classifier only measures samples: it trains until its validation accuracy reaches the
+    threshold (99% by default), not to its epoch cap."""
+    cfg = make_cfg("stage=classifier", *classifier_overrides(**{"data.subset": 1000, "data.test_subset": 200,
+                                                                "data.batch_size": 32, "trainer.max_epochs": 4}),
+                   "callbacks.early_stopping.stopping_threshold=0.5", tiny=False)
+    assert cfg.callbacks.early_stopping.monitor == "val/accuracy"
+    metrics = run_stage(cfg)
+    assert metrics["epochs"] == 1 and metrics["val/accuracy"] >= 0.5, metrics
+
+
 def test_stage_classifier_refuses_another_model(make_cfg, classifier_overrides):
     cfg = make_cfg("stage=classifier", "model=grid_vae", *classifier_overrides(), tiny=False)
     with pytest.raises(ConfigError, match="MNISTClassifier"):
