@@ -252,3 +252,22 @@ def test_seeded_subset_is_reproducible_in_order_and_capped():
     assert bool((picked[1:] > picked[:-1]).all())  # original order kept
     assert not torch.equal(picked, seeded_subset(items, 10, seed=1))
     assert torch.equal(seeded_subset(items, 500), items)
+
+
+def test_real_features_are_computed_once_per_classifier_and_images(trained_classifier, mnist, tmp_path, monkeypatch):
+    """A study's evaluations share the real images' features: the second one reads them."""
+    import geovq.metrics.feature_cache as cache
+    from geovq.artifacts import save_artifact
+
+    art = save_artifact(tmp_path / "classifier" / "model.pt", "classifier", {"state": 1}, stage="classifier")
+    images = mnist["test"][:50]
+    calls = []
+    monkeypatch.setattr(cache, "feature_matrix", lambda model, x: calls.append(len(x)) or feature_matrix(model, x))
+    first = cache.cached_features(trained_classifier, art)(images)
+    again = cache.cached_features(trained_classifier, art)(images.clone())
+    assert calls == [50] and torch.equal(first, again)
+    assert len(list((tmp_path / "classifier" / "features").glob("*.pt"))) == 1
+    # Another classifier's file (same images) is not used: computed again.
+    other = save_artifact(tmp_path / "classifier" / "model.pt", "classifier", {"state": 2}, stage="classifier")
+    cache.cached_features(trained_classifier, other)(images)
+    assert calls == [50, 50]

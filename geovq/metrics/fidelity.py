@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from functools import partial
 
 import numpy as np
 import torch
@@ -230,6 +231,7 @@ def fidelity_report(
     batch_size: int = INFERENCE_BATCH,
     seed: int = 0,
     n_bootstrap: int = 0,
+    real_features=None,
 ) -> dict:
     """``fid`` (samples vs test images), ``fid_floor`` and the classifier scores of the samples.
 
@@ -237,10 +239,13 @@ def fidelity_report(
     images as there are samples (a seeded random choice) to the same test images: what a
     perfect generator would score at this sample size, the number to read ``fid`` against.
     With ``n_bootstrap`` > 0, ``fid_ci_low`` / ``fid_ci_high`` bound the 95% bootstrap interval of
-    ``fid`` over the samples (``bootstrap_interval``, seeded by ``seed``).
+    ``fid`` over the samples (``bootstrap_interval``, seeded by ``seed``). ``real_features``
+    (``images -> features``) gives the features of the real images (test and floor), e.g. from a
+    cache shared by every evaluation (geovq/metrics/feature_cache.py).
     """
     samples = as_unit_images(samples)
-    real = gaussian(feature_matrix(classifier, test_images, batch_size))  # serves every distance
+    real_features = real_features or partial(feature_matrix, classifier, batch_size=batch_size)
+    real = gaussian(real_features(test_images))  # serves every distance
     sample_features = feature_matrix(classifier, samples, batch_size)
     report = {"fid": frechet_of_gaussians(real, gaussian(sample_features)), "n_samples": len(samples),
               "n_test": len(as_unit_images(test_images))}
@@ -249,7 +254,7 @@ def fidelity_report(
         report["fid_bootstrap"] = n_bootstrap
     if train_images is not None:
         floor_images = seeded_subset(as_unit_images(train_images), len(samples), seed)
-        report["fid_floor"] = frechet_of_gaussians(real, gaussian(feature_matrix(classifier, floor_images, batch_size)))
+        report["fid_floor"] = frechet_of_gaussians(real, gaussian(real_features(floor_images)))
         report["n_floor"] = len(floor_images)
     report.update(classifier_scores(classifier, samples, batch_size))
     return report

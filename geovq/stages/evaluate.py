@@ -11,7 +11,8 @@ decoder (pipeline A: GridVAE + geodesic codebook; B: VQ-VAE). Measured:
   the samples and the test images with a 95% bootstrap interval over the samples (its sampling
   noise: ``fidelity/fid_ci_low``, ``fidelity/fid_ci_high``, ``stage.fid_bootstrap`` resamples), the
   same distance between training and test images (the floor to read it against), mean confidence
-  and entropy of the predicted digits.
+  and entropy of the predicted digits. The real images' features are computed once per classifier
+  and kept beside it (geovq/metrics/feature_cache.py): a study's later evaluations read them.
 
 Also measured under the paper's own protocol, for Table 1 like for like (``paper/`` keys):
 reconstruction MSE on the first test batch of 128 images, and the prior's perplexity on
@@ -42,6 +43,7 @@ from geovq.errors import ConfigError, config_section
 from geovq.inputs import codes_to_decode, given_or_newest
 from geovq.loggers import log_without_trainer
 from geovq.metrics.codebook import code_counts, usage_summary
+from geovq.metrics.feature_cache import cached_features
 from geovq.metrics.fidelity import fidelity_report
 from geovq.metrics.prior import nll_summary, prior_nll, unigram_entropy
 from geovq.metrics.reconstruction import decoded_mse
@@ -64,7 +66,7 @@ def run(cfg: DictConfig) -> dict:
     codes_to_decode(prior_art, codes.path)  # the prior's own grids, or a fine-tuned decoder's copy of them
     decode, decoder_inputs, label = code_decoder(codes, options.decoder, options.codebook)
     prior = model_from_artifact(prior_art)
-    classifier, _ = load_model(given_or_newest(cfg, options.classifier, "classifier", MODEL_FILE, kind="classifier"), "classifier")
+    classifier, classifier_art = load_model(given_or_newest(cfg, options.classifier, "classifier", MODEL_FILE, kind="classifier"), "classifier")
 
     with config_section("data"):
         datamodule = instantiate(cfg.data)
@@ -107,7 +109,7 @@ def run(cfg: DictConfig) -> dict:
     sample_images = samples.payload["images"].to(torch.float32) / 255.0
     train_images = datamodule.split("train").tensors[0][: len(test_images)]
     fidelity = fidelity_report(classifier, sample_images, test_images, train_images, seed=cfg.seed,
-                               n_bootstrap=options.fid_bootstrap)
+                               n_bootstrap=options.fid_bootstrap, real_features=cached_features(classifier, classifier_art))
     for key, value in fidelity.items():
         results[f"fidelity/{key}"] = value
     results["fidelity/n_samples"] = len(sample_images)
