@@ -75,6 +75,29 @@ def test_experiment_paper_declares_the_paper_and_its_controls(compose_config, da
     assert {m.paper for m in study.methods.values()} == {"A", "B", None}
 
 
+def test_experiment_aposteriori_compares_each_head_start_with_a_budget_matched_control(compose_config, data_root, tmp_path):
+    cfg = compose_config(tmp_path / "e", ["experiment=aposteriori", f"data.root={data_root}"])
+    pipeline = OmegaConf.to_container(cfg.pipeline, resolve=True)
+    study = plan_study(pipeline["steps"], pipeline["methods"])
+
+    defaults = {stage: compose_config(tmp_path / stage, [f"stage={stage}", f"data.root={data_root}"]).trainer.max_epochs
+                for stage in ("vae", "vqvae", "finetune")}
+
+    def code_epochs(method: str) -> int:  # the epochs of every network that made the method's codes
+        total = 0
+        for step in study.chain(study.methods[method].codes):
+            epochs = [int(o.split("=")[1]) for o in step.overrides if o.startswith("trainer.max_epochs=")]
+            total += epochs[0] if epochs else defaults.get(step.stage, 0)
+        return total
+
+    controls = {a: b for a, b in pipeline["comparisons"] if b.startswith("B_ema")}
+    for method in ("hybrid_beta003", "A_beta003_finetuned"):
+        matched = [b for a, b in pipeline["comparisons"] if a == method and code_epochs(b) == code_epochs(method)]
+        assert matched, (method, code_epochs(method), controls)
+    # The fine-tuned decoder's method shares A_beta003's prior (the same code grids).
+    assert study.derived_step("A_beta003_finetuned", "prior") == "prior_A_beta003"
+
+
 def test_a_method_is_added_from_the_command_line(compose_config, data_root, tmp_path):
     cfg = compose_config(tmp_path / "e", [
         "experiment=quick", f"data.root={data_root}",
