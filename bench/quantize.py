@@ -25,6 +25,9 @@ Input vectors (--vectors):
     python bench/quantize.py --vectors patches                # sizes 2000 5000 10000 20000
     python bench/quantize.py --ours-only --sizes 40000        # shows N=40k fits in memory
     python bench/quantize.py --graph-sizes 10000 40000 100000 --k 15   # method=graph, no N x N matrix
+    python bench/quantize.py --full --k 15                    # method=graph_full on all 2.695M training latents
+    python bench/quantize.py --full --full-size 500000 --k 15 # ... on the first 500k of them
+    python bench/quantize.py --ann-study 200000 --k 15        # approximate-neighbour libraries: time, recall
 
 Times are wall-clock seconds on this machine; memory is the extra resident memory each step
 needed at its peak (see geovq/quantize/resources.py). Run it on an otherwise idle machine.
@@ -333,6 +336,165 @@ def compare_with_fasterpam(X, n, args):
     del D
 
 
+TRAIN_VECTORS = 55000 * 49  # the training split of stage=quantize: 55k of the 60k images, 49 positions each
+
+
+def full_graph(X, args):
+    """method=graph_full on the first ``--full-size`` vectors (default: 55k images' worth, the
+    training split's size): time and peak memory of each step, the full-graph objective of the
+    full solution against the 10k-landmark solution's on the same graph, the agreement of their
+    codes, and the exact assignment of held-out vectors (the images after the training ones)."""
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    n = min(args.full_size or TRAIN_VECTORS, X.shape[0])
+    train, held_out = X[:n], X[n : n + args.held_out]
+    print(f"\n=== method=graph_full: {n} training vectors, k = {args.k}, K = {args.clusters}, start: "
+          f"{args.full_landmarks} landmarks ({args.start_method}) ===", flush=True)
+    gc.collect()
+    gkm = GeodesicKMedoids(n_clusters=args.clusters, n_landmarks=args.full_landmarks, n_neighbors=args.k,
+                           method="graph_full", start_method=args.start_method, random_state=args.seed,
+                           progress=args.progress, full_max_iter=args.full_max_iter)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        gkm.fit(train)
+    rec = StepRecorder()
+    rec.timings.update(gkm.timings_)
+    rec.peak_memory.update(gkm.peak_memory_)
+    with rec.step("assign_held_out"):
+        held_codes = gkm.predict(held_out) if len(held_out) else None
+    with rec.step("assign_train"):
+        train_codes = gkm.predict(train)
+    print(f"{'step':<18}{'s':>9}{'extra MB':>10}")
+    for step, seconds in rec.timings.items():
+        print(f"{step:<18}{seconds:9.2f}{rec.peak_memory[step] / 2**20:10.0f}")
+    fit_total = sum(gkm.timings_.values())
+    print(f"{'fit total':<18}{fit_total:9.2f}   (+ assignment of {len(held_out)} held-out vectors "
+          f"{rec.timings['assign_held_out']:.2f} s)")
+    knn = gkm.knn_report_
+    print(f"k-NN graph: {knn['search']}, {knn['library']} {knn['params']}: build {knn['seconds_build']:.1f} s, "
+          f"query {knn['seconds_query']:.1f} s, recall@{args.k} {knn['recall']:.4f} on {knn['recall_sample']} "
+          f"sampled nodes (exact check {knn['seconds_recall']:.1f} s); distinct vectors {gkm.n_unique_landmarks_}; "
+          f"components before joining {gkm.n_components_}", flush=True)
+    assert np.array_equal(train_codes, gkm.labels_[np.arange(n)] if gkm.n_unique_landmarks_ == n else train_codes)
+    start, full = gkm.start_inertia_, gkm.inertia_
+    print(f"full-graph objective (sum over the {n} training vectors of the geodesic distance to their medoid):")
+    print(f"  {args.full_landmarks}-landmark solution's medoids: {start:.2f}")
+    print(f"  full-graph solution:                 {full:.2f}   ({100 * (full / start - 1):+.3f}%; "
+          f"{gkm.kmedoids_n_iter_} iterations; history {', '.join(f'{v:.1f}' for v in gkm.objective_history_)})")
+    landmark = gkm.landmark_start_
+    with rec.step("landmark_codes"):
+        landmark_codes = landmark.predict(train)  # the paper's codes: the cluster of the nearest landmark
+    cells = gkm.start_labels_[_node_of(gkm, n)]
+    same_medoids = np.intersect1d(gkm.landmark_indices_[gkm.medoid_indices_], gkm.start_medoid_vector_indices_).size
+    print(f"codes of the {n} training vectors, full solution against the landmark solution "
+          f"({same_medoids} of {args.clusters} medoids unchanged):")
+    print(f"  vs the paper's nearest-landmark codes:  AMI {adjusted_mutual_info_score(landmark_codes, train_codes):.4f}, "
+          f"majority-matched agreement {agreement(landmark_codes, train_codes):.4f}")
+    print(f"  vs the landmark medoids' full-graph cells: AMI {adjusted_mutual_info_score(cells, train_codes):.4f}, "
+          f"majority-matched agreement {agreement(cells, train_codes):.4f}")
+    print(f"  landmark codes vs landmark medoids' full-graph cells: AMI "
+          f"{adjusted_mutual_info_score(landmark_codes, cells):.4f}", flush=True)
+    if held_codes is not None:
+        held_landmark = landmark.predict(held_out)
+        print(f"  held-out vectors ({len(held_out)}): AMI {adjusted_mutual_info_score(held_landmark, held_codes):.4f}, "
+              f"agreement {agreement(held_landmark, held_codes):.4f}")
+    used = np.bincount(train_codes, minlength=args.clusters)
+    p = used / used.sum()
+    perplexity = float(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum()))
+    pl = np.bincount(landmark_codes, minlength=args.clusters) / n
+    perplexity_l = float(np.exp(-(pl[pl > 0] * np.log(pl[pl > 0])).sum()))
+    print(f"code perplexity on the training vectors: full {perplexity:.1f}, landmark {perplexity_l:.1f}; codes used "
+          f"{int((used > 0).sum())} / {int((pl > 0).sum())}")
+    print(f"peak RSS: this process {lifetime_peak_rss() / 2**30:.2f} GiB, largest worker {children_peak_rss() / 2**30:.2f} GiB "
+          f"(forked workers share the parent's pages: an upper bound on what they add)", flush=True)
+
+
+def _node_of(gkm, n):
+    from geovq.quantize import unique_rows
+
+    if gkm.n_unique_landmarks_ == n:
+        return np.arange(n)
+    return unique_rows(np.asarray(gkm.landmarks_)).inverse  # pragma: no cover - latents are distinct
+
+
+def ann_study(X, n, args):
+    """Approximate-neighbour libraries on ``n`` distinct vectors: build and query time, recall@k
+    against exact neighbours on a sample (the measurement behind geovq.quantize.ann_graph)."""
+    from geovq.quantize import unique_rows
+    from geovq.quantize.ann_graph import sampled_recall
+    from geovq.quantize.nearest import _drop_self
+
+    rng = np.random.default_rng(args.seed)
+    U = X[unique_rows(X).first_index]
+    P = np.ascontiguousarray(U[np.sort(rng.choice(len(U), min(n, len(U)), replace=False))])
+    k, n_jobs = args.k, torch.get_num_threads()
+    print(f"\n--- approximate {k}-NN graph of {len(P)} distinct vectors (of {len(U)} distinct in {len(X)}), "
+          f"{n_jobs} threads ---", flush=True)
+
+    def report(name, seconds_build, seconds_query, labels):
+        idx = _drop_self(labels.astype(np.int64), np.arange(len(P))[:, None], k)
+        recall, m = sampled_recall(P, idx, k, 2000, args.seed, n_jobs)
+        print(f"{name:<44}{seconds_build:8.1f}{seconds_query:8.1f}{seconds_build + seconds_query:8.1f}{recall:9.4f}",
+              flush=True)
+
+    print(f"{'library, parameters':<44}{'build':>8}{'query':>8}{'total':>8}{'recall':>9}")
+    t = time.perf_counter()
+    from geovq.quantize import nearest_neighbors
+
+    nearest_neighbors(P[:20000], P, k + 1, backend="kdtree", n_jobs=n_jobs)
+    print(f"{'exact k-d tree (principal axes), 20k queries':<44}{'':8}{time.perf_counter() - t:8.1f}"
+          f"{(time.perf_counter() - t) * len(P) / 20000:8.1f}{1:9.4f}  (total extrapolated to all queries)", flush=True)
+    try:
+        import hnswlib
+
+        for M, efc, ef in ((12, 60, 40), (16, 100, 40), (8, 40, 20)):
+            t = time.perf_counter()
+            index = hnswlib.Index(space="l2", dim=P.shape[1])
+            index.init_index(max_elements=len(P), ef_construction=efc, M=M, random_seed=0)
+            index.set_num_threads(n_jobs)
+            index.add_items(P)
+            tb = time.perf_counter() - t
+            index.set_ef(ef)
+            labels, _ = index.knn_query(P, k=k + 1)
+            report(f"hnswlib M={M} ef_construction={efc} ef={ef}", tb, time.perf_counter() - t - tb, labels)
+    except ImportError:
+        print("hnswlib not installed")
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(n_jobs)
+        for M, efc, ef in ((16, 40, 40), (16, 80, 64)):
+            t = time.perf_counter()
+            index = faiss.IndexHNSWFlat(P.shape[1], M)
+            index.hnsw.efConstruction = efc
+            index.add(P)
+            tb = time.perf_counter() - t
+            index.hnsw.efSearch = ef
+            _, labels = index.search(P, k + 1)
+            report(f"faiss HNSWFlat M={M} efConstruction={efc} efSearch={ef}", tb, time.perf_counter() - t - tb, labels)
+        for nlist, nprobe in ((1024, 8), (1024, 16)):
+            t = time.perf_counter()
+            index = faiss.IndexIVFFlat(faiss.IndexFlatL2(P.shape[1]), P.shape[1], nlist)
+            index.train(P[rng.choice(len(P), min(len(P), 50 * nlist), replace=False)])
+            index.add(P)
+            tb = time.perf_counter() - t
+            index.nprobe = nprobe
+            _, labels = index.search(P, k + 1)
+            report(f"faiss IVFFlat nlist={nlist} nprobe={nprobe}", tb, time.perf_counter() - t - tb, labels)
+    except ImportError:
+        print("faiss-cpu not installed")
+    try:
+        import pynndescent
+
+        for run in ("first (numba compiles)", "second"):
+            t = time.perf_counter()
+            index = pynndescent.NNDescent(P, n_neighbors=k + 1, random_state=args.seed, n_jobs=n_jobs, low_memory=True)
+            labels, _ = index.neighbor_graph
+            report(f"pynndescent, {run}", time.perf_counter() - t, 0.0, labels)
+    except ImportError:
+        print("pynndescent not installed")
+
+
 def agreement(a, b) -> float:
     """Share of vectors on which two codings agree after matching clusters by majority."""
     k = int(max(a.max(), b.max())) + 1
@@ -362,6 +524,17 @@ def main(argv=None):
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--assignment-study", action="store_true",
                         help="also time the assignment variants (with/without deduplication, k-d tree/matmul)")
+    parser.add_argument("--full", action="store_true",
+                        help="method=graph_full on every training vector (time, memory, objective vs the landmark start)")
+    parser.add_argument("--full-size", type=int, default=None,
+                        help="training vectors of --full (default 55,000 x 49 = 2,695,000, the training split)")
+    parser.add_argument("--held-out", type=int, default=245000,
+                        help="vectors after the training ones assigned exactly by --full (default: 5k images)")
+    parser.add_argument("--full-landmarks", type=int, default=10000, help="landmarks of the start solution")
+    parser.add_argument("--start-method", choices=("dense", "graph"), default="dense")
+    parser.add_argument("--full-max-iter", type=int, default=20)
+    parser.add_argument("--ann-study", type=int, nargs="*", default=[],
+                        help="vector counts for the approximate-neighbour comparison (hnswlib, faiss, pynndescent)")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
     args = parser.parse_args(argv)
 
@@ -371,13 +544,18 @@ def main(argv=None):
           f"torch {torch.__version__}  cores {torch.get_num_threads()}  {platform.processor() or platform.machine()}")
     print(f"vectors: {source}: {X.shape[0]} x {X.shape[1]} (loaded in {time.perf_counter() - start:.1f} s)")
     print(f"command: python bench/quantize.py {' '.join(sys.argv[1:] if argv is None else argv)}", flush=True)
-    sizes = args.sizes if args.sizes is not None else ([] if args.graph_sizes else [2000, 5000, 10000, 20000])
+    only_new = args.graph_sizes or args.full or args.ann_study
+    sizes = args.sizes if args.sizes is not None else ([] if only_new else [2000, 5000, 10000, 20000])
     for n in sizes:
         run_size(X, n, args)
         if args.assignment_study:
             assignment_study(X, n, args)
     for n in args.graph_sizes:
         graph_size(X, n, args)
+    for n in args.ann_study:
+        ann_study(X, n, args)
+    if args.full:
+        full_graph(X, args)
     print(f"\npeak RSS of this process {lifetime_peak_rss() / 2**30:.2f} GiB; of any worker process "
           f"{children_peak_rss() / 2**30:.2f} GiB")
 

@@ -84,28 +84,40 @@ def connect_components(
 
 
 def _closest_links(pts: torch.Tensor, points: np.ndarray, comp: np.ndarray, n_comp: int):
-    """For every component, its closest pair of points to any other component (one Boruvka round).
+    """For every component but the largest, its closest pair of points to any other component
+    (one Boruvka round; the largest component's own closest link is the closest link of some
+    other component, or is found in a later round).
 
-    Brute force in chunks, O(n^2 d), run only when the graph is disconnected. The pair is the
-    closest to float32 precision; its length is then computed exactly.
+    Brute force in chunks, O(m n d) for the m points outside the largest component, run only
+    when the graph is disconnected (millions of nodes with a few stray clumps: cheap). The pair
+    is the closest to float32 precision; its length is then computed exactly.
     """
     n = pts.shape[0]
+    largest = int(np.argmax(np.bincount(comp, minlength=n_comp)))
+    queries = np.flatnonzero(comp != largest)
     comp_t = torch.from_numpy(comp.astype(np.int64))
     sq = (pts * pts).sum(1)
-    best_d = torch.full((n,), float("inf"))
-    best_j = torch.zeros(n, dtype=torch.int64)
-    chunk = max(256, (1 << 24) // max(1, n))
-    for s in range(0, n, chunk):
-        d = torch.addmm(sq.unsqueeze(0), pts[s : s + chunk], pts.T, alpha=-2.0) + sq[s : s + chunk, None]
-        d.masked_fill_(comp_t[s : s + chunk, None] == comp_t[None, :], float("inf"))
-        best_d[s : s + chunk], best_j[s : s + chunk] = d.min(1)
+    best_d = torch.full((queries.size,), float("inf"))
+    best_j = torch.zeros(queries.size, dtype=torch.int64)
+    ref_chunk = min(n, 1 << 18)
+    q_chunk = max(256, (1 << 24) // ref_chunk)
+    for s in range(0, queries.size, q_chunk):
+        q = torch.from_numpy(queries[s : s + q_chunk])
+        for r in range(0, n, ref_chunk):
+            d = torch.addmm(sq[r : r + ref_chunk].unsqueeze(0), pts[q], pts[r : r + ref_chunk].T, alpha=-2.0) + sq[q, None]
+            d.masked_fill_(comp_t[q, None] == comp_t[None, r : r + ref_chunk], float("inf"))
+            value, where = d.min(1)
+            better = value < best_d[s : s + q_chunk]
+            best_d[s : s + q_chunk] = torch.where(better, value, best_d[s : s + q_chunk])
+            best_j[s : s + q_chunk] = torch.where(better, where + r, best_j[s : s + q_chunk])
     # Exact lengths for the candidates (the matmul form loses precision for near points).
     best_j = best_j.numpy()
-    exact = np.sqrt(((points.astype(np.float64) - points[best_j].astype(np.float64)) ** 2).sum(1))
-    order = np.lexsort((exact, comp))  # by component, then by link length
-    first = order[np.r_[True, comp[order][1:] != comp[order][:-1]]]  # each component's shortest link
+    exact = np.sqrt(((points[queries].astype(np.float64) - points[best_j].astype(np.float64)) ** 2).sum(1))
+    qcomp = comp[queries]
+    order = np.lexsort((exact, qcomp))  # by component, then by link length
+    first = order[np.r_[True, qcomp[order][1:] != qcomp[order][:-1]]]  # each component's shortest link
     links = {}
-    for i in first:
-        j = int(best_j[i])
-        links[(min(int(i), j), max(int(i), j))] = float(exact[i])  # two components choosing each other: one edge
+    for f in first:
+        i, j = int(queries[f]), int(best_j[f])
+        links[(min(i, j), max(i, j))] = float(exact[f])  # two components choosing each other: one edge
     return [(i, j, length) for (i, j), length in sorted(links.items())]

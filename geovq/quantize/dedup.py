@@ -106,3 +106,29 @@ def unique_rows(X: np.ndarray, tolerance: float = 0.0) -> UniqueRows:
         rank[order] = np.arange(order.size)
         first, inverse, counts = first[order], rank[inverse.reshape(-1)], counts[order]
     return UniqueRows(first.astype(np.int64), inverse.astype(np.int64), counts.astype(np.int64))
+
+
+class RowLookup:
+    """Finds rows of new arrays among the rows of ``reference`` (bit-identical, -0.0 = +0.0) by
+    their 64-bit hashes: O(n log m), no distance computed. ``find(X)`` gives each row of ``X``
+    the index of an equal reference row, or -1."""
+
+    def __init__(self, reference: np.ndarray):
+        self.reference = reference
+        hashes = _hash_rows(reference, 0.0)
+        self.order = np.argsort(hashes, kind="stable")
+        self.sorted_hashes = hashes[self.order]
+
+    def find(self, X: np.ndarray, chunk: int = 32768) -> np.ndarray:
+        out = np.full(X.shape[0], -1, dtype=np.int64)
+        if X.shape[1] != self.reference.shape[1] or not self.order.size:
+            return out
+        hashes = _hash_rows(X, 0.0)
+        pos = np.minimum(np.searchsorted(self.sorted_hashes, hashes), self.order.size - 1)
+        hit = np.flatnonzero(self.sorted_hashes[pos] == hashes)
+        for s in range(0, hit.size, chunk):  # confirm: equal hashes of different rows are possible
+            rows = hit[s : s + chunk]
+            cand = self.order[pos[rows]]
+            same = (_grid_keys(X[rows], 0.0) == _grid_keys(self.reference[cand], 0.0)).all(1)
+            out[rows[same]] = cand[same]
+        return out

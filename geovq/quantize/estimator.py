@@ -45,11 +45,22 @@ from geovq.quantize.landmarks import LANDMARK_SELECTIONS, select_landmarks
 from geovq.quantize.graph_kmedoids import graph_kmedoids
 from geovq.quantize.medoids import KMEDOIDS_BACKENDS, KMedoidsResult, kmedoids
 from geovq.quantize.nearest import NN_BACKENDS
+from geovq.quantize.full_graph import assign_to_graph_nodes, check_full_params, fit_full_graph
 from geovq.quantize.resources import StepRecorder
 
 log = logging.getLogger(__name__)
 
-METHODS = ("dense", "graph")
+METHODS = ("dense", "graph", "graph_full")
+FULL_ASSIGNMENTS = ("landmark", "medoid")  # method="graph_full": every training vector is a node
+START_METHODS = ("dense", "graph")
+
+
+class _AssignmentRules:
+    """``assignment_rules``: all three rules, but ``("landmark", "medoid")`` on an estimator with
+    ``method="graph_full"`` (its geodesic rule would need the N x K node-to-medoid matrix)."""
+
+    def __get__(self, obj, owner=None):
+        return FULL_ASSIGNMENTS if obj is not None and getattr(obj, "method", None) == "graph_full" else ASSIGNMENTS
 
 
 class GeodesicKMedoids(CodebookQuantizer):
@@ -71,7 +82,12 @@ class GeodesicKMedoids(CodebookQuantizer):
     method: ``"dense"`` (the paper: all-pairs geodesic matrix, 4 N^2 bytes, then K-Medoids on it)
         or ``"graph"``: K-Medoids on the k-NN graph itself, no N x N matrix (seeding, Voronoi
         iteration and regional PAM swaps, see :mod:`geovq.quantize.graph_kmedoids`); memory
-        O(N (k + K)), for 100k landmarks and more.
+        O(N (k + K)), for 100k landmarks and more; or ``"graph_full"``: geodesic K-Medoids over
+        *every* fitted vector, on the k-NN graph of all of them (approximate neighbours with
+        measured recall above ``min_recall``), started from the ``n_landmarks`` landmark solution
+        (``start_method``) and refined on the full graph (see :mod:`geovq.quantize.full_graph`);
+        the ``"landmark"`` rule then gives each vector the cell of its nearest fitted vector
+        (itself, for a fitted vector), and there is no ``"geodesic"`` rule.
     random_state: seed of the landmark draw and of K-Medoids; same seed, same codebook.
     n_jobs: cores to use (-1: all).
     progress: show tqdm bars for the long steps.
@@ -84,6 +100,17 @@ class GeodesicKMedoids(CodebookQuantizer):
         graph uses ``"auto"``).
     store_distances: keep the landmark geodesic matrix as ``geodesic_distances_`` (4 N^2 bytes;
         ``method="dense"`` only).
+    neighbor_search, ann_m, ann_ef_construction, ann_ef, min_recall, recall_sample, on_low_recall:
+        ``method="graph_full"``: the k-NN graph's search (``"auto"``: exact up to 50k distinct
+        vectors, else approximate), the HNSW index (links per node, build and query beam
+        widths), the recall@k required of approximate neighbours (measured on ``recall_sample``
+        nodes), and ``"error"`` or ``"warn"`` below it (see :mod:`geovq.quantize.ann_graph`).
+    start_method: ``method="graph_full"``: the landmark solution it starts from, ``"dense"``
+        (the paper's, as ``method="dense"`` fits it) or ``"graph"``.
+    full_samples, full_exact, full_max_iter, full_tol: ``method="graph_full"``: per cell and
+        iteration, Dijkstras from ``full_samples`` sampled nodes estimate every node's in-cell
+        sum and the ``full_exact`` best are scored exactly; at most ``full_max_iter`` iterations,
+        stopping when one gains less than the fraction ``full_tol`` of the objective.
 
     Fitted attributes
     -----------------
@@ -106,7 +133,7 @@ class GeodesicKMedoids(CodebookQuantizer):
         workers' float64 chunks, which live outside this process's RSS, are added by size.
     """
 
-    assignment_rules = ASSIGNMENTS
+    assignment_rules = _AssignmentRules()
 
     def __init__(
         self,
@@ -126,6 +153,18 @@ class GeodesicKMedoids(CodebookQuantizer):
         nn_backend: str = "auto",
         store_distances: bool = False,
         method: str = "dense",
+        neighbor_search: str = "auto",
+        ann_m: int = 12,
+        ann_ef_construction: int = 60,
+        ann_ef: int = 40,
+        min_recall: float = 0.95,
+        recall_sample: int = 1000,
+        on_low_recall: str = "error",
+        start_method: str = "dense",
+        full_samples: int = 48,
+        full_exact: int = 16,
+        full_max_iter: int = 20,
+        full_tol: float = 1e-4,
     ):
         self.n_clusters = n_clusters
         self.n_landmarks = n_landmarks
@@ -143,6 +182,18 @@ class GeodesicKMedoids(CodebookQuantizer):
         self.nn_backend = nn_backend
         self.store_distances = store_distances
         self.method = method
+        self.neighbor_search = neighbor_search
+        self.ann_m = ann_m
+        self.ann_ef_construction = ann_ef_construction
+        self.ann_ef = ann_ef
+        self.min_recall = min_recall
+        self.recall_sample = recall_sample
+        self.on_low_recall = on_low_recall
+        self.start_method = start_method
+        self.full_samples = full_samples
+        self.full_exact = full_exact
+        self.full_max_iter = full_max_iter
+        self.full_tol = full_tol
 
     # -- parameters ---------------------------------------------------------------------------
 
@@ -171,9 +222,10 @@ class GeodesicKMedoids(CodebookQuantizer):
         check_choice(self.assignment, "assignment", self.assignment_rules)
         check_choice(self.backend, "backend", KMEDOIDS_BACKENDS)
         check_choice(self.method, "method", METHODS)
-        if self.method == "graph" and self.store_distances:
+        if self.method != "dense" and self.store_distances:
             raise ParameterError("store_distances", "store_distances=True keeps the N x N geodesic matrix, which "
-                                 "method='graph' never forms; use method='dense' or store_distances=False.")
+                                 f"method={self.method!r} never forms; use method='dense' or store_distances=False.")
+        check_full_params(self)
         check_choice(self.nn_backend, "nn_backend", NN_BACKENDS)
         check_positive_int(self.n_candidates, "n_candidates")
         check_positive_int(self.max_iter, "max_iter")
@@ -190,6 +242,8 @@ class GeodesicKMedoids(CodebookQuantizer):
         """Build the codebook from the vectors ``X`` (n, D) (and their variances, for W2)."""
         n_jobs = resolve_n_jobs(self.n_jobs)
         features = geometry_features(X, variances, self.edge_weight)
+        if self.method == "graph_full":
+            return fit_full_graph(self, X, features, variances, rec, n_jobs)
         common = dict(n_jobs=n_jobs, progress=self.progress)
 
         with rec.step("landmarks"):
@@ -291,6 +345,8 @@ class GeodesicKMedoids(CodebookQuantizer):
     def _assign(self, X: np.ndarray, variances, rule: str) -> np.ndarray:
         features = geometry_features(X, variances, self.edge_weight)
         common = dict(backend=self.nn_backend, n_jobs=resolve_n_jobs(self.n_jobs), progress=self.progress)
+        if rule == "landmark" and self.method == "graph_full":
+            return assign_to_graph_nodes(features, self._node_lookup, self._node_labels, **common)
         if rule == "landmark":
             return assign_to_nearest_landmark(features, self._node_points, self._node_labels, **common)
         if rule == "medoid":
@@ -312,6 +368,10 @@ class GeodesicKMedoids(CodebookQuantizer):
             medoid_vector_indices=landmarks[medoids],
             connection_report=_plain(self.connection_report_),
         )
+        if self.method == "graph_full":
+            fields.update(knn_report=_plain(self.knn_report_), start_objective=float(self.start_inertia_),
+                          objective_history=[float(v) for v in self.objective_history_],
+                          start_medoid_vector_indices=np.asarray(self.start_medoid_vector_indices_, dtype=np.int64))
         return fields
 
 

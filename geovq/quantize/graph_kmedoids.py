@@ -40,6 +40,7 @@ from geovq.errors import ParameterError
 from geovq.quantize.graph_swaps import cell_adjacency, region_of, swap_in_region
 
 _MAX_CANDIDATES = 256  # candidate medoids scored per cell (those nearest the current medoid)
+CELL_UPDATES = ("nearest", "sampled")
 _MIN_NODES_FOR_PROCESSES = 4000
 _SHARED: dict = {}  # the graph and weights, inherited by forked workers
 
@@ -52,19 +53,28 @@ class GraphKMedoidsResult:
     inertia: float  # sum of weight x distance
     n_iter: int
     history: list  # objective after seeding and after each iteration
+    initial_labels: np.ndarray | None = None  # (n,) cells of the starting medoids (cluster j = medoids[j] before the renumbering)
 
 
 def graph_kmedoids(
     graph: sp.csr_matrix, n_clusters: int, *, weights: np.ndarray | None = None, random_state: int | None = 0,
     max_iter: int = 100, n_jobs: int = 1, swap_passes: bool = True, n_neighbours: int = 6,
-    max_candidates: int = 150, max_rounds: int = 10,
+    max_candidates: int = 150, max_rounds: int = 10, init_medoids: np.ndarray | None = None,
+    cell_update: str = "nearest", n_samples: int = 48, n_exact: int = 16, tol: float = 0.0,
 ) -> GraphKMedoidsResult:
     """K-Medoids of the nodes of the connected, symmetric, non-negative ``graph``.
 
     ``weights``: per node (default 1). ``max_iter``: alternation steps in all. ``swap_passes``:
     run the regional swaps (False: plain alternation). ``n_neighbours``: cells joined to each
     cell to form its region; ``max_candidates``: swap candidates per region (the region's medoids
-    and a seeded sample). Raises ParameterError for a disconnected graph or K outside [1, n].
+    and a seeded sample). ``init_medoids``: start from these K distinct nodes instead of the
+    seeding (the multi-level start: a landmark solution lifted to this graph). ``cell_update``:
+    how a cell's medoid moves, ``"nearest"`` (the in-cell sums of the 256 nodes nearest the
+    current medoid, exact) or ``"sampled"`` (for cells of many thousand nodes: the sum of every
+    node of the cell is estimated from ``n_samples`` Dijkstras from nodes drawn by weight, and the
+    ``n_exact`` best estimates are scored exactly, see :func:`_best_in_cell_sampled`). ``tol``:
+    stop alternating when an iteration lowers the objective by less than this fraction.
+    Raises ParameterError for a disconnected graph or K outside [1, n].
     """
     graph = sp.csr_matrix(graph, dtype=np.float64)
     n = graph.shape[0]
@@ -75,12 +85,21 @@ def graph_kmedoids(
         raise ParameterError(
             "graph", f"graph has {n_comp} connected components, so some geodesic distances are infinite; "
             "join them first with geovq.quantize.connect_components (GeodesicKMedoids does this).")
+    if cell_update not in CELL_UPDATES:
+        raise ParameterError("cell_update", f"cell_update must be one of {CELL_UPDATES}, got {cell_update!r}.")
     w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     rng = np.random.default_rng(random_state)
-    medoids = _seed(graph, n_clusters, w, rng)
+    if init_medoids is None:
+        medoids = _seed(graph, n_clusters, w, rng)
+    else:
+        medoids = np.asarray(init_medoids, dtype=np.int64)
+        if medoids.shape != (n_clusters,) or np.unique(medoids).size != n_clusters or medoids.min() < 0 or medoids.max() >= n:
+            raise ParameterError("init_medoids", f"init_medoids must be {n_clusters} distinct node indices in [0, {n}).")
     dist, labels = voronoi(graph, medoids)
+    initial_labels = labels
     history = [float(w @ dist)]
     _SHARED["graph"], _SHARED["weights"] = graph, w
+    _SHARED["update"] = (cell_update, n_samples, n_exact, int(rng.integers(2**31)), tol)
     n_iter = 0
     dirty = np.ones(n_clusters, dtype=bool)
     try:
@@ -101,7 +120,7 @@ def graph_kmedoids(
     order = np.argsort(medoids)  # clusters numbered by medoid node id
     rank = np.empty_like(order)
     rank[order] = np.arange(order.size)
-    return GraphKMedoidsResult(medoids[order], rank[labels], dist, history[-1], n_iter, history)
+    return GraphKMedoidsResult(medoids[order], rank[labels], dist, history[-1], n_iter, history, initial_labels)
 
 
 def _cells_changed(before: np.ndarray, after: np.ndarray) -> np.ndarray:
@@ -122,6 +141,8 @@ def _alternate(graph, w, medoids, dist, labels, history, max_iter, n_jobs):
             return medoids, dist, labels, step
         medoids, dist, labels = moved, new_dist, new_labels
         history.append(float(w @ dist))
+        if history[-1] > history[-2] * (1 - _SHARED["update"][4]):  # gained less than tol
+            return medoids, dist, labels, step
     return medoids, dist, labels, max_iter
 
 
@@ -178,11 +199,21 @@ def _update_cells(medoids, labels, dist, n_jobs) -> np.ndarray:
     by_cell = np.argsort(labels, kind="stable")
     cuts = np.searchsorted(labels[by_cell], np.arange(1, len(medoids)))
     tasks = [(int(m), cell, dist[cell]) for m, cell in zip(medoids, np.split(by_cell, cuts))]
+    sampled = _SHARED["update"][0] == "sampled"
+    work = _best_in_cell_sampled if sampled else _best_in_cell
+    if sampled:  # one seed per cell, whatever the order the workers take them in
+        seed = _SHARED["update"][3] + int(_SHARED.setdefault("round", 0)) * len(tasks)
+        _SHARED["round"] += 1
+        tasks = [(*t, seed + j) for j, t in enumerate(tasks)]
     if n_jobs > 1 and labels.size >= _MIN_NODES_FOR_PROCESSES and "fork" in mp.get_all_start_methods():
+        order = np.argsort([-t[1].size for t in tasks], kind="stable")  # largest cells first: balanced workers
+        moved = [0] * len(tasks)
         with mp.get_context("fork").Pool(n_jobs) as pool:
-            moved = pool.map(_best_in_cell, tasks, chunksize=max(1, len(tasks) // (8 * n_jobs)))
+            chunk = 1 if sampled else max(1, len(tasks) // (8 * n_jobs))
+            for j, m in zip(order, pool.imap(work, [tasks[j] for j in order], chunksize=chunk)):
+                moved[j] = m
     else:
-        moved = [_best_in_cell(t) for t in tasks]
+        moved = [work(t) for t in tasks]
     return np.asarray(moved, dtype=np.int64)  # medoid j stays cluster j
 
 
@@ -200,3 +231,40 @@ def _best_in_cell(task) -> int:
     best = int(np.argmin(costs))
     own = int(np.flatnonzero(cell[cand] == medoid)[0])
     return int(cell[cand[best]]) if costs[best] < costs[own] * (1 - 1e-12) else medoid
+
+
+def _best_in_cell_sampled(task) -> int:
+    """The cell's new medoid for a cell of many nodes, from ``n_samples + n_exact`` Dijkstras
+    inside the cell instead of one per candidate.
+
+    The cost of a candidate ``c`` is ``sum_i w_i d(i, c)`` over the cell's nodes ``i``. Drawing
+    ``n_samples`` nodes with probability proportional to their weight, ``W / S * sum_s d(s, c)``
+    estimates it without bias for *every* node ``c`` at once (one Dijkstra per sample gives
+    ``d(s, .)``; the graph is symmetric). The ``n_exact`` nodes with the smallest estimates are then
+    scored exactly (one Dijkstra each), and the best replaces the current medoid (scored exactly
+    too) only if strictly better: the estimate chooses the candidates, never the move, so the
+    objective still never increases.
+    """
+    medoid, cell, to_medoid, seed = task
+    graph, w = _SHARED["graph"], _SHARED["weights"]
+    _, n_samples, n_exact, _, _ = _SHARED["update"]
+    if cell.size <= 2:
+        return medoid
+    sub = graph[cell][:, cell]
+    wc = w[cell]
+    own = int(np.flatnonzero(cell == medoid)[0])
+    if cell.size <= n_samples + n_exact:  # small cell: score every node exactly
+        cand = np.arange(cell.size)
+    else:
+        rng = np.random.default_rng(seed)
+        draws, counts = np.unique(rng.choice(cell.size, size=n_samples, p=wc / wc.sum()), return_counts=True)
+        estimate = np.zeros(cell.size)
+        for s in range(0, draws.size, 16):  # 16 rows of float64 at a time
+            estimate += counts[s : s + 16] @ dijkstra(sub, directed=True, indices=draws[s : s + 16])
+        cand = np.union1d(np.argpartition(estimate, n_exact)[:n_exact], [own])
+    costs = np.empty(cand.size)
+    for s in range(0, cand.size, 16):
+        costs[s : s + 16] = dijkstra(sub, directed=True, indices=cand[s : s + 16]) @ wc
+    best = int(np.argmin(costs))
+    mine = float(costs[np.flatnonzero(cand == own)[0]])
+    return int(cell[cand[best]]) if costs[best] < mine * (1 - 1e-12) else medoid
