@@ -62,7 +62,9 @@ RULES = (
     Rule("seed", int),
     # data (image data and code grids)
     positive("data.batch_size"), positive("data.eval_batch_size"), Rule("data.num_workers", int, low=0),
-    positive("data.subset", optional=True), positive("data.test_subset", optional=True), Rule("data.val_size", int, low=0),
+    positive("data.subset", optional=True), positive("data.test_subset", optional=True),
+    positive("data.val_size", float), positive("data.test_size", float),  # a count, or a fraction (0.1)
+    Rule("data.channels", int, low=1, high=3), Rule("data.image_size", int, low=4),
     # trainer
     Rule("trainer.max_epochs", int, low=-1, optional=True), Rule("trainer.max_steps", int, low=-1, optional=True),
     positive("trainer.log_every_n_steps"), Rule("trainer.num_sanity_val_steps", int, low=-1),
@@ -70,11 +72,12 @@ RULES = (
     positive("trainer.gradient_clip_val", float, optional=True),
     # models
     positive("model.latent_dim"), positive("model.hidden_channels"), Rule("model.n_res_blocks", int, low=0),
-    positive("model.in_channels"), Rule("model.beta", float, low=0),
+    positive("model.in_channels"), Rule("model.beta", float, low=0), positive("model.downsample"),
     positive("model.optimizer.lr", float), Rule("model.optimizer.weight_decay", float, low=0),
-    positive("model.n_codes", optional=True), positive("model.grid_size"), positive("model.n_layer"),
+    positive("model.n_codes", optional=True), positive("model.grid_size", optional=True), positive("model.n_layer"),
     positive("model.n_head"), positive("model.d_model"), fraction("model.dropout"), fraction("model.head_dropout"),
-    positive("model.channels"), positive("model.n_features"), positive("model.n_classes"), positive("model.image_size"),
+    positive("model.channels"), positive("model.n_features"), Rule("model.n_classes", int, low=0, optional=True),
+    positive("model.image_size"),
     positive("model.quantizer.n_codes"), Rule("model.quantizer.commitment_cost", float, low=0),
     fraction("model.quantizer.decay"), positive("model.quantizer.eps", float), positive("model.quantizer.kmeans_iters"),
     Rule("model.quantizer.dead_code_threshold", float, low=0), fraction("model.quantizer.dead_code_decay"),
@@ -90,6 +93,11 @@ RULES = (
 QUANTIZER_RULES = (
     positive("quantizer.n_clusters"), positive("quantizer.n_landmarks", optional=True),
     positive("quantizer.n_neighbors", optional=True), Rule("quantizer.n_jobs", int),
+    # method=graph_full: the HNSW index, the recall it must reach, the per-cell sampling
+    positive("quantizer.ann_m"), positive("quantizer.ann_ef_construction"), positive("quantizer.ann_ef"),
+    Rule("quantizer.min_recall", float, low=0, high=1), positive("quantizer.recall_sample"),
+    positive("quantizer.full_samples"), positive("quantizer.full_exact"), positive("quantizer.full_max_iter"),
+    Rule("quantizer.full_tol", float, low=0, high=1),
 )
 # Bytes per code-grid position and per sampled image that the sample stage holds in memory
 # (the codes, the decoded float image and the grid of logits it samples from).
@@ -106,6 +114,8 @@ def check_settings(cfg: DictConfig) -> None:
             raise ConfigError(f"{rule.key}={value!r} {problem}: it must be {rule.describe()}. Set it with {rule.key}=...")
     if uses_quantizer(cfg):
         check_quantizer_sizes(cfg)
+    check_image_sizes(cfg)
+    check_models_fit_data(cfg)
     check_memory(cfg)
 
 
@@ -134,6 +144,90 @@ def check_quantizer_sizes(cfg: DictConfig) -> None:
             f"quantizer.n_clusters={clusters} is more than quantizer.n_landmarks={landmarks}: K medoids are chosen "
             "among the landmarks. Lower quantizer.n_clusters or raise quantizer.n_landmarks."
         )
+
+
+def check_image_sizes(cfg: DictConfig) -> None:
+    """The code grid is data.image_size / model.downsample cells a side, and the classifier pools
+    twice by 2: a size that does not divide is one line naming data.image_size, before any work."""
+    found_size, size = lookup(cfg, "data.image_size")
+    if not found_size or not isinstance(size, int):
+        return
+    found, downsample = lookup(cfg, "model.downsample")
+    if found and isinstance(downsample, int) and downsample > 0 and size % downsample:
+        raise ConfigError(
+            f"data.image_size={size} is not a multiple of model.downsample={downsample}: the code grid would be "
+            f"{size / downsample:g} cells a side. Set {_sizes_near(size, downsample)}, or another model.downsample."
+        )
+    found, classifier_size = lookup(cfg, "model.image_size")
+    if found and isinstance(classifier_size, int) and classifier_size % 4:
+        raise ConfigError(
+            f"data.image_size={classifier_size} is not a multiple of 4, which the classifier's two 2x2 poolings "
+            f"need. Set {_sizes_near(classifier_size, 4)}."
+        )
+
+
+def _sizes_near(size: int, divisor: int) -> str:
+    lower = size - size % divisor
+    return " or ".join(f"data.image_size={n}" for n in (lower, lower + divisor) if n > 0)
+
+
+# Model files a stage reads, by the key that gives their path and their kind: the images data=
+# gives must be those the model was trained on.
+GIVEN_MODELS = (("quantize", "stage.vae", "grid_vae"), ("evaluate", "stage.classifier", "classifier"))
+# What a model records of the images it was built for, and the key that sets it.
+IMAGE_SETTINGS = {"in_channels": "data.channels", "image_size": "data.image_size"}
+# What a resumed checkpoint must share with model= beyond its shapes (model.* unless data= sets it).
+RESUMED_SETTINGS = ("in_channels", "image_size", "downsample", "likelihood")
+
+
+def check_models_fit_data(cfg: DictConfig) -> None:
+    """A model file given by path (stage.vae, stage.classifier, ckpt_path) that was trained on
+    images of other channels or size than data= gives is one line naming the key, not a shape
+    error inside the first convolution."""
+    for stage, key, kind in GIVEN_MODELS:
+        found, path = lookup(cfg, key)
+        if cfg.stage.name != stage or not found or not path or not os.path.isfile(str(path)):
+            continue
+        from geovq.artifacts import load_artifact
+
+        try:
+            hparams = load_artifact(path, kind=kind).payload.get("hparams", {})
+        except Exception:  # not a model of that kind: the stage says so
+            continue
+        for setting, data_key in IMAGE_SETTINGS.items():
+            found, wanted = lookup(cfg, data_key)
+            if found and setting in hparams and hparams[setting] != wanted:
+                raise ConfigError(
+                    f"{data_key}={wanted}, but the {kind} {key}={path} was trained on images with {setting}="
+                    f"{hparams[setting]}. Set {data_key}={hparams[setting]} (the data it was trained on), or give a "
+                    f"{kind} trained on this data."
+                )
+    check_resumed_settings(cfg)
+
+
+def check_resumed_settings(cfg: DictConfig) -> None:
+    requested = cfg.get("ckpt_path")
+    if not requested or "model" not in cfg:
+        return
+    path = os.path.join(str(cfg.paths.output_dir), "checkpoints", "last.ckpt") if requested == "last" else str(requested)
+    if not os.path.isfile(path):
+        return  # the resume itself says so
+    import torch
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters") or {}
+    except Exception:
+        return  # not a checkpoint geovq can resume: the resume itself says so
+    raw = OmegaConf.to_container(cfg.model, resolve=False)
+    for setting in RESUMED_SETTINGS:
+        found, now = lookup(cfg, f"model.{setting}")
+        if found and setting in saved and saved[setting] != now:
+            source = raw.get(setting)
+            key = source[2:-1] if isinstance(source, str) and source.startswith("${") and source.endswith("}") else f"model.{setting}"
+            raise ConfigError(
+                f"cannot resume from {path}: it was trained with {setting}={saved[setting]}, and {key}={now} builds "
+                f"another model. Resume with {key}={saved[setting]} (its run folder's config.yaml), or start a new run."
+            )
 
 
 def check_memory(cfg: DictConfig) -> None:
