@@ -46,15 +46,19 @@ def convergence(trainer, val_nll: list[float]) -> dict:
 def run(cfg: DictConfig) -> dict:
     codes_path = resolve_codes(cfg)
     # model.n_codes=null: the vocabulary is the codebook size recorded with the codes; a number
-    # is checked against it by the data module.
-    n_codes = cfg.model.n_codes or int(load_code_grids(codes_path).payload["n_codes"])
+    # is checked against it by the data module. model.grid_size=null: the side of the code grids.
+    n_codes, grid_size = cfg.model.n_codes, cfg.model.get("grid_size")
+    if n_codes is None or grid_size is None:
+        codes = load_code_grids(codes_path).payload
+        n_codes = n_codes or int(codes["n_codes"])
+        grid_size = grid_size or int(codes["splits"]["train"].shape[-1])
     history = EpochHistory(("val/nll",))
     trained = train_and_test(
         cfg,
         TransformerPrior,
         [history],
         data_kwargs={"path": str(codes_path), "n_codes": n_codes},
-        model_kwargs={"n_codes": n_codes},
+        model_kwargs={"n_codes": n_codes, "grid_size": grid_size},
     )
     metrics = trained.metrics
     baseline = unigram_entropy(trained.datamodule.split("train"), trained.datamodule.n_codes)
