@@ -13,7 +13,10 @@
   of predicted digits: ln 10 = every digit equally often, 0 = one digit only), with the
   histogram itself and the Inception Score exp(E_x KL(p(y|x) || p(y))) (1 .. 10).
 
-Images are N x 1 x 28 x 28 (or N x 28 x 28) floats in [0, 1], or uint8 in 0..255.
+Images are N x C x H x W (or N x H x W) floats in [0, 1], or uint8 in 0..255, of the classifier's
+data set (any channels and size it was built for). A feature network trained without labels
+(``n_classes`` 0) gives the distances but no class scores; ``fidelity_report``'s ``features``
+says which network it used.
 """
 
 from __future__ import annotations
@@ -158,8 +161,12 @@ def scores_from_logits(logits: Tensor, n_classes: int | None = None) -> dict:
 
 
 def classifier_scores(classifier: nn.Module, images: Tensor, batch_size: int = INFERENCE_BATCH) -> dict:
-    """How recognisable (``confidence``) and how varied (``class_entropy``) the predicted digits are."""
-    return scores_from_logits(predict_logits(classifier, images, batch_size), N_CLASSES)
+    """How recognisable (``confidence``) and how varied (``class_entropy``) the predicted digits are
+    (the classes of the classifier's data set; none for a feature network trained without labels)."""
+    n_classes = getattr(classifier, "n_classes", N_CLASSES)
+    if not n_classes:
+        return {}
+    return scores_from_logits(predict_logits(classifier, images, batch_size), n_classes)
 
 
 # The bootstrap interval's coverage: 95%, between the 2.5th and the 97.5th percentile.
@@ -257,4 +264,5 @@ def fidelity_report(
         report["fid_floor"] = frechet_of_gaussians(real, gaussian(real_features(floor_images)))
         report["n_floor"] = len(floor_images)
     report.update(classifier_scores(classifier, samples, batch_size))
+    report["features"] = getattr(classifier, "feature_source", "classifier features")
     return report
