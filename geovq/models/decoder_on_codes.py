@@ -2,15 +2,14 @@
 grids (stage=finetune, pipeline A with a fine-tuned decoder).
 
 The GridVAE was trained to decode its continuous posterior means; after quantization it decodes
-codebook vectors instead. Only the decoder trains, with the GridVAE's reconstruction loss (BCE
-summed per image); the encoder takes no gradient (so the optimizer leaves it alone) and the
+codebook vectors instead. Only the decoder trains, with the GridVAE's reconstruction loss (its
+likelihood's NLL summed per image: BCE on MNIST); the encoder takes no gradient (so the optimizer leaves it alone) and the
 codebook is a buffer. Saved as what it trains: the GridVAE.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanSquaredError
 
@@ -35,10 +34,10 @@ class DecoderOnCodes(GeovqModule):
     def _step(self, batch, split: str) -> Tensor:
         images, grids = batch
         logits = self.decode_codes(grids)
-        # The GridVAE's reconstruction term: Bernoulli NLL summed over pixels, averaged over images.
-        loss = F.binary_cross_entropy_with_logits(logits, images, reduction="sum") / len(images)
+        # The GridVAE's reconstruction term: its NLL summed over pixels, averaged over images.
+        loss = self.vae.reconstruction_nll(logits, images) / len(images)
         if split != "train":
-            self.mse[split](torch.sigmoid(logits), images)
+            self.mse[split](self.vae.pixel_likelihood.mean(logits), images)
             self.log(f"{split}/mse", self.mse[split], prog_bar=True, on_step=False, on_epoch=True)
         self.log(f"{split}/loss", loss, prog_bar=True, on_step=split == "train", on_epoch=True, batch_size=len(images))
         return loss

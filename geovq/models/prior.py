@@ -40,7 +40,7 @@ class TransformerPrior(GeovqModule):
     def __init__(
         self,
         n_codes: int = 128,
-        grid_size: int = 7,
+        grid_size: int | None = 7,
         n_layer: int = 3,
         n_head: int = 4,
         d_model: int = 128,
@@ -49,6 +49,9 @@ class TransformerPrior(GeovqModule):
         scheduler: Any = None,
     ):
         super().__init__(optimizer, scheduler)
+        if grid_size is None:
+            raise ParameterError("grid_size", "grid_size (the side of the code grids) must be given; stage=prior "
+                                              "reads it from the code grids when model.grid_size=null.")
         if grid_size < 1:
             raise ParameterError("grid_size", f"grid_size must be >= 1, got {grid_size}.")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
@@ -64,7 +67,7 @@ class TransformerPrior(GeovqModule):
         return self.hparams.grid_size**2
 
     def _tokens(self, codes: Tensor) -> Tensor:
-        """B x 7 x 7 grids or B x 49 sequences -> B x 49 tokens (raster order)."""
+        """B x G x G grids or B x G*G sequences -> B x G*G tokens (raster order)."""
         tokens = codes.reshape(codes.shape[0], -1)
         if tokens.shape[1] != self.tokens_per_image:
             g = self.hparams.grid_size
@@ -76,11 +79,11 @@ class TransformerPrior(GeovqModule):
         return tokens
 
     def forward(self, codes: Tensor) -> Tensor:
-        """Logits B x 49 x K; ``logits[:, i]`` predicts cell i (raster order) from cells < i."""
+        """Logits B x G*G x K; ``logits[:, i]`` predicts cell i (raster order) from cells < i."""
         return self.gpt(self._tokens(codes))
 
     def token_nll(self, codes: Tensor) -> Tensor:
-        """Per-token negative log-likelihood in nats, B x 49."""
+        """Per-token negative log-likelihood in nats, B x G*G."""
         tokens = self._tokens(codes)
         logits = self.gpt(tokens).float()
         return F.cross_entropy(logits.transpose(1, 2), tokens, reduction="none")
@@ -98,7 +101,7 @@ class TransformerPrior(GeovqModule):
         seed: int | None = 0,
         batch_size: int = 1000,
     ) -> Tensor:
-        """n code grids n x 7 x 7 (int64, on the model's device), the same for the same seed.
+        """n code grids n x G x G (int64, on the model's device), the same for the same seed.
 
         ``top_k=1`` is greedy decoding (no randomness). ``seed=None`` draws from torch's global RNG.
         """

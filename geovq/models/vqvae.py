@@ -1,13 +1,14 @@
 """VQVAE: the end-to-end baseline (paper, section 3.2): conv encoder -> vector quantizer -> conv decoder.
 
-Same encoder/decoder family and 7x7 latent grid as the GridVAE, so that the comparison is about
-quantization alone.
+Same encoder/decoder family and latent grid as the GridVAE (7x7 on MNIST: image_size / downsample
+cells a side), so that the comparison is about quantization alone.
 
 Loss scale, ``loss_reduction="per_image"`` (the default; per image, averaged over the batch)::
 
     loss = rec + vq_loss
     rec     = BCE(logits, x) summed over the pixels of an image                (as in the GridVAE)
-    vq_loss = sum over the 7x7 cells and D dims of
+              (the NLL of ``likelihood``, geovq/models/likelihood.py; Bernoulli: BCE)
+    vq_loss = sum over the grid cells (7x7 on MNIST) and D dims of
               ||sg[z_e] - e||^2 + commitment_cost * ||z_e - sg[e]||^2
 
 i.e. the van den Oord et al. objective for one data point, both terms summed over their own
@@ -37,7 +38,7 @@ The quantizer is swappable (``quantizer.kind``, ``geovq.nn.quantizers``): ``vq``
 layer above (the default), or a layer of vector-quantize-pytorch (``fsq``, ``library_vq`` with the
 rotation trick, ``simvq``); what the model needs from any of them is
 ``geovq.nn.quantizer_layer.QuantizerLayer``. Whatever the kind, the model gives code grids
-B x 7 x 7 in [0, n_codes), ``lookup``/``decode_codes`` for grids sampled by a prior, and per-epoch
+B x G x G in [0, n_codes), ``lookup``/``decode_codes`` for grids sampled by a prior, and per-epoch
 usage.
 ``init_from_grid_vae`` starts the encoder, decoder and codebook from a GridVAE and its a
 posteriori codebook (stage=vqvae ``stage.init_codes``).
@@ -60,7 +61,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torchmetrics import MeanSquaredError
@@ -69,13 +69,16 @@ from geovq.data import SPLITS
 from geovq.errors import ConfigError, ParameterError, caller_names
 from geovq.metrics.codebook import usage_summary
 from geovq.models.base import GeovqModule
+from geovq.models.likelihood import PixelLikelihood
 from geovq.nn.conv import ConvDecoder, ConvEncoder
 from geovq.nn.quantizer_layer import FreeCodebook, QuantizerLayer
 from geovq.nn.quantizers import build_quantizer
 
 LOSS_REDUCTIONS = ("per_image", "paper")
 # What must agree between a GridVAE and a VQ-VAE that starts from it.
-SHARED_ARCHITECTURE = ("latent_dim", "hidden_channels", "n_res_blocks", "in_channels")
+SHARED_ARCHITECTURE = ("latent_dim", "hidden_channels", "n_res_blocks", "in_channels", "downsample", "likelihood")
+# The settings a person changes through the data (model.in_channels and model.likelihood follow data=).
+DATA_KEYS = {"in_channels": "data.channels", "likelihood": "data.likelihood"}
 
 
 class VQVAE(GeovqModule):
@@ -91,6 +94,8 @@ class VQVAE(GeovqModule):
         optimizer: Any = None,
         scheduler: Any = None,
         loss_reduction: str = "per_image",
+        downsample: int = 4,
+        likelihood: str = "bernoulli",
     ):
         """``quantizer``: ``kind`` (``vq`` when absent) and that quantizer's keyword arguments
         (for ``vq``: ``n_codes``, ``commitment_cost``, ``ema``, ``kmeans_init``, ...) as one block,
@@ -106,12 +111,13 @@ class VQVAE(GeovqModule):
         # Built in this order, so that a seed gives the same initial weights as before. The conv
         # blocks' latent side is latent_dim (checked by the encoder before the quantizer sees it).
         with caller_names(out_channels="latent_dim", in_channels="latent_dim"):
-            self.encoder = ConvEncoder(in_channels, hidden_channels, latent_dim, n_res_blocks)
+            self.encoder = ConvEncoder(in_channels, hidden_channels, latent_dim, n_res_blocks, downsample)
             with caller_names(prefix="quantizer."):
                 if quantizer.get("kind", "vq") == "vq":
                     quantizer.setdefault("n_codes", 128)
                 self.quantizer = build_quantizer(latent_dim, **quantizer)
-            self.decoder = ConvDecoder(latent_dim, hidden_channels, in_channels, n_res_blocks)
+            self.decoder = ConvDecoder(latent_dim, hidden_channels, in_channels, n_res_blocks, downsample)
+        self.pixel_likelihood = PixelLikelihood(likelihood, in_channels)  # no weights for bernoulli
         self.mse = torch.nn.ModuleDict({s: MeanSquaredError() for s in ("val", "test")})
         # Per-code counts of the current (or last finished) epoch of each split, on the model's
         # device while accumulating; read them through ``epoch_code_counts``.
@@ -130,29 +136,29 @@ class VQVAE(GeovqModule):
         return self.quantizer.codebook
 
     def encode(self, x: Tensor) -> Tensor:
-        """Encoder outputs z_e, B x D x 7 x 7 (before quantization)."""
+        """Encoder outputs z_e, B x D x G x G (before quantization; G = image side / downsample)."""
         return self.encoder(x)
 
     def quantize(self, z_e: Tensor) -> tuple[Tensor, Tensor]:
-        """(z_q B x D x 7 x 7, codes B x 7 x 7 int64): nearest codes, no gradient trick, no side effects."""
+        """(z_q B x D x G x G, codes B x G x G int64): nearest codes, no gradient trick, no side effects."""
         codes = self.quantizer.nearest(z_e)
         return self.quantizer.lookup(codes), codes
 
     def codes(self, x: Tensor) -> Tensor:
-        """The code grid of each image, B x 7 x 7 int64 in [0, n_codes)."""
+        """The code grid of each image, B x G x G int64 in [0, n_codes)."""
         return self.quantizer.nearest(self.encode(x))
 
     def decode(self, z: Tensor) -> Tensor:
-        """Pixel logits B x C x 28 x 28 for latents B x D x 7 x 7."""
+        """Pixel logits B x C x S x S for latents B x D x G x G."""
         return self.decoder(z)
 
     def decode_codes(self, codes: Tensor) -> Tensor:
-        """Pixel logits B x C x 28 x 28 for code grids B x 7 x 7 (e.g. sampled by the prior)."""
+        """Pixel logits B x C x S x S for code grids B x G x G (e.g. sampled by the prior)."""
         return self.decode(self.quantizer.lookup(codes))
 
     def reconstruct(self, x: Tensor) -> Tensor:
         """Images in [0, 1] decoded from the quantized encoder outputs."""
-        return torch.sigmoid(self.decode(self.quantize(self.encode(x))[0]))
+        return self.pixel_likelihood.mean(self.decode(self.quantize(self.encode(x))[0]))
 
     @torch.no_grad()
     def init_from_grid_vae(self, vae, codebook: Tensor, source: str = "the GridVAE") -> None:
@@ -165,10 +171,12 @@ class VQVAE(GeovqModule):
         where the GridVAE comes from in that message.
         """
         for key in SHARED_ARCHITECTURE:
-            if self.hparams[key] != vae.hparams[key]:
+            mine, theirs = self.hparams[key], vae.hparams[key]
+            if mine != theirs:
+                name = DATA_KEYS.get(key, f"model.{key}")
                 raise ConfigError(
-                    f"model.{key}={self.hparams[key]}, but {source} has {key}={vae.hparams[key]}: the VQ-VAE "
-                    f"starts from its weights, so the two must agree. Set model.{key}={vae.hparams[key]}."
+                    f"{name}={mine}, but {source} has {key}={theirs}: the VQ-VAE "
+                    f"starts from its weights, so the two must agree. Set {name}={theirs}."
                 )
         if not isinstance(self.quantizer, FreeCodebook):
             raise ConfigError(
@@ -186,6 +194,7 @@ class VQVAE(GeovqModule):
         encoder = {k: v[:latent_dim] if k.startswith(last) else v for k, v in encoder.items()}
         self.encoder.load_state_dict(encoder)
         self.decoder.load_state_dict(vae.decoder.state_dict())
+        self.pixel_likelihood.load_state_dict(vae.pixel_likelihood.state_dict())
         self.quantizer.set_codebook(codebook.to(self.quantizer.codebook))
 
     def loss_terms(self, x: Tensor) -> dict[str, Tensor]:
@@ -194,7 +203,7 @@ class VQVAE(GeovqModule):
         logits = self.decode(vq.quantized)
         batch = x.shape[0]
         per_image = z_e[0].numel()  # H * W * D: the quantizer's means -> sums per image
-        rec_sum = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+        rec_sum = self.pixel_likelihood.nll(logits, x)
         rec = rec_sum / batch
         vq_loss = vq.loss * per_image
         if self.hparams.loss_reduction == "paper":
@@ -249,7 +258,7 @@ class VQVAE(GeovqModule):
         if not on_step:
             # Outside training the quantizer has no side effects; these logits are the
             # reconstruction (through the VQ layer) whose MSE the paper compares.
-            self.mse[split](torch.sigmoid(terms["logits"]), x)
+            self.mse[split](self.pixel_likelihood.mean(terms["logits"]), x)
             self.log(f"{split}/mse", self.mse[split], prog_bar=True, on_step=False, on_epoch=True)
         log = dict(on_step=False, on_epoch=True, batch_size=len(x))
         self.log(f"{split}/loss", terms["loss"], prog_bar=True, on_step=on_step, on_epoch=True, batch_size=len(x))
