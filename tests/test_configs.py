@@ -35,8 +35,10 @@ def test_config_composes_and_instantiates(make_cfg, group, option, tmp_path):
         datamodule = instantiate(cfg.data)
         assert datamodule.hparams.batch_size > 0
     elif group == "model":
-        # model.n_codes=null means "from the code grids": stage=prior passes it in.
-        extra = {"n_codes": 16} if cfg.model.get("n_codes", 0) is None else {}
+        # null means "from the code grids" (stage=prior passes n_codes and grid_size in) or "from
+        # the data's labels" (stage=classifier passes n_classes in).
+        from_stage = {"n_codes": 16, "grid_size": 7, "n_classes": 10}
+        extra = {key: value for key, value in from_stage.items() if key in cfg.model and cfg.model[key] is None}
         assert isinstance(instantiate(cfg.model, **extra), torch.nn.Module)
     elif group == "trainer":
         trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
