@@ -1,4 +1,4 @@
-"""Figures of images: originals above reconstructions, sample grids."""
+"""Figures of images: originals above reconstructions, sample grids; grey (1 channel) or colour (3)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,15 @@ def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
     return Path(path)
 
 
+def show_image(ax, image: torch.Tensor) -> None:
+    """One C x H x W image in [0, 1] on ``ax``: grey with the gray colour map, RGB as it is."""
+    image = image.detach().float().cpu().clamp(0, 1)
+    if image.ndim == 3 and image.shape[0] == 3:
+        ax.imshow(image.permute(1, 2, 0).numpy(), vmin=0, vmax=1)
+    else:
+        ax.imshow(image.squeeze(0).numpy(), cmap="gray", vmin=0, vmax=1)
+
+
 def image_rows_figure(rows: dict[str, torch.Tensor], title: str | None = None):
     """One labelled row per entry; each tensor is N x C x H x W in [0, 1]."""
     n_cols = max(len(images) for images in rows.values())
@@ -36,7 +45,7 @@ def image_rows_figure(rows: dict[str, torch.Tensor], title: str | None = None):
             for spine in ax.spines.values():
                 spine.set_visible(False)
             if c < len(images):
-                ax.imshow(images[c].detach().float().cpu().squeeze(0), cmap="gray", vmin=0, vmax=1)
+                show_image(ax, images[c])
         axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
@@ -52,7 +61,7 @@ def image_grid_figure(images: torch.Tensor, n_cols: int | None = None, title: st
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
-            ax.imshow(images[i].detach().float().cpu().squeeze(0), cmap="gray", vmin=0, vmax=1)
+            show_image(ax, images[i])
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
