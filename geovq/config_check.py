@@ -148,6 +148,11 @@ def check_image_sizes(cfg: DictConfig) -> None:
     if not found_size or not isinstance(size, int):
         return
     found, downsample = lookup(cfg, "model.downsample")
+    if found and isinstance(downsample, int) and downsample > 0 and downsample & (downsample - 1):
+        raise ConfigError(
+            f"model.downsample={downsample} must be a power of two (2, 4, 8, ...): the encoder halves the image "
+            "log2(downsample) times. Set it with model.downsample=..."
+        )
     if found and isinstance(downsample, int) and downsample > 0 and size % downsample:
         raise ConfigError(
             f"data.image_size={size} is not a multiple of model.downsample={downsample}: the code grid would be "
