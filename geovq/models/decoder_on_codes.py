@@ -37,7 +37,7 @@ class DecoderOnCodes(GeovqModule):
         # The GridVAE's reconstruction term: its NLL summed over pixels, averaged over images.
         loss = self.vae.reconstruction_nll(logits, images) / len(images)
         if split != "train":
-            self.mse[split](self.vae.pixel_likelihood.mean(logits), images)
+            self.mse[split](self.vae.pixel_likelihood.mean(logits).contiguous(), images)
             self.log(f"{split}/mse", self.mse[split], prog_bar=True, on_step=False, on_epoch=True)
         self.log(f"{split}/loss", loss, prog_bar=True, on_step=split == "train", on_epoch=True, batch_size=len(images))
         return loss

@@ -85,7 +85,7 @@ class GridVAE(GeovqModule):
         if not on_step:
             # Outside training z is the posterior mean, so these logits are the reconstruction
             # whose MSE the paper compares.
-            self.mse[split](self.pixel_likelihood.mean(terms["logits"]), x)
+            self.mse[split](self.pixel_likelihood.mean(terms["logits"]).contiguous(), x)
             self.log(f"{split}/mse", self.mse[split], prog_bar=True, on_step=False, on_epoch=True)
         self.log(f"{split}/loss", terms["loss"], prog_bar=True, on_step=on_step, on_epoch=True, batch_size=len(x))
         self.log(f"{split}/rec", terms["rec"], on_step=False, on_epoch=True, batch_size=len(x))

@@ -258,7 +258,7 @@ class VQVAE(GeovqModule):
         if not on_step:
             # Outside training the quantizer has no side effects; these logits are the
             # reconstruction (through the VQ layer) whose MSE the paper compares.
-            self.mse[split](self.pixel_likelihood.mean(terms["logits"]), x)
+            self.mse[split](self.pixel_likelihood.mean(terms["logits"]).contiguous(), x)
             self.log(f"{split}/mse", self.mse[split], prog_bar=True, on_step=False, on_epoch=True)
         log = dict(on_step=False, on_epoch=True, batch_size=len(x))
         self.log(f"{split}/loss", terms["loss"], prog_bar=True, on_step=on_step, on_epoch=True, batch_size=len(x))
