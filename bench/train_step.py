@@ -156,7 +156,9 @@ def build(name: str, device: str, channels_last: bool):
 
     model_cfg, overrides = compose_model_config(name)
     torch.manual_seed(0)
-    model = instantiate(model_cfg, **({"n_codes": N_CODES} if name == "prior" else {}))
+    # What a stage reads from its data when the config leaves it unset (MNIST: 7x7 grids, 10 digits).
+    from_data = {"prior": {"n_codes": N_CODES, "grid_size": 7}, "classifier": {"n_classes": 10}}.get(name, {})
+    model = instantiate(model_cfg, **{key: value for key, value in from_data.items() if model_cfg.get(key) is None})
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -331,6 +333,7 @@ def main() -> None:
                         help="compile with torch's default inductor cache (a repeat compile) instead of a fresh one")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--precisions", help="comma-separated (fp32,bf16); default: those computed natively")
+    parser.add_argument("--overwrite", action="store_true", help="--save replaces today's file of this machine kind")
     parser.add_argument("--note", default="", help="a line for the results file (e.g. what else was running)")
     parser.add_argument("--save", action="store_true",
                         help="write the table to bench/results/train_step_<date>.txt (_cuda.txt on a GPU)")
@@ -398,7 +401,11 @@ def main() -> None:
     print("\n" + "\n".join(lines[len(header):]))
     if args.save:
         RESULTS.mkdir(exist_ok=True)
-        path = RESULTS / f"train_step_{now:%Y-%m-%d}{'' if args.device == 'cpu' else '_' + args.device}.txt"
+        # One file per day and kind of machine: a bf16-native CPU's table does not replace an AVX2 one's.
+        machine = args.device if args.device != "cpu" else "bf16cpu" if cpu_has_native_bf16() else ""
+        path = RESULTS / f"train_step_{now:%Y-%m-%d}{'_' + machine if machine else ''}.txt"
+        if path.exists() and not args.overwrite:
+            path = path.with_name(f"{path.stem}_{now:%H%M}.txt")
         path.write_text("\n".join(lines) + "\n")
         print(f"\nwritten: {path}")
 
