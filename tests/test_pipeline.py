@@ -76,19 +76,24 @@ def test_pipeline_refuses_misplaced_overrides(compose_config, study_overrides, t
 
 
 @pytest.mark.slow
-def test_quick_experiment_on_two_cpu_processes(run_cli, study_overrides, tmp_path):
-    """Training steps run distributed (2 gloo processes); quantization, sampling and evaluation once."""
+def test_a_study_on_two_cpu_processes(run_cli, study_overrides, one_method_study, tmp_path):
+    """Training steps run distributed (2 gloo processes); quantization, sampling and evaluation once.
+    A study of one method of each pipeline (A: GridVAE + K-Means, B: VQ-VAE) keeps it to five
+    distributed steps; experiment=quick's whole study is the test above, in one process."""
     out = tmp_path / "quick"
     overrides = [item for item in study_overrides if not item.startswith("experiment=")]
-    result = run_cli("experiment=quick", *overrides, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                     "pipeline.figures=false", f"hydra.run.dir={out}", timeout=900)
+    steps = one_method_study[1][:-1] + ", vqvae: {stage: vqvae}}"
+    methods = "+pipeline.methods={A_kmeans8: {codes: kmeans8}, B: {codes: vqvae}}"
+    result = run_cli("experiment=quick", *overrides, "~study", steps, methods, "trainer=ddp", "trainer.accelerator=cpu",
+                     "trainer.devices=2", "pipeline.figures=false", f"hydra.run.dir={out}", timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
-    # the 10 training steps: classifier, GridVAE, three VQ-VAEs, five priors
-    assert output.count("Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2") == 10
+    # the 5 training steps: classifier, GridVAE, VQ-VAE, two priors
+    assert output.count("Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2") == 5
     report = json.loads((out / "report.json").read_text())
-    assert list(report["methods"]) == list(METHODS)
-    for step in STEPS:
+    assert list(report["methods"]) == ["A_kmeans8", "B"]
+    for step in ["classifier"] + [f"seed_0/{s}" for s in ("vae", "kmeans8", "vqvae", "prior_A_kmeans8", "prior_B",
+                                                          "sample_B", "evaluate_A_kmeans8")]:
         assert (out / step / "step.json").is_file(), step
 
 
