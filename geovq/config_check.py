@@ -93,6 +93,11 @@ RULES = (
 QUANTIZER_RULES = (
     positive("quantizer.n_clusters"), positive("quantizer.n_landmarks", optional=True),
     positive("quantizer.n_neighbors", optional=True), Rule("quantizer.n_jobs", int),
+    # method=graph_full: the HNSW index, the recall it must reach, the per-cell sampling
+    positive("quantizer.ann_m"), positive("quantizer.ann_ef_construction"), positive("quantizer.ann_ef"),
+    Rule("quantizer.min_recall", float, low=0, high=1), positive("quantizer.recall_sample"),
+    positive("quantizer.full_samples"), positive("quantizer.full_exact"), positive("quantizer.full_max_iter"),
+    Rule("quantizer.full_tol", float, low=0, high=1),
 )
 # Bytes per code-grid position and per sampled image that the sample stage holds in memory
 # (the codes, the decoded float image and the grid of logits it samples from).

@@ -69,7 +69,7 @@ class KnnGraphReport:
 
 def neighbour_graph(
     points: np.ndarray, n_neighbors: int, *, search: str = "auto", exact_max_points: int = EXACT_MAX_POINTS,
-    m: int = 12, ef_construction: int = 60, ef: int = 40, min_recall: float = 0.95, recall_sample: int = 1000,
+    m: int = 10, ef_construction: int = 40, ef: int = 32, min_recall: float = 0.95, recall_sample: int = 1000,
     on_low_recall: str = "error", random_state: int | None = 0, n_jobs: int = 1, progress: bool = False,
 ) -> tuple[sp.csr_matrix, KnnGraphReport]:
     """The symmetric k-NN graph of the distinct ``points`` (as :func:`~geovq.quantize.knn_graph`)
@@ -139,7 +139,7 @@ def build_hnsw(points: np.ndarray, *, m: int, ef_construction: int, random_state
     return index, f"hnswlib {version('hnswlib')}", time.perf_counter() - start
 
 
-def query_hnsw(index, points: np.ndarray, k: int, *, ef: int, chunk_size: int = 65536, progress: bool = False):
+def query_hnsw(index, points: np.ndarray, k: int, *, ef: int, chunk_size: int = 8192, progress: bool = False):
     """Each point's ``k`` approximate nearest other points (exact float64 distances, sorted)."""
     n = points.shape[0]
     index.set_ef(max(ef, k + 1))
@@ -148,7 +148,11 @@ def query_hnsw(index, points: np.ndarray, k: int, *, ef: int, chunk_size: int = 
     with progress_bar(n, "k-NN graph (hnswlib)", progress, unit="vec") as bar:
         for s in range(0, n, chunk_size):
             q = points[s : s + chunk_size]
-            labels, _ = index.knn_query(q, k=k + 1)
+            try:
+                labels, _ = index.knn_query(q, k=k + 1)
+            except RuntimeError as exc:  # an index too sparse to return k + 1 points for some query
+                raise ParameterError("ann_ef", f"the HNSW index could not return {k + 1} neighbours for every point "
+                                     f"({exc}); raise ef or m.") from exc
             idx = _drop_self(labels.astype(np.int64), np.arange(s, s + len(q))[:, None], k)
             dist = exact_distances(q, points, idx)
             order = np.argsort(dist, axis=1, kind="stable")

@@ -142,7 +142,32 @@ def assign_to_graph_nodes(X: np.ndarray, lookup: RowLookup, node_labels: np.ndar
     rest = np.flatnonzero(~known)
     if rest.size:
         groups = unique_rows(X[rest])
-        _, idx = nearest_neighbors(X[rest][groups.first_index], lookup.reference, 1, backend=backend, n_jobs=n_jobs,
-                                   progress=progress, desc="assign (nearest training vector)")
-        out[rest] = node_labels[idx[:, 0]][groups.inverse]
+        queries = X[rest][groups.first_index]
+        if backend == "auto" and lookup.reference.shape[0] > _TREE_MIN_REFERENCE:
+            nearest = _tree_nearest(lookup, queries, n_jobs, progress)
+        else:
+            nearest = nearest_neighbors(queries, lookup.reference, 1, backend=backend, n_jobs=n_jobs,
+                                        progress=progress, desc="assign (nearest training vector)")[1][:, 0]
+        out[rest] = node_labels[nearest][groups.inverse]
+    return out
+
+
+# Against millions of training vectors the k-d tree in principal axes is the fast exact search:
+# 20k GridVAE latents against 2.695M in 15 s (tree built once, 44 s), the pruned BLAS search of
+# the landmark rule 5k in 210 s (measured 2026-12-02, 2 cores). The tree is kept with the lookup.
+_TREE_MIN_REFERENCE = 200_000
+
+
+def _tree_nearest(lookup: RowLookup, queries: np.ndarray, n_jobs: int, progress: bool, chunk: int = 65536) -> np.ndarray:
+    from geovq.quantize.nearest import _principal_axes_tree
+    from geovq.quantize.resources import progress_bar
+
+    if getattr(lookup, "tree", None) is None:
+        lookup.tree = _principal_axes_tree(lookup.reference)
+    tree, rotate = lookup.tree
+    out = np.empty(queries.shape[0], dtype=np.int64)
+    with progress_bar(queries.shape[0], "assign (nearest training vector)", progress, unit="vec") as bar:
+        for s in range(0, queries.shape[0], chunk):
+            out[s : s + chunk] = tree.query(rotate(queries[s : s + chunk]), k=1, workers=n_jobs)[1]
+            bar.update(min(chunk, queries.shape[0] - s))
     return out
