@@ -145,3 +145,19 @@ def test_disconnected_clumps_are_joined_on_the_full_graph():
         gkm = GeodesicKMedoids(n_clusters=4, n_landmarks=200, n_neighbors=6, method="graph_full", n_jobs=1).fit(X)
     assert gkm.n_components_ >= 3 and gkm.connection_report_["n_edges_added"] == gkm.n_components_ - 1
     assert np.isfinite(gkm.inertia_)
+
+
+def test_quantizer_method_graph_full_composes_and_the_study_declares_it(compose_config, data_root, tmp_path):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = compose_config(tmp_path / "q", ["stage=quantize", "quantizer.method=graph_full", "quantizer.min_recall=0.99",
+                                          f"data.root={data_root}"])
+    quantizer = instantiate(cfg.quantizer)
+    quantizer.check_params()
+    assert quantizer.method == "graph_full" and quantizer.min_recall == 0.99
+    study = compose_config(tmp_path / "s", ["experiment=aposteriori", f"data.root={data_root}"]).pipeline
+    study = OmegaConf.to_container(study, resolve=True)
+    step = study["steps"][study["methods"]["A_geodesic_full"]["codes"]]
+    assert "quantizer.method=graph_full" in step["overrides"] and step["inputs"] == {"stage.vae": "vae"}
+    assert {"A_geodesic", "A_kmeans"} <= set(study["methods"])

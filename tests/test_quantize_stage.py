@@ -68,6 +68,20 @@ def test_stage_quantize_reuses_a_saved_vae(trained_vae, make_cfg, tmp_path):
 
 
 @pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
+def test_stage_quantize_with_the_full_graph(trained_vae, make_cfg, tmp_path):
+    vae_dir, _ = trained_vae
+    metrics = run_stage(make_cfg("stage=quantize", f"stage.vae={vae_dir / 'model.pt'}", *SMALL_QUANTIZER,
+                                 "quantizer.method=graph_full"))
+    codebook = load_artifact(tmp_path / "run" / "codebook.pt", kind="codebook").payload
+    assert codebook["settings"]["method"] == "graph_full"
+    assert metrics["quantized/objective"] <= codebook["start_objective"] == codebook["objective_history"][0]
+    assert {"landmark_start", "knn_graph", "kmedoids"} <= set(codebook["timings"])
+    assert codebook["knn_report"]["search"] == "exact"  # a few thousand latents: exact neighbours
+    assert 0 < metrics["quantized/train_utilization"] <= 1 and metrics["quantized/test_mse"] > 0
+    assert 0 < metrics["assign_medoid/train_utilization"] <= 1  # the other rule, compared
+
+
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
 def test_same_seed_same_codebook(trained_vae, make_cfg, tmp_path):
     vae_dir, _ = trained_vae
     books = []
