@@ -405,8 +405,15 @@ def full_graph(X, args):
     perplexity_l = float(np.exp(-(pl[pl > 0] * np.log(pl[pl > 0])).sum()))
     print(f"code perplexity on the training vectors: full {perplexity:.1f}, landmark {perplexity_l:.1f}; codes used "
           f"{int((used > 0).sum())} / {int((pl > 0).sum())}")
-    print(f"peak RSS: this process {lifetime_peak_rss() / 2**30:.2f} GiB, largest worker {children_peak_rss() / 2**30:.2f} GiB "
-          f"(forked workers share the parent's pages: an upper bound on what they add)", flush=True)
+    from geovq.quantize.graph_kmedoids import worker_extra_bytes
+
+    n_jobs = torch.get_num_threads()
+    process, extra = lifetime_peak_rss(), worker_extra_bytes()
+    print(f"peak memory: this process {process / 2**30:.2f} GiB (its peak RSS since it started: latents loaded, the "
+          f"landmark comparison included); each K-Medoids worker added at most {extra / 2**30:.2f} GiB to the pages it "
+          f"shares with it (its peak RSS - its RSS when forked; its whole RSS, shared pages counted, "
+          f"{children_peak_rss() / 2**30:.2f} GiB); process + {n_jobs} workers: {(process + n_jobs * extra) / 2**30:.2f} GiB",
+          flush=True)
 
 
 def _node_of(gkm, n):
@@ -532,7 +539,7 @@ def main(argv=None):
                         help="vectors after the training ones assigned exactly by --full (default: 5k images)")
     parser.add_argument("--full-landmarks", type=int, default=10000, help="landmarks of the start solution")
     parser.add_argument("--start-method", choices=("dense", "graph"), default="dense")
-    parser.add_argument("--full-max-iter", type=int, default=20)
+    parser.add_argument("--full-max-iter", type=int, default=10)
     parser.add_argument("--ann-study", type=int, nargs="*", default=[],
                         help="vector counts for the approximate-neighbour comparison (hnswlib, faiss, pynndescent)")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT)

@@ -163,7 +163,7 @@ class GeodesicKMedoids(CodebookQuantizer):
         start_method: str = "dense",
         full_samples: int = 48,
         full_exact: int = 16,
-        full_max_iter: int = 20,
+        full_max_iter: int = 10,
         full_tol: float = 1e-4,
     ):
         self.n_clusters = n_clusters

@@ -34,7 +34,7 @@ from geovq.errors import ParameterError
 from geovq.quantize.ann_graph import LOW_RECALL_ACTIONS, SEARCHES, neighbour_graph
 from geovq.quantize.connectivity import connect_components
 from geovq.quantize.dedup import RowLookup, unique_rows
-from geovq.quantize.graph_kmedoids import graph_kmedoids
+from geovq.quantize.graph_kmedoids import graph_kmedoids, worker_extra_bytes
 from geovq.quantize.inputs import check_choice, check_positive_int
 from geovq.quantize.nearest import nearest_neighbors
 
@@ -88,6 +88,9 @@ def fit_full_graph(est, X: np.ndarray, features: np.ndarray, variances, rec, n_j
                                init_medoids=start_nodes, cell_update="sampled", swap_passes=False,
                                max_iter=est.full_max_iter, n_samples=est.full_samples, n_exact=est.full_exact,
                                tol=est.full_tol, n_jobs=n_jobs)
+    # The forked workers' own extra memory (what they added beyond the pages they share with
+    # this process), one per core at worst, on top of this process's peak.
+    rec.peak_memory["kmedoids"] += n_jobs * worker_extra_bytes()
     del graph
 
     est.landmark_indices_ = nodes.first_index  # the "landmarks" are all distinct training vectors

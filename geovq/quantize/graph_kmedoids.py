@@ -38,6 +38,7 @@ from scipy.sparse.csgraph import connected_components, dijkstra
 
 from geovq.errors import ParameterError
 from geovq.quantize.graph_swaps import cell_adjacency, region_of, swap_in_region
+from geovq.quantize.resources import current_rss, peak_rss, reset_peak
 
 _MAX_CANDIDATES = 256  # candidate medoids scored per cell (those nearest the current medoid)
 CELL_UPDATES = ("nearest", "sampled")
@@ -116,6 +117,8 @@ def graph_kmedoids(
                 break
             medoids = swapped
     finally:
+        _LAST.clear()
+        _LAST["worker_extra"] = _SHARED.get("worker_extra", 0)
         _SHARED.clear()
     order = np.argsort(medoids)  # clusters numbered by medoid node id
     rank = np.empty_like(order)
@@ -208,13 +211,37 @@ def _update_cells(medoids, labels, dist, n_jobs) -> np.ndarray:
     if n_jobs > 1 and labels.size >= _MIN_NODES_FOR_PROCESSES and "fork" in mp.get_all_start_methods():
         order = np.argsort([-t[1].size for t in tasks], kind="stable")  # largest cells first: balanced workers
         moved = [0] * len(tasks)
-        with mp.get_context("fork").Pool(n_jobs) as pool:
+        _SHARED["work"] = work
+        with mp.get_context("fork").Pool(n_jobs, initializer=_worker_start) as pool:
             chunk = 1 if sampled else max(1, len(tasks) // (8 * n_jobs))
-            for j, m in zip(order, pool.imap(work, [tasks[j] for j in order], chunksize=chunk)):
+            for j, (m, extra) in zip(order, pool.imap(_measured, [tasks[j] for j in order], chunksize=chunk)):
                 moved[j] = m
+                _SHARED["worker_extra"] = max(_SHARED.get("worker_extra", 0), extra)
     else:
         moved = [work(t) for t in tasks]
     return np.asarray(moved, dtype=np.int64)  # medoid j stays cluster j
+
+
+_WORKER: dict = {}
+
+
+def _worker_start() -> None:
+    """In a forked worker: its resident memory at the start (the parent's pages it shares) and a
+    fresh peak, so a task reports only what the worker itself added (see resources.py)."""
+    _WORKER["start"] = current_rss()
+    reset_peak()
+
+
+def _measured(task):
+    return _SHARED["work"](task), max(0, peak_rss() - _WORKER["start"])
+
+
+def worker_extra_bytes() -> int:
+    """The most memory one worker of the last :func:`graph_kmedoids` call added at its peak."""
+    return int(_LAST.get("worker_extra", 0))
+
+
+_LAST: dict = {}
 
 
 def _best_in_cell(task) -> int:

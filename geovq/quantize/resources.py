@@ -48,6 +48,11 @@ def _reset_peak() -> bool:
         return False
 
 
+def reset_peak() -> bool:
+    """Start a new peak (VmHWM) for this process; False where the kernel does not allow it."""
+    return _reset_peak()
+
+
 def _lifetime_peak(who=resource.RUSAGE_SELF) -> int:
     peak = resource.getrusage(who).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
