@@ -528,8 +528,11 @@ class ImageDataModule(InMemoryImages):
         hp = self.hparams
         images, labels, classes = read_dataset(hp.dataset_class, hp.root, True, hp.download)
         test_images, test_labels, _ = read_dataset(hp.dataset_class, hp.root, False, hp.download)
-        as_float = lambda x: fit_images(x.to(torch.float32).div_(255.0), hp.channels, hp.image_size)  # noqa: E731
-        return (as_float(images), labels), (as_float(test_images), test_labels), classes or None
+        return ((self._as_unit(images), labels), (self._as_unit(test_images), test_labels), classes or None)
+
+    def _as_unit(self, images: Tensor) -> Tensor:
+        """uint8 images as float32 in [0, 1], converted to data.channels and data.image_size."""
+        return fit_images(images.to(torch.float32).div_(255.0), self.hparams.channels, self.hparams.image_size)
 
 
 # --------------------------------------------------------------------------------------------
