@@ -454,7 +454,7 @@ def ann_study(X, n, args):
     try:
         import hnswlib
 
-        for M, efc, ef in ((12, 60, 40), (16, 100, 40), (8, 40, 20)):
+        for M, efc, ef in ((10, 40, 32), (12, 60, 40), (16, 100, 40), (8, 40, 20)):
             t = time.perf_counter()
             index = hnswlib.Index(space="l2", dim=P.shape[1])
             index.init_index(max_elements=len(P), ef_construction=efc, M=M, random_seed=0)

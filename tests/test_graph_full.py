@@ -92,18 +92,20 @@ def test_graph_full_settings_are_checked():
         with pytest.raises(ParameterError) as err:
             GeodesicKMedoids(method="graph_full", **bad).check_params()
         assert err.value.parameter == next(iter(bad))
+    with pytest.raises(ParameterError, match="ann_library"):
+        GeodesicKMedoids(method="graph_full", ann_library="faiss").check_params()
 
 
 def test_approximate_neighbours_report_their_recall_and_low_recall_is_refused():
     pytest.importorskip("hnswlib")
     X, _ = swiss_roll(3000, 0.3, 2)
-    graph, report = neighbour_graph(X, 10, search="approximate", recall_sample=500)
+    graph, report = neighbour_graph(X, 10, search="approximate", library="hnswlib", recall_sample=500)
     assert report.search == "approximate" and report.recall >= 0.95 and report.recall_sample == 500
     assert "recall@10" in report.summary() and report.library.startswith("hnswlib")
     exact = knn_graph(X, 10)
     assert abs(graph.nnz - exact.nnz) < 0.02 * exact.nnz
     # A crippled index (two links, narrow beams): its measured recall is low and it is not used.
-    weak = dict(search="approximate", m=2, ef_construction=8, ef=1, recall_sample=500, min_recall=0.9)
+    weak = dict(search="approximate", library="hnswlib", m=2, ef_construction=8, ef=1, recall_sample=500, min_recall=0.9)
     with pytest.raises(ParameterError, match=r"recall@10 is 0\.\d+ .* below min_recall=0\.9") as err:
         neighbour_graph(X, 10, **weak)
     assert err.value.parameter == "min_recall"
@@ -113,14 +115,25 @@ def test_approximate_neighbours_report_their_recall_and_low_recall_is_refused():
     # Through the estimator the error names the setting.
     with pytest.raises(ParameterError, match="min_recall"):
         GeodesicKMedoids(n_clusters=5, n_landmarks=300, n_neighbors=10, method="graph_full", neighbor_search="approximate",
-                         ann_m=2, ann_ef_construction=8, ann_ef=1, min_recall=0.9).fit(X)
+                         ann_library="hnswlib", ann_m=2, ann_ef_construction=8, ann_ef=1, min_recall=0.9).fit(X)
 
 
-def test_a_missing_hnswlib_is_one_line_naming_the_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "hnswlib", None)
+@pytest.mark.parametrize("library", ["hnswlib", "pynndescent"])
+def test_a_missing_library_is_one_line_naming_the_install(monkeypatch, library):
+    monkeypatch.setitem(sys.modules, library, None)
     X, _ = swiss_roll(300, 0.3, 3)
-    with pytest.raises(ImportError, match=r"pip install 'geovq\[ann\]'"):
-        neighbour_graph(X, 5, search="approximate")
+    with pytest.raises(ImportError, match=rf"library='{library}' needs {library}.*pip install 'geovq\[ann\]'"):
+        neighbour_graph(X, 5, search="approximate", library=library)
+
+
+@pytest.mark.slow  # numba compiles pynndescent's kernels first: about 30 s
+def test_nn_descent_neighbours_and_their_recall():
+    pytest.importorskip("pynndescent")
+    X, _ = swiss_roll(3000, 0.3, 2)
+    graph, report = neighbour_graph(X, 10, search="approximate", recall_sample=500)
+    assert report.library.startswith("pynndescent") and report.recall >= 0.95
+    exact = knn_graph(X, 10)
+    assert abs(graph.nnz - exact.nnz) < 0.02 * exact.nnz
 
 
 def test_sampled_cell_moves_never_raise_the_objective_from_a_given_start():

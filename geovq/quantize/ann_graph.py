@@ -1,12 +1,14 @@
 """The k-NN graph over millions of points: approximate neighbours, with their recall measured.
 
 An exact k-NN graph costs O(n^2 d) by brute force; the k-d tree of :mod:`geovq.quantize.nearest`
-does not save enough in 64 dimensions at millions of points (200k GridVAE latents: 120 s for
-the exact graph, so hours at 2.9M). Here the neighbours come from an HNSW index (``hnswlib``,
-Malkov & Yashunin), chosen by measurement on 200k GridVAE latents (``bench/quantize.py
---ann-study``, results in ``bench/results/``): recall@15 0.997 in 16 s against faiss' HNSW 0.995
-in 25 s, faiss' IVF-Flat 0.990 in 17 s and pynndescent 0.998 in 13 s (56 s with its first
-numba compilation).
+does not save enough in 64 dimensions at millions of points (200k GridVAE latents: 106-177 s for
+the exact graph, so hours at 2.7M). Here the neighbours come from an approximate library, chosen
+by measurement on GridVAE latents (``bench/quantize.py --ann-study``, 2 cores, results in
+``bench/results/quantize_full_2026-12-02.txt``): on 200k, recall@15 / seconds were pynndescent
+(NN-descent) 0.9985 / 8-14 s (38 s in a fresh process, numba compiling), hnswlib (HNSW, M=10,
+ef_construction=40, ef=32) 0.991 / 10 s, faiss HNSWFlat 0.996 / 16 s, faiss IVFFlat 0.991 / 10 s;
+on 1M, pynndescent 0.998 in 119 s (compilation included) against hnswlib 0.987 in 146 s. So
+``library="pynndescent"`` by default, ``"hnswlib"`` as the other choice.
 
 Approximate neighbours are never used silently: the recall@k of the returned lists is measured
 on a random sample of nodes against exact neighbours (brute force, exact distances), reported
@@ -35,8 +37,10 @@ from geovq.quantize.nearest import _drop_self, exact_distances, nearest_neighbor
 from geovq.quantize.resources import progress_bar
 
 SEARCHES = ("auto", "exact", "approximate")
+ANN_LIBRARIES = ("hnswlib", "pynndescent")
 LOW_RECALL_ACTIONS = ("error", "warn")
-ANN_INSTALL = "pip install 'geovq[ann]'  (or: pip install hnswlib)"
+HNSWLIB_INSTALL = "pip install 'geovq[ann]'  (or: pip install hnswlib)"
+PYNNDESCENT_INSTALL = "pip install 'geovq[ann]'  (or: pip install pynndescent)"
 EXACT_MAX_POINTS = 50_000  # search="auto": exact below this many distinct points
 
 
@@ -71,10 +75,14 @@ def neighbour_graph(
     points: np.ndarray, n_neighbors: int, *, search: str = "auto", exact_max_points: int = EXACT_MAX_POINTS,
     m: int = 10, ef_construction: int = 40, ef: int = 32, min_recall: float = 0.95, recall_sample: int = 1000,
     on_low_recall: str = "error", random_state: int | None = 0, n_jobs: int = 1, progress: bool = False,
+    library: str = "pynndescent",
 ) -> tuple[sp.csr_matrix, KnnGraphReport]:
     """The symmetric k-NN graph of the distinct ``points`` (as :func:`~geovq.quantize.knn_graph`)
     and a :class:`KnnGraphReport`. ``m``, ``ef_construction``, ``ef``: the HNSW index's links
-    per node, build-time and query-time beam widths (larger: better recall, slower)."""
+    per node, build-time and query-time beam widths (larger: better recall, slower), with
+    ``library="hnswlib"``; the default ``"pynndescent"`` (NN-descent) takes its own defaults."""
+    if library not in ANN_LIBRARIES:
+        raise ParameterError("library", f"library must be one of {ANN_LIBRARIES}, got {library!r}.")
     if search not in SEARCHES:
         raise ParameterError("search", f"search must be one of {SEARCHES}, got {search!r}.")
     if on_low_recall not in LOW_RECALL_ACTIONS:
@@ -87,13 +95,18 @@ def neighbour_graph(
         return graph, KnnGraphReport("exact", n, n_neighbors, recall_sample=0, min_recall=min_recall)
     if not 1 <= n_neighbors < n:
         raise ParameterError("n_neighbors", f"n_neighbors must be in [1, {n - 1}] for {n} distinct points, got {n_neighbors}.")
-    index, library, seconds_build = build_hnsw(points, m=m, ef_construction=ef_construction, random_state=random_state,
-                                               n_jobs=n_jobs)
-    start = time.perf_counter()
-    dist, idx = query_hnsw(index, points, n_neighbors, ef=ef, progress=progress)
-    seconds_query = time.perf_counter() - start
-    del index
-    report = KnnGraphReport("approximate", n, n_neighbors, library, dict(m=m, ef_construction=ef_construction, ef=ef),
+    if library == "pynndescent":
+        dist, idx, name, seconds_build = nn_descent(points, n_neighbors, random_state=random_state, n_jobs=n_jobs)
+        seconds_query, params = 0.0, {}
+    else:
+        index, name, seconds_build = build_hnsw(points, m=m, ef_construction=ef_construction, random_state=random_state,
+                                                n_jobs=n_jobs)
+        start = time.perf_counter()
+        dist, idx = query_hnsw(index, points, n_neighbors, ef=ef, progress=progress)
+        seconds_query = time.perf_counter() - start
+        del index
+        params = dict(m=m, ef_construction=ef_construction, ef=ef)
+    report = KnnGraphReport("approximate", n, n_neighbors, name, params,
                             min_recall=min_recall, seconds_build=seconds_build, seconds_query=seconds_query)
     start = time.perf_counter()
     report.recall, report.recall_sample = sampled_recall(points, idx, n_neighbors, recall_sample, random_state, n_jobs)
@@ -120,7 +133,7 @@ def import_hnswlib():
     try:
         import hnswlib
     except ImportError as exc:
-        raise ImportError(f"approximate neighbours need hnswlib, which is not installed: {ANN_INSTALL}") from exc
+        raise ImportError(f"library='hnswlib' needs hnswlib, which is not installed: {HNSWLIB_INSTALL}") from exc
     return hnswlib
 
 
@@ -160,6 +173,33 @@ def query_hnsw(index, points: np.ndarray, k: int, *, ef: int, chunk_size: int = 
             out_i[s : s + len(q)] = np.take_along_axis(idx, order, 1)
             bar.update(len(q))
     return out_d, out_i
+
+
+def nn_descent(points: np.ndarray, k: int, *, random_state, n_jobs: int, chunk_size: int = 8192):
+    """Each point's ``k`` approximate nearest other points by pynndescent's NN-descent (exact
+    float64 distances, sorted); returns them, the library's name and the seconds."""
+    try:
+        import pynndescent
+    except ImportError as exc:
+        raise ImportError(f"library='pynndescent' needs pynndescent, which is not installed: {PYNNDESCENT_INSTALL}") from exc
+    from importlib.metadata import version
+
+    start = time.perf_counter()
+    index = pynndescent.NNDescent(np.ascontiguousarray(points, dtype=np.float32), n_neighbors=k + 1,
+                                  random_state=random_state, n_jobs=n_jobs, low_memory=True)
+    labels, _ = index.neighbor_graph
+    del index
+    n = points.shape[0]
+    out_d = np.empty((n, k), dtype=np.float64)
+    out_i = np.empty((n, k), dtype=np.int64)
+    for s in range(0, n, chunk_size):
+        q = points[s : s + chunk_size]
+        idx = _drop_self(labels[s : s + chunk_size].astype(np.int64), np.arange(s, s + len(q))[:, None], k)
+        dist = exact_distances(q, points, idx)
+        order = np.argsort(dist, axis=1, kind="stable")
+        out_d[s : s + len(q)] = np.take_along_axis(dist, order, 1)
+        out_i[s : s + len(q)] = np.take_along_axis(idx, order, 1)
+    return out_d, out_i, f"pynndescent {version('pynndescent')}", time.perf_counter() - start
 
 
 def sampled_recall(points: np.ndarray, idx: np.ndarray, k: int, sample: int, random_state, n_jobs: int = 1):

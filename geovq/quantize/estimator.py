@@ -100,10 +100,10 @@ class GeodesicKMedoids(CodebookQuantizer):
         graph uses ``"auto"``).
     store_distances: keep the landmark geodesic matrix as ``geodesic_distances_`` (4 N^2 bytes;
         ``method="dense"`` only).
-    neighbor_search, ann_m, ann_ef_construction, ann_ef, min_recall, recall_sample, on_low_recall:
-        ``method="graph_full"``: the k-NN graph's search (``"auto"``: exact up to 50k distinct
-        vectors, else approximate), the HNSW index (links per node, build and query beam
-        widths), the recall@k required of approximate neighbours (measured on ``recall_sample``
+    neighbor_search, ann_library, ann_m, ann_ef_construction, ann_ef, min_recall, recall_sample,
+        on_low_recall: ``method="graph_full"``: the k-NN graph's search (``"auto"``: exact up to
+        50k distinct vectors, else approximate), the library (``"pynndescent"`` or
+        ``"hnswlib"``), hnswlib's index (links per node, build and query beam widths), the recall@k required of approximate neighbours (measured on ``recall_sample``
         nodes), and ``"error"`` or ``"warn"`` below it (see :mod:`geovq.quantize.ann_graph`).
     start_method: ``method="graph_full"``: the landmark solution it starts from, ``"dense"``
         (the paper's, as ``method="dense"`` fits it) or ``"graph"``.
@@ -154,6 +154,7 @@ class GeodesicKMedoids(CodebookQuantizer):
         store_distances: bool = False,
         method: str = "dense",
         neighbor_search: str = "auto",
+        ann_library: str = "pynndescent",
         ann_m: int = 10,
         ann_ef_construction: int = 40,
         ann_ef: int = 32,
@@ -183,6 +184,7 @@ class GeodesicKMedoids(CodebookQuantizer):
         self.store_distances = store_distances
         self.method = method
         self.neighbor_search = neighbor_search
+        self.ann_library = ann_library
         self.ann_m = ann_m
         self.ann_ef_construction = ann_ef_construction
         self.ann_ef = ann_ef

@@ -9,7 +9,8 @@ needs that matrix (:mod:`geovq.quantize.graph_kmedoids`). The steps, each in the
 2. ``landmark_start``: the landmark solution, exactly as ``method=start_method`` fits it with the
    same ``n_landmarks``, ``landmark_selection`` and seed (the paper's A_geodesic codebook).
 3. ``knn_graph``: the k-NN graph of every node (:func:`geovq.quantize.ann_graph.neighbour_graph`:
-   HNSW neighbours above ``min_recall``, measured; exact below 50k nodes).
+   NN-descent or HNSW neighbours whose measured recall is at least ``min_recall``; exact below
+   50k nodes).
 4. ``connect``: components joined by their closest pairs (:mod:`geovq.quantize.connectivity`).
 5. ``kmedoids``: the landmark medoids are training vectors, hence nodes of the full graph (the
    multi-level start needs no mapping); one multi-source Dijkstra gives their objective on the
@@ -31,7 +32,7 @@ import numpy as np
 from sklearn.base import clone
 
 from geovq.errors import ParameterError
-from geovq.quantize.ann_graph import LOW_RECALL_ACTIONS, SEARCHES, neighbour_graph
+from geovq.quantize.ann_graph import ANN_LIBRARIES, LOW_RECALL_ACTIONS, SEARCHES, neighbour_graph
 from geovq.quantize.connectivity import connect_components
 from geovq.quantize.dedup import RowLookup, unique_rows
 from geovq.quantize.graph_kmedoids import graph_kmedoids, worker_extra_bytes
@@ -45,6 +46,7 @@ def check_full_params(est) -> None:
     """The ``method="graph_full"`` settings of a GeodesicKMedoids (checked whatever the method)."""
     check_choice(est.neighbor_search, "neighbor_search", SEARCHES)
     check_choice(est.on_low_recall, "on_low_recall", LOW_RECALL_ACTIONS)
+    check_choice(est.ann_library, "ann_library", ANN_LIBRARIES)
     check_choice(est.start_method, "start_method", ("dense", "graph"))
     for name in ("ann_m", "ann_ef_construction", "ann_ef", "recall_sample", "full_samples", "full_exact", "full_max_iter"):
         check_positive_int(getattr(est, name), name)
@@ -77,7 +79,7 @@ def fit_full_graph(est, X: np.ndarray, features: np.ndarray, variances, rec, n_j
     common = dict(n_jobs=n_jobs, progress=est.progress)
     with rec.step("knn_graph"):
         graph, knn_report = neighbour_graph(
-            node_points, est.n_neighbors, search=est.neighbor_search, m=est.ann_m,
+            node_points, est.n_neighbors, search=est.neighbor_search, library=est.ann_library, m=est.ann_m,
             ef_construction=est.ann_ef_construction, ef=est.ann_ef, min_recall=est.min_recall,
             recall_sample=est.recall_sample, on_low_recall=est.on_low_recall, random_state=est.random_state, **common)
     log.info("%s", knn_report.summary())
