@@ -352,18 +352,19 @@ def stages(request, built, compose_config, tmp_path_factory):
     """stage=vae, quantize, vqvae, prior and sample, each run as its command would, on one data set."""
     name, dataset = request.param, built[request.param]
     logs = tmp_path_factory.mktemp(f"{name}_outputs")
-    common = ["debug=tiny", f"paths.log_dir={logs}", *QUIET, *dataset.overrides]
+    figures = f"figures={dataset.channels == 3 or dataset.image_size != 28}"  # the grey 28x28 figures: tested elsewhere
+    common = ["debug=tiny", f"paths.log_dir={logs}", *QUIET, *dataset.overrides, figures]
     run = lambda stage, *extra: run_stage(compose_config(logs / stage / "runs" / "a", [f"stage={stage}", *common, *extra]))  # noqa: E731
     metrics = {
         "vae": run("vae", *TINY_AE, *dataset.model),
         "quantize": run("quantize", "quantizer=kmeans", "quantizer.n_clusters=8", "quantizer.n_landmarks=200", "quantizer.progress=false",
-                        f"stage.vae={logs / 'vae' / 'runs' / 'a' / 'model.pt'}", "figures=false"),
+                        f"stage.vae={logs / 'vae' / 'runs' / 'a' / 'model.pt'}"),
         "vqvae": run("vqvae", *TINY_AE, *dataset.model, "model.quantizer.n_codes=8"),
     }
     prior_common = ["stage=prior", f"paths.log_dir={logs}", "debug=tiny", *QUIET, "model.n_layer=1", "model.d_model=16", "model.n_head=2"]
     metrics["prior"] = run_stage(compose_config(logs / "prior" / "runs" / "a", [*prior_common, "stage.codes=vqvae"]))
     metrics["sample"] = run_stage(compose_config(logs / "sample" / "runs" / "a", [
-        "stage=sample", f"paths.log_dir={logs}", "stage.n_samples=12", *dataset.overrides]))
+        "stage=sample", f"paths.log_dir={logs}", "stage.n_samples=12", *dataset.overrides, figures]))
     return name, dataset, logs, metrics
 
 
@@ -374,7 +375,8 @@ def test_every_stage_runs_on_every_format(stages):
     vae, _ = load_model(run("vae") / "model.pt", "grid_vae")
     assert (vae.hparams.in_channels, vae.hparams.likelihood, vae.hparams.downsample) == (dataset.channels, dataset.likelihood, dataset.downsample)
     assert math.isfinite(metrics["vae"]["test/rec"]) and 0 < metrics["vae"]["test/mse"] < 0.5
-    assert (run("vae") / "reconstructions.png").stat().st_size > 1000
+    drawn = dataset.channels == 3 or dataset.image_size != 28
+    assert (run("vae") / "reconstructions.png").is_file() == drawn
     for stage in ("quantize", "vqvae"):
         splits = load_code_grids(run(stage) / "codes.pt").payload["splits"]
         assert splits["train"].shape[1:] == (dataset.grid, dataset.grid), stage
@@ -384,7 +386,7 @@ def test_every_stage_runs_on_every_format(stages):
     samples = load_artifact(run("sample") / "samples.pt", kind="samples").payload
     assert samples["images"].shape == (12, dataset.channels, dataset.image_size, dataset.image_size)
     assert samples["codes"].shape == (12, dataset.grid, dataset.grid)
-    assert (run("sample") / "samples.png").stat().st_size > 1000
+    assert (run("sample") / "samples.png").is_file() == drawn
 
 
 def study(dataset: Dataset, extra=()) -> list[str]:
@@ -406,14 +408,14 @@ def study(dataset: Dataset, extra=()) -> list[str]:
 
 
 # The study of experiment=quick (five methods) and its figures run on CIFAR-10; on the other data
-# sets, experiment=quick runs a study of two methods (one per pipeline) declared on the command
-# line, without figures: the same stages and report on every format, in a third of the time.
+# sets experiment=quick runs a study of one method declared on the command line (pipeline B: its
+# classifier, VQ-VAE, prior, samples, evaluation and report), without figures, since the stage
+# runs above already cover pipeline A there: every format through the study in a fifth of the time.
 FULL_STUDY = "cifar10"
-TWO_METHODS = [
+ONE_METHOD = [
     "~study",
-    "+pipeline.steps={vae: {stage: vae}, quantize_kmeans: {stage: quantize, inputs: {stage.vae: vae}, "
-    "overrides: ['quantizer=kmeans']}, vqvae: {stage: vqvae}}",
-    "+pipeline.methods={A_kmeans: {codes: quantize_kmeans, title: 'A: GridVAE + K-Means'}, B: {codes: vqvae, title: 'B: VQ-VAE'}}",
+    "+pipeline.steps={vqvae: {stage: vqvae}}",
+    "+pipeline.methods={B: {codes: vqvae, title: 'B: VQ-VAE'}}",
     "pipeline.figures=false",
 ]
 
@@ -422,7 +424,7 @@ TWO_METHODS = [
 def quick(request, built, compose_config, tmp_path_factory):
     name, dataset = request.param, built[request.param]
     out = tmp_path_factory.mktemp(f"{name}_study") / "experiments" / "quick"
-    summary = run_stage(compose_config(out, study(dataset, () if name == FULL_STUDY else TWO_METHODS)))
+    summary = run_stage(compose_config(out, study(dataset, () if name == FULL_STUDY else ONE_METHOD)))
     return name, dataset, out, summary
 
 
@@ -430,7 +432,7 @@ def quick(request, built, compose_config, tmp_path_factory):
 def test_experiment_quick_runs_on_every_format(quick):
     name, dataset, out, summary = quick
     report = json.loads((out / "report.json").read_text())
-    assert len(report["methods"]) == (5 if name == FULL_STUDY else 2)
+    assert len(report["methods"]) == (5 if name == FULL_STUDY else 1)
     for method in report["methods"].values():
         evaluation = method["seeds"]["0"]
         assert 0 < evaluation["recon/test_mse"] < 0.5 and math.isfinite(evaluation["fidelity/fid"])
