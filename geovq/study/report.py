@@ -124,6 +124,7 @@ def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: d
     fid_floor = next((e["fidelity/fid_floor"] for e in first.values() if "fidelity/fid_floor" in e), None)
     accuracy = pipe.results["classifier"].metrics.get("test/accuracy")
     n_test = next(iter(first.values())).get("data/n_test")
+    features = next((e["fidelity/features"] for e in first.values() if e.get("fidelity/features")), "the project classifier's features")
     seeds_note = f"mean ± standard deviation over n = {n_seeds} seeds ({', '.join(map(str, seeds))})" if n_seeds > 1 else f"one seed ({seeds[0]})"
 
     lines = [
@@ -134,8 +135,8 @@ def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: d
         "## Full protocol (held-out data)",
         "",
         f"Reconstruction MSE per pixel over the whole test split ({fmt('{:.0f}', n_test)} images); codebook use of the "
-        "training codes; prior NLL on the test code grids; Fréchet distance (FD) of the project's MNIST classifier "
-        "features between the samples and the test images.",
+        f"training codes; prior NLL on the test code grids; Fréchet distance (FD) in {features} "
+        "between the samples and the test images.",
         "",
         "| method | " + " | ".join(title for title, _, _ in FULL_PROTOCOL) + " |",
         "|---|" + "---|" * len(FULL_PROTOCOL),
