@@ -164,7 +164,7 @@ def test_quantizer_method_graph_full_composes_and_the_study_declares_it(compose_
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    cfg = compose_config(tmp_path / "q", ["stage=quantize", "quantizer.method=graph_full", "quantizer.min_recall=0.99",
+    cfg = compose_config(tmp_path / "q", ["stage=quantize", "quantizer=geodesic_full", "quantizer.min_recall=0.99",
                                           f"data.root={data_root}"])
     quantizer = instantiate(cfg.quantizer)
     quantizer.check_params()
@@ -172,5 +172,10 @@ def test_quantizer_method_graph_full_composes_and_the_study_declares_it(compose_
     study = compose_config(tmp_path / "s", ["experiment=aposteriori", f"data.root={data_root}"]).pipeline
     study = OmegaConf.to_container(study, resolve=True)
     step = study["steps"][study["methods"]["A_geodesic_full"]["codes"]]
-    assert "quantizer.method=graph_full" in step["overrides"] and step["inputs"] == {"stage.vae": "vae"}
+    assert "quantizer=geodesic_full" in step["overrides"] and step["inputs"] == {"stage.vae": "vae"}
+    # The landmark method's config is untouched by the full method's settings (same step keys).
+    plain = compose_config(tmp_path / "p", ["stage=quantize", f"data.root={data_root}"]).quantizer
+    assert "min_recall" not in plain and plain.method == "dense"
+    assert instantiate(compose_config(tmp_path / "m", ["stage=quantize", "quantizer.method=graph_full",
+                                                       f"data.root={data_root}"]).quantizer).method == "graph_full"
     assert {"A_geodesic", "A_kmeans"} <= set(study["methods"])

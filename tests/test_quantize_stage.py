@@ -71,7 +71,7 @@ def test_stage_quantize_reuses_a_saved_vae(trained_vae, make_cfg, tmp_path):
 def test_stage_quantize_with_the_full_graph(trained_vae, make_cfg, tmp_path):
     vae_dir, _ = trained_vae
     metrics = run_stage(make_cfg("stage=quantize", f"stage.vae={vae_dir / 'model.pt'}", *SMALL_QUANTIZER,
-                                 "quantizer.method=graph_full"))
+                                 "quantizer=geodesic_full"))
     codebook = load_artifact(tmp_path / "run" / "codebook.pt", kind="codebook").payload
     assert codebook["settings"]["method"] == "graph_full"
     assert metrics["quantized/objective"] <= codebook["start_objective"] == codebook["objective_history"][0]

@@ -24,6 +24,7 @@ from geovq.quantize.assignment import (
     assign_to_nearest_landmark,
     assign_to_nearest_medoid,
 )
+from geovq.quantize.ann_graph import KnnGraphReport, neighbour_graph
 from geovq.quantize.base import CodebookQuantizer
 from geovq.quantize.connectivity import ConnectionReport, connect_components
 from geovq.quantize.dedup import UniqueRows, unique_rows
@@ -53,6 +54,7 @@ __all__ = [
     "EuclideanKMeans",
     "GeodesicKMedoids",
     "KMedoidsResult",
+    "KnnGraphReport",
     "UniqueRows",
     "assign_by_geodesic",
     "assign_to_nearest_landmark",
@@ -64,6 +66,7 @@ __all__ = [
     "knn_graph",
     "nearest_medoid",
     "nearest_neighbors",
+    "neighbour_graph",
     "select_landmarks",
     "undirected_graph",
     "unique_rows",

@@ -18,6 +18,11 @@ Memory O(N k + N K) instead of 4 N^2 bytes, so 100k landmarks fit where 40k need
    the regional gain (:mod:`geovq.quantize.graph_swaps`). Alternation and swap passes repeat
    (at most ``max_rounds``), a pass trying only regions changed since they were last tried.
 
+For millions of nodes (``method="graph_full"``, :mod:`geovq.quantize.full_graph`) the seeding is
+replaced by given medoids (``init_medoids``: a landmark solution lifted to the full graph), the
+swaps are skipped, and a cell's medoid moves by ``cell_update="sampled"``: Dijkstras from nodes
+drawn by weight estimate every node's in-cell sum, and the best estimates are scored exactly.
+
 Measured on GridVAE latents, N = 10k, k = 15, K = 128 (``bench/quantize.py --graph-sizes``):
 alternation alone ends 10-12% above FasterPAM on the dense matrix; with the swaps, within 1-2%.
 
