@@ -169,6 +169,13 @@ def test_quantizer_method_graph_full_composes_and_the_study_declares_it(compose_
     quantizer = instantiate(cfg.quantizer)
     quantizer.check_params()
     assert quantizer.method == "graph_full" and quantizer.min_recall == 0.99
+    from geovq.config_check import check_settings
+    from geovq.errors import ConfigError
+
+    bad = compose_config(tmp_path / "b", ["stage=quantize", "quantizer=geodesic_full", "quantizer.min_recall=1.5",
+                                          f"data.root={data_root}"])
+    with pytest.raises(ConfigError, match=r"quantizer\.min_recall=1\.5 is out of range"):
+        check_settings(bad)
     study = compose_config(tmp_path / "s", ["experiment=aposteriori", f"data.root={data_root}"]).pipeline
     study = OmegaConf.to_container(study, resolve=True)
     step = study["steps"][study["methods"]["A_geodesic_full"]["codes"]]
