@@ -120,7 +120,46 @@ def _corrupt_fix(name: str, pronoun: str, folder: str) -> str:
     )
 
 
-class IdxFiles:
+class DatasetFiles:
+    """What the on-disk layouts below share: their files, a split opened with corrupt files named,
+    and the message for missing ones. A layout gives ``names()``, ``read(train, download)`` (the
+    torchvision dataset) and ``problem(path)`` (why a present file does not parse, or None)."""
+
+    also_accepted = ""  # another form a missing file may take, for the message
+
+    def files(self) -> list[Path]:
+        return [self.folder / name for name in self.names()]
+
+    def open(self, train: bool, download: bool):
+        """The torchvision dataset, or a DataError naming the file when its files exist but cannot be
+        parsed (torchvision raises a bare AssertionError, or a RuntimeError that reads as 'not found')."""
+        try:
+            return self.read(train, download)
+        except Exception:
+            files = self.files()
+            if not files or not all(path.is_file() for path in files):
+                raise  # missing: reported (or downloaded) as before
+            bad = [(path, problem) for path in files if (problem := self.problem(path))]
+            if not bad:
+                raise
+            listing = " and ".join(f"{path.resolve()} ({problem})" for path, problem in bad)
+            verb, pronoun = ("is", "it") if len(bad) == 1 else ("are", "them")
+            raise DataError(
+                f"the {self.name} file {listing} {verb} corrupt or truncated. {_corrupt_fix(self.name, pronoun, self.relative)}"
+            ) from None
+
+    def missing_message(self, err: Exception) -> str:
+        missing = [path.name for path in self.files() if not path.is_file()]
+        expected = f" (missing there: {', '.join(missing)}{self.also_accepted})" if missing else ""
+        return (
+            f"{self.name} not found under {self.folder.resolve()}{expected} and it could not be downloaded "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no detail'}). "
+            f"Point data.root (or the {DATA_ROOT_ENV} environment variable) at a folder that holds "
+            f"{self.relative}/, e.g. data.root=../shared/data."
+        )
+
+
+class IdxFiles(DatasetFiles):
     """MNIST's layout: ``<root>/<Class>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``."""
 
     # An image data set of this layout has a background: MNIST's images are 81% zero pixels,
@@ -135,9 +174,6 @@ class IdxFiles:
     def names(self) -> list[str]:
         """The uncompressed idx files torchvision reads (its resources without .gz)."""
         return [Path(url).name.removesuffix(".gz") for url, _ in getattr(self.cls, "resources", [])]
-
-    def files(self) -> list[Path]:
-        return [self.folder / name for name in self.names()]
 
     def split_files(self, train: bool) -> dict[str, Path]:
         """{'images': path, 'labels': path} of one split."""
@@ -165,33 +201,13 @@ class IdxFiles:
                 raise DataError(f"cannot unpack {packed.resolve()} into {path.parent.resolve()} ({err}); unpack it "
                                 "there yourself (gunzip -k), or point data.root at a writable copy.") from None
 
-    def open(self, train: bool, download: bool):
-        """The torchvision dataset, or a DataError naming the file when its files exist but cannot be
-        parsed (torchvision raises a bare AssertionError, or a RuntimeError that reads as 'not found')."""
-        try:
-            return self.cls(root=str(self.root), train=train, download=download)
-        except Exception:
-            files = self.files()
-            if not files or not all(path.is_file() for path in files):
-                raise  # missing: reported (or downloaded) as before
-            bad = [(path, problem) for path in files if (problem := _idx_problem(path))]
-            if not bad:
-                raise
-            listing = " and ".join(f"{path.resolve()} ({problem})" for path, problem in bad)
-            verb, pronoun = ("is", "it") if len(bad) == 1 else ("are", "them")
-            raise DataError(
-                f"the {self.name} file {listing} {verb} corrupt or truncated. {_corrupt_fix(self.name, pronoun, self.relative)}"
-            ) from None
+    also_accepted = ", or the same with .gz"
 
-    def missing_message(self, err: Exception) -> str:
-        missing = [path.name for path in self.files() if not path.is_file()]
-        expected = f" (missing there: {', '.join(missing)}, or the same with .gz)" if missing else ""
-        return (
-            f"{self.name} not found under {self.root.resolve()}/{self.relative}{expected} and it could not be downloaded "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no detail'}). "
-            f"Point data.root (or the {DATA_ROOT_ENV} environment variable) at a folder that holds "
-            f"{self.relative}/, e.g. data.root=../shared/data."
-        )
+    def read(self, train: bool, download: bool):
+        return self.cls(root=str(self.root), train=train, download=download)
+
+    def problem(self, path: Path) -> str | None:
+        return _idx_problem(path)
 
     @staticmethod
     def tensors(dataset) -> tuple[Tensor, Tensor]:
@@ -252,7 +268,7 @@ def _idx_problem(path: Path) -> str | None:
     return None
 
 
-class BatchFiles:
+class BatchFiles(DatasetFiles):
     """CIFAR's layout: pickled batches ``<root>/<base_folder>/`` (CIFAR10: data_batch_1..5,
     test_batch, batches.meta), read by torchvision's class itself.
 
@@ -274,37 +290,14 @@ class BatchFiles:
     def names(self) -> list[str]:
         return [*self.split_names(True), *self.split_names(False), self.cls.meta["filename"]]
 
-    def files(self) -> list[Path]:
-        return [self.folder / name for name in self.names()]
-
     def unpack_gz(self) -> None:
         pass  # torchvision unpacks the archive it downloads; the batches themselves are not packed
 
-    def open(self, train: bool, download: bool):
-        try:
-            return self.reader(root=str(self.root), train=train, download=download)
-        except Exception:
-            files = self.files()
-            if not all(path.is_file() for path in files):
-                raise  # missing: reported (or downloaded)
-            bad = [(path, problem) for path in files if (problem := _batch_problem(path, self.cls.meta))]
-            if not bad:
-                raise
-            listing = " and ".join(f"{path.resolve()} ({problem})" for path, problem in bad)
-            verb, pronoun = ("is", "it") if len(bad) == 1 else ("are", "them")
-            raise DataError(
-                f"the {self.name} file {listing} {verb} corrupt or truncated. {_corrupt_fix(self.name, pronoun, self.relative)}"
-            ) from None
+    def read(self, train: bool, download: bool):
+        return self.reader(root=str(self.root), train=train, download=download)
 
-    def missing_message(self, err: Exception) -> str:
-        missing = [path.name for path in self.files() if not path.is_file()]
-        expected = f" (missing there: {', '.join(missing)})" if missing else ""
-        return (
-            f"{self.name} not found under {self.folder.resolve()}{expected} and it could not be downloaded "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no detail'}). "
-            f"Point data.root (or the {DATA_ROOT_ENV} environment variable) at a folder that holds "
-            f"{self.relative}/, e.g. data.root=../shared/data."
-        )
+    def problem(self, path: Path) -> str | None:
+        return _batch_problem(path, self.cls.meta)
 
     @staticmethod
     def tensors(dataset) -> tuple[Tensor, Tensor]:
