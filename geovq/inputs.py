@@ -102,14 +102,18 @@ def codes_to_decode(prior: Artifact, path=None) -> Artifact:
     if path is None:
         return load_input(prior, "codes", kind="code_grids")
     given = load_artifact(path, kind="code_grids")
-    recorded = prior.provenance.get("inputs", {}).get("codes", {}).get("sha256")
-    if recorded == given.sha256:
-        return given
-    source = given.provenance.get("inputs", {}).get("codes", {}).get("sha256")
-    if source is None or source != recorded:
-        raise ArtifactError(
-            f"mismatched artifacts: {given.path} holds neither the code grids the prior {prior.path} was "
-            "trained on nor grids made from them (a stage=finetune codes.pt of those grids). Give "
-            "stage.codes=<the prior's codes.pt or a finetune codes.pt made from it>, or leave it unset."
-        )
+    require_prior_grids(prior, given)
     return given
+
+
+def require_prior_grids(prior: Artifact, codes: Artifact) -> None:
+    """Refuse ``codes`` unless they are the grids ``prior`` was trained on or made from them."""
+    recorded = prior.provenance.get("inputs", {}).get("codes", {}).get("sha256")
+    source = codes.provenance.get("inputs", {}).get("codes", {}).get("sha256")
+    if recorded is not None and recorded in (codes.sha256, source):
+        return
+    raise ArtifactError(
+        f"mismatched artifacts: {codes.path} holds neither the code grids the prior {prior.path} was "
+        "trained on nor grids made from them (a stage=finetune codes.pt of those grids). Give "
+        "stage.codes=<the prior's codes.pt or a finetune codes.pt made from it>, or leave it unset."
+    )

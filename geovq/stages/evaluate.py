@@ -40,7 +40,7 @@ from geovq.artifacts import (
     load_input,
 )
 from geovq.errors import ConfigError, config_section
-from geovq.inputs import codes_to_decode, given_or_newest
+from geovq.inputs import given_or_newest, require_prior_grids
 from geovq.loggers import log_without_trainer
 from geovq.metrics.codebook import code_counts, usage_summary
 from geovq.metrics.feature_cache import cached_features
@@ -63,7 +63,7 @@ def run(cfg: DictConfig) -> dict:
     samples = load_artifact(given_or_newest(cfg, options.samples, "sample", SAMPLES_FILE, kind="samples"), kind="samples")
     prior_art = load_input(samples, "prior", kind="prior", path=options.prior)
     codes = load_input(samples, "codes", kind="code_grids", path=options.codes)  # what the samples were decoded from
-    codes_to_decode(prior_art, codes.path)  # the prior's own grids, or a fine-tuned decoder's copy of them
+    require_prior_grids(prior_art, codes)  # the prior's own grids, or a fine-tuned decoder's copy of them
     decode, decoder_inputs, label = code_decoder(codes, options.decoder, options.codebook)
     prior = model_from_artifact(prior_art)
     classifier, classifier_art = load_model(given_or_newest(cfg, options.classifier, "classifier", MODEL_FILE, kind="classifier"), "classifier")
