@@ -150,18 +150,25 @@ def reference_stack(X, landmark_idx, k, n_clusters, seed):
     return rec, km.medoid_indices_.astype(np.int64), float(km.inertia_), codes, D, n_inf
 
 
-def our_stack(X, n_landmarks, k, n_clusters, seed, progress, keep_distances):
-    """Fit and predict; returns the estimator, the codes and a StepRecorder with every step
-    (the fit's ``timings_``/``peak_memory_``, plus the assignment, timed here: predict records nothing)."""
-    gkm = GeodesicKMedoids(n_clusters=n_clusters, n_landmarks=n_landmarks, n_neighbors=k,
-                           landmark_selection="uniform", random_state=seed, store_distances=keep_distances,
-                           progress=progress)
+def fit_recording_steps(gkm: GeodesicKMedoids, X) -> StepRecorder:
+    """Fit ``gkm`` (its warnings always shown) and a StepRecorder holding the fit's steps (its
+    ``timings_``/``peak_memory_``); predict records nothing, so callers time it in the recorder."""
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         gkm.fit(X)
     rec = StepRecorder()
     rec.timings.update(gkm.timings_)
     rec.peak_memory.update(gkm.peak_memory_)
+    return rec
+
+
+def our_stack(X, n_landmarks, k, n_clusters, seed, progress, keep_distances):
+    """Fit and predict; returns the estimator, the codes and a StepRecorder with every step
+    (the fit's ``timings_``/``peak_memory_``, plus the assignment, timed here: predict records nothing)."""
+    gkm = GeodesicKMedoids(n_clusters=n_clusters, n_landmarks=n_landmarks, n_neighbors=k,
+                           landmark_selection="uniform", random_state=seed, store_distances=keep_distances,
+                           progress=progress)
+    rec = fit_recording_steps(gkm, X)
     with rec.step("assignment"):
         codes = gkm.predict(X)
     return gkm, codes, rec
@@ -354,12 +361,7 @@ def full_graph(X, args):
     gkm = GeodesicKMedoids(n_clusters=args.clusters, n_landmarks=args.full_landmarks, n_neighbors=args.k,
                            method="graph_full", start_method=args.start_method, random_state=args.seed,
                            progress=args.progress, full_max_iter=args.full_max_iter)
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        gkm.fit(train)
-    rec = StepRecorder()
-    rec.timings.update(gkm.timings_)
-    rec.peak_memory.update(gkm.peak_memory_)
+    rec = fit_recording_steps(gkm, train)
     with rec.step("assign_held_out"):
         held_codes = gkm.predict(held_out) if len(held_out) else None
     with rec.step("assign_train"):
@@ -384,7 +386,7 @@ def full_graph(X, args):
     landmark = gkm.landmark_start_
     with rec.step("landmark_codes"):
         landmark_codes = landmark.predict(train)  # the paper's codes: the cluster of the nearest landmark
-    cells = gkm.start_labels_[_node_of(gkm, n)]
+    cells = gkm.start_labels_[_node_of(gkm, train)]
     same_medoids = np.intersect1d(gkm.landmark_indices_[gkm.medoid_indices_], gkm.start_medoid_vector_indices_).size
     print(f"codes of the {n} training vectors, full solution against the landmark solution "
           f"({same_medoids} of {args.clusters} medoids unchanged):")
@@ -416,12 +418,13 @@ def full_graph(X, args):
           flush=True)
 
 
-def _node_of(gkm, n):
+def _node_of(gkm, train):
+    """The graph node of each training vector (identical vectors are one node, as in the fit)."""
     from geovq.quantize import unique_rows
 
-    if gkm.n_unique_landmarks_ == n:
-        return np.arange(n)
-    return unique_rows(np.asarray(gkm.landmarks_)).inverse  # pragma: no cover - latents are distinct
+    if gkm.n_unique_landmarks_ == len(train):
+        return np.arange(len(train))
+    return unique_rows(np.ascontiguousarray(train, dtype=np.float32)).inverse
 
 
 def ann_study(X, n, args):
