@@ -10,12 +10,18 @@ loop or a study never mistakes a stopped run for a finished one.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
 from contextlib import contextmanager
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+# The process that installed the handlers. A process forked from it (a quantizer's fork-Pool worker)
+# inherits them, but its SIGTERM comes from its own pool's terminate(), not from whoever stops the
+# run: it must die as a plain worker would, not raise RunInterrupted (one traceback per worker).
+_run_pid: int | None = None
 
 
 class RunInterrupted(BaseException):
@@ -36,6 +42,10 @@ class RunInterrupted(BaseException):
 
 
 def _raise_interrupted(signum, frame) -> None:
+    if os.getpid() != _run_pid:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     if signum == signal.SIGTERM and _distributed():
         # Every rank must stop at the same step, or the others wait forever in a collective:
         # Lightning's own handler (which runs before this one) shares the signal between the
@@ -61,6 +71,8 @@ def signals_interrupt():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    global _run_pid
+    _run_pid = os.getpid()
     previous = {stop: signal.getsignal(stop) for stop in STOP_SIGNALS}
     for stop in STOP_SIGNALS:
         signal.signal(stop, _raise_interrupted)

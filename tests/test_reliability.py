@@ -216,6 +216,30 @@ def test_a_signal_ends_a_training_run_as_interrupted_with_the_command_that_conti
     assert f"hydra.run.dir={out}" in continue_with and "ckpt_path=last" in continue_with
 
 
+def _wait_for_terminate(ready) -> None:
+    ready.set()
+    time.sleep(60)
+
+
+def test_a_pool_worker_ended_by_its_pool_is_not_an_interruption_of_the_run():
+    """A quantizer's fork-Pool worker inherits the run's handlers; the SIGTERM of its pool's
+    terminate() must end it as a plain worker (killed by the signal), not raise RunInterrupted
+    there (a traceback per worker in the step's log)."""
+    import multiprocessing
+
+    from geovq.interrupts import signals_interrupt
+
+    context = multiprocessing.get_context("fork")
+    with signals_interrupt():
+        ready = context.Event()
+        worker = context.Process(target=_wait_for_terminate, args=(ready,))
+        worker.start()
+        assert ready.wait(30)
+        worker.terminate()
+        worker.join(30)
+    assert worker.exitcode == -signal.SIGTERM  # RunInterrupted in the worker would exit 1
+
+
 def test_a_step_process_that_exits_0_without_finishing_is_not_recorded(data_root, tmp_path):
     """Exit status 0 is not enough (Lightning exits 0 on SIGTERM): a step counts only when its
     process wrote back this run's token, so an earlier run's metrics are never recorded anew."""
