@@ -157,6 +157,17 @@ def test_a_study_mistake_stops_before_any_step_runs(compose_config, study_overri
     assert not (out / "classifier").exists()
 
 
+def test_a_bad_setting_of_a_late_step_is_refused_before_any_step_runs(compose_config, study_overrides, one_method_study, tmp_path):
+    """An evaluation's setting is read hours into a study: it is checked, with every other step's,
+    before the classifier or the GridVAE start."""
+    from geovq.errors import ConfigError
+
+    out = tmp_path / "late"
+    with pytest.raises(ConfigError, match=r"step 'seed_0/evaluate_A_kmeans8'.*stage\.fid_bootstrap=-1"):
+        run_stage(compose_config(out, study_overrides + one_method_study + ["pipeline.evaluate=['stage.fid_bootstrap=-1']"]))
+    assert not (out / "classifier").exists() and not (out / "seed_0").exists()
+
+
 def test_a_step_copied_into_another_experiment_keeps_its_key(tmp_path):
     """The step key holds the inputs' content, not their paths: copying finished steps into a new
     experiment's folder lets it reuse them; a changed input file makes the step run again."""

@@ -153,11 +153,19 @@ class Pipeline:
         return self.reused(plan) or self.execute(plan)
 
     def plan(self, name: str, stage: str, overrides: list[str], inputs: dict[str, str]) -> StepPlan:
+        paths = {key: self.results[upstream].output for key, upstream in inputs.items()}
+        overrides, cfg = self.checked_config(name, stage, overrides, paths)
+        folder = self.root / name
+        return StepPlan(name, stage, overrides, cfg, self.step_key(cfg, inputs), folder, folder / STAGE_OUTPUTS[stage])
+
+    def checked_config(self, name: str, stage: str, overrides: list[str], input_paths: dict[str, Path]) -> tuple[list[str], DictConfig]:
+        """The step's full override list and its composed config, its settings checked; each input
+        key receives the path in ``input_paths`` (an upstream output, or where it will be)."""
         folder = self.root / name
         # Quiet by default (one summary table per training step is a screenful); yours come last and win.
         overrides = ["trainer.enable_model_summary=false", *self.stage_overrides.get("all", []),
                      *self.stage_overrides.get(stage, []), *overrides,
-                     *(f"{key}={self.results[upstream].output}" for key, upstream in inputs.items()), *self.base]
+                     *(f"{key}={path}" for key, path in input_paths.items()), *self.base]
         if stage == "prior":  # the prior reads code grids (data=codes): image-data settings do not apply
             overrides = [item for item in overrides if override_key(item).split(".")[0] != "data"]
         cfg = compose_step([f"stage={stage}", *overrides], name)
@@ -168,7 +176,7 @@ class Pipeline:
             check_settings(cfg)  # also in this process, where the step's command line is not run
         except ConfigError as err:
             raise ConfigError(f"the pipeline's step '{name}': {err}") from None
-        return StepPlan(name, stage, overrides, cfg, self.step_key(cfg, inputs), folder, folder / STAGE_OUTPUTS[stage])
+        return overrides, cfg
 
     def reused(self, plan: StepPlan) -> StepResult | None:
         """The step's earlier result, when its folder holds one made with the same key."""
@@ -286,6 +294,30 @@ def run_method(pipe: Pipeline, study: Study, method: Method, seed_folder: str) -
               {"stage.samples": sample, "stage.classifier": "classifier"})
 
 
+class StepChecker:
+    """Stands in for a Pipeline while the steps are declared: composes and checks each step's
+    config (once), so that a bad setting of a late step (an evaluation's, after hours of training)
+    is refused before the first step runs. An input not made yet is the path its step will write."""
+
+    def __init__(self, pipe: Pipeline, outputs: dict[str, Path]):
+        self.pipe = pipe
+        self.outputs = outputs
+
+    def step(self, name: str, stage: str, overrides: list[str] = (), inputs: dict[str, str] | None = None) -> None:
+        if name in self.outputs:
+            return
+        paths = {key: self.outputs[upstream] for key, upstream in (inputs or {}).items()}
+        self.pipe.checked_config(name, stage, list(overrides), paths)
+        self.outputs[name] = self.pipe.root / name / STAGE_OUTPUTS[stage]
+
+
+def check_every_step(pipe: Pipeline, study: Study, seeds: list[int], per_stage: dict) -> None:
+    """Every step's settings, before any step runs. The first seed stands for all: a seed changes
+    no setting that is checked (seed_list has checked the seeds themselves)."""
+    outputs: dict[str, Path] = {}
+    declare_steps(pipe, study, seeds[:1], per_stage, lambda target: StepChecker(target, outputs))
+
+
 def declare_steps(pipe: Pipeline, study: Study, seeds: list[int], per_stage: dict, runner) -> None:
     """Every step of the study, in order: the classifier (the measuring instrument, one for every
     seed and method), then each seed's methods. ``runner(pipeline)`` is what receives the steps:
@@ -318,6 +350,7 @@ def run_study(cfg: DictConfig, get_stage: StageLookup) -> dict:
     per_stage = {key: options.get(key) or [] for key in ("all", *STEP_STAGES)}
     pipe = Pipeline(output_dir(cfg), user_overrides(), per_stage, get_stage=get_stage)
     n_parallel = parallel_steps_option(cfg, options)
+    check_every_step(pipe, study, seeds, per_stage)
     if n_parallel == 1:
         declare_steps(pipe, study, seeds, per_stage, lambda target: target)
     else:
