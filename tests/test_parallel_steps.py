@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import time
 
 import pytest
 
 from geovq.errors import ConfigError, TrainingError
-from geovq.study.parallel import STEP_LOG, StepRequest, launch_order, start_ready_steps, step_environment
-from geovq.study.runner import StepPlan
+from geovq.study.parallel import (
+    STEP_LOG,
+    StepRequest,
+    available_cores,
+    launch_order,
+    run_steps,
+    start_ready_steps,
+    step_environment,
+    stop_processes,
+)
+from geovq.study.runner import STEP_FILE, Pipeline, StepPlan
+from geovq.study.step_process import (
+    enter_step_environment,
+    start_forked,
+    start_subprocess,
+    step_server,
+    step_starter,
+)
 from geovq.train import run_stage
 
 STUDY_STEPS = ["classifier", "seed_0/vae", "seed_0/kmeans8", "seed_0/prior_A_kmeans8", "seed_0/sample_A_kmeans8",
@@ -51,7 +70,7 @@ def test_the_longest_chain_starts_first(tmp_path):
                 StepRequest(pipe, "evaluate_B", "evaluate", [], {"stage.prior": "prior_B", "stage.classifier": "classifier"})]
     order = [request.name for request in launch_order(declared)]
     assert order == ["vae", "vqvae", "quantize", "classifier", "prior_A", "prior_B", "evaluate_A", "evaluate_B"]
-    start_ready_steps(launch_order(declared), {}, [], n_parallel=2, cores=2, gpus=[])
+    start_ready_steps(launch_order(declared), {}, [], n_parallel=2, cores=2, gpus=[], start=None)
     assert [name for name, _ in pipe.launched] == ["vae", "vqvae"]  # the classifier, read last, waits
 
 
@@ -60,16 +79,16 @@ def test_steps_side_by_side_share_the_cores_and_a_lone_step_gets_them_all(tmp_pa
     pending = [StepRequest(pipe, "vae", "vae", []), StepRequest(pipe, "vqvae", "vqvae", []),
                StepRequest(pipe, "vqvae_ema", "vqvae", []), StepRequest(pipe, "quantize", "quantize", [], {"stage.vae": "vae"})]
     plans, running = {}, []
-    start_ready_steps(pending, plans, running, n_parallel=2, cores=8, gpus=[])
+    start_ready_steps(pending, plans, running, n_parallel=2, cores=8, gpus=[], start=None)
     assert pipe.launched == [("vae", 4), ("vqvae", 4)]  # two places, half the cores each; the third waits
     running.clear()  # both finished
     pipe.results.update(vae=object(), vqvae=object())
-    start_ready_steps(pending, plans, running, n_parallel=2, cores=8, gpus=[])
+    start_ready_steps(pending, plans, running, n_parallel=2, cores=8, gpus=[], start=None)
     assert pipe.launched[2:] == [("vqvae_ema", 4), ("quantize", 4)]
 
     lone = FakePipe(tmp_path)
     pending, running = [StepRequest(lone, "vae", "vae", []), StepRequest(lone, "quantize", "quantize", [], {"stage.vae": "vae"})], []
-    start_ready_steps(pending, {}, running, n_parallel=2, cores=8, gpus=[])
+    start_ready_steps(pending, {}, running, n_parallel=2, cores=8, gpus=[], start=None)
     # The head of a chain: nothing else can start before it ends, so it takes every core and both places.
     assert lone.launched == [("vae", 8)] and running[0].slots == 2
 
@@ -116,3 +135,98 @@ def test_parallel_must_be_a_positive_count(compose_config, study_overrides, tmp_
 def test_parallel_steps_and_ddp_are_exclusive(compose_config, study_overrides, tmp_path):
     with pytest.raises(ConfigError, match="trainer.devices=1 with pipeline.parallel"):
         run_stage(compose_config(tmp_path, study_overrides + ["pipeline.parallel=2", "trainer=ddp", "trainer.devices=2"]))
+
+
+# -- how a step's process starts: pipeline.step_launcher ------------------------------------------
+
+
+@pytest.fixture
+def tiny_pipeline(tmp_path, tiny_overrides):
+    """``tiny_pipeline(name)``: a Pipeline of tiny steps in tmp_path/name (small GridVAE, debug=tiny)."""
+    small_vae = [item for item in tiny_overrides() if item.startswith("model.")]
+    base = [item for item in tiny_overrides() if not item.startswith("model.")] + ["figures=false"]
+    return lambda name, *extra: Pipeline(tmp_path / name, [*base, *extra], {"vae": small_vae})
+
+
+@pytest.mark.slow  # trains: the slow tier (CI runs both tiers)
+def test_forked_steps_give_the_metrics_and_logs_of_new_interpreters(tiny_pipeline):
+    metrics, logs = {}, {}
+    for launcher in ("subprocess", "fork"):
+        pipe = tiny_pipeline(launcher)
+        run_steps([StepRequest(pipe, "vae", "vae", []), StepRequest(pipe, "classifier", "classifier", [])], 2, launcher)
+        metrics[launcher] = {name: result.metrics for name, result in pipe.results.items()}
+        logs[launcher] = (pipe.root / "vae" / STEP_LOG).read_text().replace(str(pipe.root), "<root>")
+    assert metrics["fork"] == metrics["subprocess"] and set(metrics["fork"]) == {"vae", "classifier"}
+    assert logs["fork"] == logs["subprocess"] and "done: stage=vae in <root>/vae" in logs["fork"]
+
+
+def test_a_forked_step_that_fails_is_named_with_its_log_and_not_recorded(tiny_pipeline, tmp_path):
+    pipe = tiny_pipeline("study", f"data.root={tmp_path / 'nowhere'}")
+    with pytest.raises(TrainingError, match=r"step 'vae' \(stage=vae\) failed with exit code 1; its log, .*vae/step\.log"):
+        run_steps([StepRequest(pipe, "vae", "vae", [])], 2, "fork")
+    assert "error: MNIST not found under" in (pipe.root / "vae" / STEP_LOG).read_text()
+    assert not (pipe.root / "vae" / STEP_FILE).exists() and "vae" not in pipe.results
+
+
+@pytest.mark.slow  # trains: the slow tier (CI runs both tiers)
+def test_sigterm_stops_a_forked_step_as_interrupted_and_nothing_is_recorded(tiny_pipeline):
+    pipe = tiny_pipeline("study", "trainer.max_epochs=500")
+    plan = pipe.plan("vae", "vae", [], {})
+    pipe.prepare_folder(plan)
+    log_file = plan.folder / STEP_LOG
+    process = pipe.launch(plan, env=step_environment(0, 1, []), log_file=log_file, start=start_forked)
+    try:
+        deadline = time.monotonic() + 240
+        while not (plan.folder / "checkpoints" / "last.ckpt").exists():
+            assert process.poll() is None, log_file.read_text()
+            assert time.monotonic() < deadline, "no checkpoint in 240 s"
+            time.sleep(0.2)
+    finally:
+        stop_processes([process])  # what a stopped study does: SIGTERM, then wait
+    assert process.returncode == 143
+    with pytest.raises(TrainingError, match="failed with exit code 143"):
+        pipe.collect(plan, process.returncode, log_file)
+    output = log_file.read_text()
+    assert "Traceback" not in output and "interrupted (SIGTERM): stage=vae" in output
+    assert not (plan.folder / STEP_FILE).exists() and not (plan.folder / "metrics.json").exists()
+
+
+def report_threads(env: dict, log_file: str) -> None:
+    """In a forked child: the step's environment, then the thread counts it left, into the log
+    (the Python line through sys.stdout, the other straight to fd 1 as C code writes)."""
+    enter_step_environment(env, log_file)
+    import torch
+    from threadpoolctl import threadpool_info
+
+    print(json.dumps({"torch": torch.get_num_threads(), "pools": [pool["num_threads"] for pool in threadpool_info()],
+                      "token": os.environ.get("STEP_TEST_TOKEN")}), flush=True)
+    os.write(1, b"written to fd 1\n")
+
+
+def test_a_forked_step_gets_its_thread_count_environment_and_log(tmp_path):
+    # The server loaded torch and BLAS with every core: the child must set its own count.
+    threads = 1 if available_cores() > 1 else 2
+    env = {**step_environment(0, threads, []), "STEP_TEST_TOKEN": "abc"}
+    log_file = tmp_path / STEP_LOG
+    process = step_server().Process(target=report_threads, args=(env, str(log_file)))
+    process.start()
+    process.join(120)
+    assert process.exitcode == 0
+    line, fd_line = log_file.read_text().splitlines()
+    seen = json.loads(line)
+    assert seen["torch"] == threads and seen["pools"] and set(seen["pools"]) == {threads} and seen["token"] == "abc"
+    assert fd_line == "written to fd 1"
+
+
+def test_without_a_forkserver_steps_start_as_new_interpreters_and_one_line_says_so(monkeypatch, caplog):
+    monkeypatch.setattr("multiprocessing.get_all_start_methods", lambda: ["spawn"])  # as on Windows
+    with caplog.at_level(logging.INFO, logger="geovq.study.step_process"):
+        assert step_starter("fork") is start_subprocess
+    assert len(caplog.records) == 1 and "new interpreter" in caplog.records[0].getMessage()
+    assert step_starter("subprocess") is start_subprocess
+
+
+def test_an_unknown_step_launcher_is_a_one_line_error(compose_config, study_overrides, tmp_path):
+    with pytest.raises(ConfigError, match="pipeline.step_launcher .*fork.*subprocess.*got 'bogus'") as error:
+        run_stage(compose_config(tmp_path, study_overrides + ["pipeline.parallel=2", "pipeline.step_launcher=bogus"]))
+    assert "\n" not in str(error.value)

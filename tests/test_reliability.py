@@ -272,7 +272,9 @@ def test_a_step_process_that_exits_0_without_finishing_is_not_recorded(data_root
 @pytest.mark.slow
 def test_a_stopped_parallel_pipeline_stops_its_steps_and_a_rerun_continues(study_overrides, one_method_study, tmp_path):
     out = tmp_path / "study"
-    long_vae = "pipeline.vae=['model.hidden_channels=16','model.latent_dim=8','model.n_res_blocks=1','trainer.max_epochs=500']"
+    # Minutes of training: a step left running would outlast the wait below (a forked step is not
+    # orphaned: the study's exit waits for it).
+    long_vae = "pipeline.vae=['model.hidden_channels=16','model.latent_dim=8','model.n_res_blocks=1','trainer.max_epochs=5000']"
     args = [f"hydra.run.dir={out}", "pipeline.parallel=2", *study_overrides, *one_method_study, long_vae]
     process = start_cli(args, tmp_path / "log")
     wait_for(out / "seed_0" / "vae" / "checkpoints" / "last.ckpt", process, seconds=400)
@@ -281,7 +283,9 @@ def test_a_stopped_parallel_pipeline_stops_its_steps_and_a_rerun_continues(study
     output = (tmp_path / "log").read_text()
     assert "Traceback" not in output
     assert [line for line in output.splitlines() if line.startswith("interrupted (SIGTERM): stage=pipeline")]
-    leftover = [pid for pid in os.listdir("/proc") if pid.isdigit() and str(out) in _cmdline(pid)]
+    # A step started as a command names the folder on its command line; one forked from the step
+    # server (pipeline.step_launcher=fork) writes its output to a log there.
+    leftover = [pid for pid in os.listdir("/proc") if pid.isdigit() and str(out) in _cmdline(pid) + _stdout(pid)]
     assert leftover == []  # no step process outlives the pipeline
     assert not (out / "seed_0" / "vae" / "step.json").exists()  # the stopped step is not recorded
     lock_run_folder(out / "seed_0" / "vae").release()  # and its folder is free for the rerun
@@ -290,6 +294,13 @@ def test_a_stopped_parallel_pipeline_stops_its_steps_and_a_rerun_continues(study
 def _cmdline(pid: str) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _stdout(pid: str) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/fd/1")
     except OSError:
         return ""
 

@@ -1,13 +1,15 @@
 """``pipeline.parallel=N``: the pipeline's independent steps, N at a time.
 
 Each step runs as its own ``python -m geovq.train stage=...`` process with its output in
-``<step>/step.log``; the CPU's cores are split between the N processes (a 2-thread torch job
-scales poorly on small matrices, two 1-thread jobs side by side get more done), except for a step
-that is the only one able to run (the head of a chain: nothing can become ready while it runs),
-which gets every core. Where several GPUs are visible each process gets one of them. A step starts when the steps it reads are done;
-steps already done with the same config and inputs are reused as in the serial run. When a step
-fails, the steps already running finish (and are kept), nothing new starts, and the error names
-the failed step's log.
+``<step>/step.log``: a fork of a process that has loaded torch once, or a new interpreter
+(``pipeline.step_launcher``; ``geovq/study/step_process.py``). The CPU's cores are split between
+the N processes (a 2-thread torch job scales poorly on small matrices, two 1-thread jobs side by
+side get more done), except for a step that is the only one able to run (the head of a chain:
+nothing can become ready while it runs), which gets every core. Where several GPUs are visible
+each process gets one of them. A step starts when the steps it reads are done; steps already
+done with the same config and inputs are reused as in the serial run. When a step fails, the
+steps already running finish (and are kept), nothing new starts, and the error names the failed
+step's log.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from geovq.errors import TrainingError
+from geovq.study.step_process import StepProcess, StepStarter, step_starter
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,7 @@ class Pipeline(Protocol):
 
     def prepare_folder(self, plan) -> None: ...
 
-    def launch(self, plan, **popen) -> subprocess.Popen: ...
+    def launch(self, plan, env: dict, log_file: Path, start: StepStarter) -> StepProcess: ...
 
     def collect(self, plan, returncode: int, log_file: Path | None = None) -> dict: ...
 
@@ -97,17 +100,18 @@ def step_environment(slot: int, threads: int, gpus: list[str]) -> dict[str, str]
 class Running:
     plan: Any  # the pipeline's plan of the step (geovq.study.runner.StepPlan)
     pipe: Pipeline
-    process: subprocess.Popen
+    process: StepProcess
     slot: int
     slots: int  # how many of the N places it holds: all of them when it runs alone on every core
     log_file: Path
     started: float
 
 
-def run_steps(requests: list[StepRequest], n_parallel: int) -> None:
+def run_steps(requests: list[StepRequest], n_parallel: int, launcher: str = "fork") -> None:
     """Runs ``requests`` (declared inputs first), at most ``n_parallel`` at once, the step that
-    heads the longest chain of waiting steps first."""
-    cores, gpus = available_cores(), visible_gpus()
+    heads the longest chain of waiting steps first, each started by ``launcher``
+    (``pipeline.step_launcher``: fork | subprocess)."""
+    cores, gpus, start = available_cores(), visible_gpus(), step_starter(launcher)
     log.info("pipeline.parallel=%d: up to %d steps at once, %d thread(s) each (a step that runs alone: %d)%s",
              n_parallel, n_parallel, max(1, cores // n_parallel), cores,
              f", GPUs {', '.join(gpus)} in turn" if len(gpus) > 1 else "")
@@ -118,7 +122,7 @@ def run_steps(requests: list[StepRequest], n_parallel: int) -> None:
     try:
         while pending or running:
             if not failures:
-                start_ready_steps(pending, plans, running, n_parallel, cores, gpus)
+                start_ready_steps(pending, plans, running, n_parallel, cores, gpus, start)
             if not running:
                 if pending and not failures:
                     names = ", ".join(request.name for request in pending)
@@ -142,7 +146,7 @@ def run_steps(requests: list[StepRequest], n_parallel: int) -> None:
         raise failures[0]
 
 
-def stop_processes(processes: list[subprocess.Popen], grace_seconds: float = 60) -> None:
+def stop_processes(processes: list[StepProcess], grace_seconds: float = 60) -> None:
     """Ask each step process still running to stop (SIGTERM: it says what it kept and exits
     143), wait for it, and kill one that is still there after ``grace_seconds``: the pipeline
     never exits while a step of it runs on, holding its folder's lock."""
@@ -182,7 +186,7 @@ def chain_length(requests: list[StepRequest]) -> dict[str, int]:
 
 
 def start_ready_steps(pending: list[StepRequest], plans: dict[str, Any], running: list[Running],
-                      n_parallel: int, cores: int, gpus: list[str]) -> None:
+                      n_parallel: int, cores: int, gpus: list[str], start: StepStarter) -> None:
     """Plans (once) every pending step whose inputs are done, drops those already done, then
     starts the planned ones while places are free."""
     changed = True
@@ -200,23 +204,23 @@ def start_ready_steps(pending: list[StepRequest], plans: dict[str, Any], running
                 plans[request.name] = plan
     ready = [request for request in pending if request.name in plans]
     if not running and len(ready) == 1:  # nothing can become ready while it runs: it gets every core
-        launch(ready[0], plans, pending, running, slot=0, slots=n_parallel, threads=cores, gpus=gpus)
+        launch(ready[0], plans, pending, running, slot=0, slots=n_parallel, threads=cores, gpus=gpus, start=start)
         return
     for request in ready:
         taken = {job.slot for job in running}
         if sum(job.slots for job in running) >= n_parallel:
             return
         slot = min(set(range(n_parallel)) - taken)
-        launch(request, plans, pending, running, slot=slot, slots=1, threads=max(1, cores // n_parallel), gpus=gpus)
+        launch(request, plans, pending, running, slot=slot, slots=1, threads=max(1, cores // n_parallel), gpus=gpus,
+               start=start)
 
 
 def launch(request: StepRequest, plans: dict[str, Any], pending: list[StepRequest], running: list[Running],
-           slot: int, slots: int, threads: int, gpus: list[str]) -> None:
+           slot: int, slots: int, threads: int, gpus: list[str], start: StepStarter) -> None:
     plan = plans.pop(request.name)
     pending.remove(request)
     request.pipe.prepare_folder(plan)
     log_file = plan.folder / STEP_LOG
-    with open(log_file, "w") as stream:  # the child holds its own handle
-        process = request.pipe.launch(plan, stdout=stream, stderr=stream, env=step_environment(slot, threads, gpus))
+    process = request.pipe.launch(plan, env=step_environment(slot, threads, gpus), log_file=log_file, start=start)
     log.info("step %s: running stage=%s on %d thread(s) (log: %s)", request.name, request.stage, threads, log_file)
     running.append(Running(plan, request.pipe, process, slot, slots, log_file, time.perf_counter()))

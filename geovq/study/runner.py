@@ -19,8 +19,9 @@ stay intact.
 
 On several devices (``trainer=ddp trainer.devices=N``) each training step runs distributed as
 its own command; quantization, sampling and evaluation run once, in this process. With
-``pipeline.parallel=N`` independent steps run N at a time instead, each as its own command
-(``geovq/study/parallel.py``).
+``pipeline.parallel=N`` independent steps run N at a time instead, each as its own process
+(``geovq/study/parallel.py``), forked from one that has loaded torch once unless
+``pipeline.step_launcher=subprocess`` (``geovq/study/step_process.py``).
 
 Nothing here imports a stage: the stage entry (``geovq/stages/pipeline.py``) passes in
 ``get_stage``, which runs a step in this process.
@@ -32,8 +33,6 @@ import hashlib
 import json
 import logging
 import os
-import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -68,6 +67,7 @@ from geovq.stage_registry import STAGES, STEP_STAGES
 from geovq.study.parallel import StepRecorder, run_steps, stop_processes
 from geovq.study.report import write_report
 from geovq.study.spec import DERIVED, STAGE_OUTPUTS, Method, Study, plan_study
+from geovq.study.step_process import STEP_LAUNCHERS, StepProcess, StepStarter, start_subprocess
 
 log = logging.getLogger(__name__)
 
@@ -217,12 +217,14 @@ class Pipeline:
         if moved is not None:
             log.info("step %s: an earlier run's files are now in %s", plan.name, moved)
 
-    def launch(self, plan: StepPlan, env: dict | None = None, **popen) -> subprocess.Popen:
-        """The step as its own ``python -m geovq.train`` command, with its completion token."""
-        command = [sys.executable, "-m", "geovq.train", f"stage={plan.stage}", *plan.overrides,
-                   f"hydra.run.dir={plan.folder}", f"paths.log_dir={self.root}"]
+    def launch(self, plan: StepPlan, env: dict | None = None, log_file: Path | None = None,
+               start: StepStarter = start_subprocess) -> StepProcess:
+        """The step as its own ``python -m geovq.train`` process, with its completion token:
+        ``start`` makes it a new interpreter or a fork of the study's step server
+        (``geovq/study/step_process.py``); its output goes to ``log_file`` (None: ours)."""
+        args = [f"stage={plan.stage}", *plan.overrides, f"hydra.run.dir={plan.folder}", f"paths.log_dir={self.root}"]
         env = {**(os.environ if env is None else env), STEP_TOKEN_ENV: plan.token}
-        return subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env, **popen)
+        return start(args, env, log_file)
 
     def collect(self, plan: StepPlan, returncode: int, log_file: Path | None = None) -> dict:
         """The metrics a step run by ``launch`` wrote in this run, or why it failed. Its exit code
@@ -342,6 +344,14 @@ def parallel_steps_option(cfg: DictConfig, options: dict) -> int:
     return n_parallel
 
 
+def step_launcher_option(options: dict) -> str:
+    launcher = options.get("step_launcher", "fork")
+    if launcher not in STEP_LAUNCHERS:
+        raise ConfigError(f"pipeline.step_launcher is how each step of pipeline.parallel=N starts: fork (a fork of a "
+                          f"process that has loaded torch once) or subprocess (a new interpreter); got {launcher!r}.")
+    return launcher
+
+
 def run_study(cfg: DictConfig, get_stage: StageLookup) -> dict:
     """The study of ``cfg.pipeline``: every step, then the report; returns the report's summary."""
     options = OmegaConf.to_container(cfg.pipeline, resolve=True)
@@ -349,14 +359,14 @@ def run_study(cfg: DictConfig, get_stage: StageLookup) -> dict:
     seeds = seed_list(cfg)
     per_stage = {key: options.get(key) or [] for key in ("all", *STEP_STAGES)}
     pipe = Pipeline(output_dir(cfg), user_overrides(), per_stage, get_stage=get_stage)
-    n_parallel = parallel_steps_option(cfg, options)
+    n_parallel, launcher = parallel_steps_option(cfg, options), step_launcher_option(options)
     check_every_step(pipe, study, seeds, per_stage)
     if n_parallel == 1:
         declare_steps(pipe, study, seeds, per_stage, lambda target: target)
     else:
         requests = {}
         declare_steps(pipe, study, seeds, per_stage, lambda target: StepRecorder(target, requests))
-        run_steps(list(requests.values()), n_parallel)
+        run_steps(list(requests.values()), n_parallel, launcher)
     images = None
     if options.get("figures", True):
         data = instantiate(compose_step(["stage=vae", *options.get("all", []), *pipe.base], "vae").data)
