@@ -28,6 +28,7 @@ Input vectors (--vectors):
     python bench/quantize.py --full --k 15                    # method=graph_full on all 2.695M training latents
     python bench/quantize.py --full --full-size 500000 --k 15 # ... on the first 500k of them
     python bench/quantize.py --ann-study 200000 --k 15        # approximate-neighbour libraries: time, recall
+    python bench/quantize.py --device cuda --ours-only --sizes 10000 --assignment-study   # searches on the GPU
 
 Times are wall-clock seconds on this machine; memory is the extra resident memory each step
 needed at its peak (see geovq/quantize/resources.py). Run it on an otherwise idle machine.
@@ -48,7 +49,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from geovq.quantize import GeodesicKMedoids, nearest_medoid, select_landmarks  # noqa: E402
+from geovq.quantize import GeodesicKMedoids, nearest_medoid, resolve_device, select_landmarks  # noqa: E402
+from geovq.quantize.device import search_device  # noqa: E402
 from geovq.quantize.resources import StepRecorder, children_peak_rss, lifetime_peak_rss  # noqa: E402
 
 STEPS = ("landmarks", "knn_graph", "connect", "shortest_paths", "kmedoids", "assignment")
@@ -162,12 +164,12 @@ def fit_recording_steps(gkm: GeodesicKMedoids, X) -> StepRecorder:
     return rec
 
 
-def our_stack(X, n_landmarks, k, n_clusters, seed, progress, keep_distances):
+def our_stack(X, n_landmarks, k, n_clusters, seed, progress, keep_distances, device="auto"):
     """Fit and predict; returns the estimator, the codes and a StepRecorder with every step
     (the fit's ``timings_``/``peak_memory_``, plus the assignment, timed here: predict records nothing)."""
     gkm = GeodesicKMedoids(n_clusters=n_clusters, n_landmarks=n_landmarks, n_neighbors=k,
                            landmark_selection="uniform", random_state=seed, store_distances=keep_distances,
-                           progress=progress)
+                           progress=progress, device=device)
     rec = fit_recording_steps(gkm, X)
     with rec.step("assignment"):
         codes = gkm.predict(X)
@@ -205,7 +207,8 @@ def run_size(X, n, args):
     print(f"\n=== N = {n} landmarks, k = {args.k}, K = {args.clusters} ===", flush=True)
     landmark_idx = select_landmarks(X, n, "uniform", args.seed)
     gc.collect()
-    ours, our_codes, our_steps = our_stack(X, n, args.k, args.clusters, args.seed, args.progress, not args.ours_only)
+    ours, our_codes, our_steps = our_stack(X, n, args.k, args.clusters, args.seed, args.progress, not args.ours_only,
+                                           args.device)
     assert np.array_equal(ours.landmark_indices_, landmark_idx), "both stacks must use the same landmarks"
     print(f"distinct landmark vectors: {ours.n_unique_landmarks_} of {n}; graph components before "
           f"joining: {ours.n_components_}", flush=True)
@@ -257,12 +260,16 @@ def assignment_study(X, n, args):
     print(f"collapse duplicates: {t_dedup:6.2f} s -> {groups.n_unique} distinct vectors "
           f"({groups.n_unique / X.shape[0]:.0%})", flush=True)
     results = {}
-    for name, queries, backend in (("pruned BLAS, distinct vectors", distinct, "pruned"),
-                                   ("k-d tree, distinct vectors", distinct, "kdtree"),
-                                   ("torch matmul, distinct vectors", distinct, "brute"),
-                                   ("k-d tree, all vectors", X, "kdtree")):
+    device = search_device(args.device)
+    variants = [("pruned BLAS, distinct vectors", distinct, "pruned", None),
+                ("k-d tree, distinct vectors", distinct, "kdtree", None),
+                ("torch matmul, distinct vectors", distinct, "brute", None),
+                ("k-d tree, all vectors", X, "kdtree", None)]
+    if device is not None:
+        variants.insert(3, (f"brute force on {device}, distinct vectors", distinct, "auto", device))
+    for name, queries, backend, on in variants:
         t = time.perf_counter()
-        _, idx = nearest_neighbors(queries, landmarks, 1, backend=backend, n_jobs=torch.get_num_threads())
+        _, idx = nearest_neighbors(queries, landmarks, 1, backend=backend, n_jobs=torch.get_num_threads(), device=on)
         results[name] = idx[:, 0] if queries is X else idx[groups.inverse, 0]
         print(f"{name:<32}{time.perf_counter() - t:8.2f} s", flush=True)
     ref = results["k-d tree, all vectors"]
@@ -296,7 +303,7 @@ def graph_size(X, n, args):
     print(f"\n=== method=graph, N = {n} landmarks, k = {args.k}, K = {args.clusters} ===", flush=True)
     gc.collect()
     gkm = GeodesicKMedoids(n_clusters=args.clusters, n_landmarks=n, n_neighbors=args.k, method="graph",
-                           random_state=args.seed, progress=args.progress)
+                           random_state=args.seed, progress=args.progress, device=args.device)
     gkm.fit(X)
     rec = StepRecorder()
     rec.timings.update(gkm.timings_)
@@ -360,7 +367,7 @@ def full_graph(X, args):
     gc.collect()
     gkm = GeodesicKMedoids(n_clusters=args.clusters, n_landmarks=args.full_landmarks, n_neighbors=args.k,
                            method="graph_full", start_method=args.start_method, random_state=args.seed,
-                           progress=args.progress, full_max_iter=args.full_max_iter)
+                           progress=args.progress, full_max_iter=args.full_max_iter, device=args.device)
     rec = fit_recording_steps(gkm, train)
     with rec.step("assign_held_out"):
         held_codes = gkm.predict(held_out) if len(held_out) else None
@@ -546,12 +553,20 @@ def main(argv=None):
     parser.add_argument("--ann-study", type=int, nargs="*", default=[],
                         help="vector counts for the approximate-neighbour comparison (hnswlib, faiss, pynndescent)")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where our stack's exact neighbour searches run (quantizer.device): auto = cuda "
+                             "when torch sees a GPU; the reference stack always runs on the CPU")
     args = parser.parse_args(argv)
+    try:
+        device = resolve_device(args.device)  # cuda without a GPU: refused before any work
+    except ValueError as err:
+        parser.error(f"--device {args.device}: {err}")
 
     start = time.perf_counter()
     X, source = load_vectors(args)
     print(f"geovq quantize benchmark  {time.strftime('%Y-%m-%d %H:%M')}  python {platform.python_version()}  "
-          f"torch {torch.__version__}  cores {torch.get_num_threads()}  {platform.processor() or platform.machine()}")
+          f"torch {torch.__version__}  cores {torch.get_num_threads()}  {platform.processor() or platform.machine()}  "
+          f"searches on {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     print(f"vectors: {source}: {X.shape[0]} x {X.shape[1]} (loaded in {time.perf_counter() - start:.1f} s)")
     print(f"command: python bench/quantize.py {' '.join(sys.argv[1:] if argv is None else argv)}", flush=True)
     only_new = args.graph_sizes or args.full or args.ann_study

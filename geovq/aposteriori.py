@@ -1,6 +1,8 @@
 """Quantize a trained GridVAE's latent space: shared by stage=quantize and the fit-end callback.
 
-1. Posterior means (and variances) of every image of each split, through the Trainer's devices.
+1. Posterior means (and variances) of every image of each split, through the Trainer's devices
+   (or, without a Trainer, on the model's device). What a later step uses there stays there: the
+   test images and their latents, for the decoded MSEs, which are summed on that device.
 2. The quantizer (geodesic K-Medoids or Euclidean K-Means, from geovq.quantize) is fitted once,
    on the training split's vectors, on rank zero.
 3. Every vector of every split gets a code; the code grids and the codebook are written as
@@ -40,23 +42,27 @@ from geovq.quantize.resources import StepRecorder
 log = logging.getLogger(__name__)
 
 
-def latent_grids(model, images: Tensor, trainer=None, split: str = "", progress: bool = True) -> tuple[Tensor, Tensor]:
-    """Posterior means and variances, each N x D x H x W."""
+def latent_grids(model, images: Tensor, trainer=None, split: str = "", progress: bool = True,
+                 keep_on_device: bool = False) -> tuple[Tensor, Tensor]:
+    """Posterior means and variances, each N x D x H x W (on the CPU, or on the encoder's device
+    with ``keep_on_device``)."""
     desc = f"latents ({split})" if progress else None
-    both = map_images(model, images, lambda x: torch.cat(model.encode(x), dim=1), trainer, desc=desc)
+    both = map_images(model, images, lambda x: torch.cat(model.encode(x), dim=1), trainer, desc=desc,
+                      keep_on_device=keep_on_device)
     mu, logvar = both.chunk(2, dim=1)
     return mu, logvar.exp()
 
 
 def grid_to_rows(grid: Tensor) -> np.ndarray:
-    """N x D x H x W -> (N*H*W) x D float32, rows in (image, row, column) order."""
-    return grid.permute(0, 2, 3, 1).reshape(-1, grid.shape[1]).numpy().astype(np.float32, copy=False)
+    """N x D x H x W (on any device) -> (N*H*W) x D float32 on the host, rows in (image, row,
+    column) order."""
+    return grid.permute(0, 2, 3, 1).reshape(-1, grid.shape[1]).cpu().numpy().astype(np.float32, copy=False)
 
 
 def quantized_mse(model, codebook: np.ndarray, codes: Tensor, images: Tensor) -> float:
     """Per-pixel MSE of images decoded from their codebook vectors, over the whole split."""
     vectors = torch.as_tensor(codebook, dtype=torch.float32, device=model.device)
-    return decoded_mse(lambda c: model.decode_codebook(vectors, c), codes, images)
+    return decoded_mse(lambda c: model.decode_codebook(vectors, c), codes.to(model.device), images)
 
 
 def continuous_mse(model, mu: Tensor, images: Tensor) -> float:
@@ -78,11 +84,26 @@ def quantize_vae(
 ) -> tuple[dict, np.ndarray | None]:
     """Fit ``quantizer`` on the training latents of ``model`` and write codebook and code grids.
 
-    Every rank extracts latents (so DDP shards the work); only rank zero fits and writes.
+    Every rank extracts latents (so DDP shards the work); only rank zero fits and writes. The
+    model runs on the Trainer's device (without one: where it is) and goes back where it was.
     Returns the metrics and the per-code counts of the training codes (``({}, None)`` on other ranks).
     """
+    home = model.device
+    model.to(trainer.strategy.root_device if trainer is not None else home)
+    try:
+        return _quantize_on_device(model, images, quantizer, Path(out_dir), vae_artifact=vae_artifact, config=config,
+                                   trainer=trainer, compare_assignments=compare_assignments, progress=progress)
+    finally:
+        model.to(home)
+
+
+def _quantize_on_device(model, images, quantizer, out_dir: Path, *, vae_artifact, config, trainer,
+                        compare_assignments: bool, progress: bool) -> tuple[dict, np.ndarray | None]:
     model.eval()
-    latents = {split: latent_grids(model, images[split], trainer, split, progress) for split in SPLITS}
+    # The test split is decoded again for every MSE: its images and latents stay on the device.
+    images = {**images, "test": images["test"].to(model.device)}
+    latents = {split: latent_grids(model, images[split], trainer, split, progress, keep_on_device=split == "test")
+               for split in SPLITS}
     if trainer is not None and not trainer.is_global_zero:
         return {}, None
     grid_shape = latents["train"][0].shape[2:]
@@ -123,7 +144,6 @@ def quantize_vae(
             other = {split: codes_of(split, assignment=rule) for split in ("train", "test")}
             metrics.update(code_metrics(model, codebook, other, images, f"assign_{rule}"))
 
-    out_dir = Path(out_dir)
     inputs = {"vae": vae_artifact} if vae_artifact is not None else {}
     payload = {
         "vectors": torch.from_numpy(codebook),

@@ -21,7 +21,7 @@ NON_RESULT_SETTINGS = {
     "trainer": ("default_root_dir", "devices", "strategy", "accelerator", "log_every_n_steps", "enable_model_summary",
                 "enable_progress_bar"),
     "data": ("root", "num_workers", "download", "eval_batch_size"),
-    "quantizer": ("n_jobs", "progress"),
+    "quantizer": ("n_jobs", "progress", "device"),  # every device gives the same codes (geovq/quantize/device.py)
 }
 
 

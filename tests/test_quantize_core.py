@@ -534,7 +534,7 @@ def test_estimators_are_sklearn_estimators(kind):
 
 def test_kmeans_get_params_without_deep_works():
     params = EuclideanKMeans().get_params(deep=False)
-    assert params["n_landmarks"] == 10000 and params["n_init"] == "auto" and len(params) == 10
+    assert params["n_landmarks"] == 10000 and params["n_init"] == "auto" and len(params) == 11
 
 
 @pytest.mark.parametrize("kind", SMALL)

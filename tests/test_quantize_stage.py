@@ -114,6 +114,25 @@ def test_more_clusters_than_landmarks_is_refused(trained_vae, make_cfg):
                            "quantizer.n_clusters=64", "quantizer.n_neighbors=5"))
 
 
+@pytest.mark.parametrize("override,names", [("trainer=gpu", "use trainer=cpu"), ("quantizer.device=cuda", "quantizer.device")])
+def test_a_gpu_asked_for_where_there_is_none_is_one_line_before_any_work(make_cfg, monkeypatch, override, names):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    # stage.vae names no file: the settings are refused before the VAE is looked for.
+    with pytest.raises(ConfigError) as err:
+        run_stage(make_cfg("stage=quantize", override, "stage.vae=/nonexistent/model.pt", *SMALL_QUANTIZER))
+    assert names in str(err.value) and "\n" not in str(err.value)
+
+
+def test_stage_quantize_with_quantizer_device_cpu(trained_vae, make_cfg, tmp_path):
+    vae_dir, _ = trained_vae
+    metrics = run_stage(make_cfg("stage=quantize", f"stage.vae={vae_dir / 'model.pt'}", *SMALL_QUANTIZER,
+                                 "quantizer.device=cpu", "trainer=cpu", "stage.compare_assignments=false"))
+    codes = load_code_grids(tmp_path / "run" / "codes.pt").payload
+    assert codes["splits"]["test"].shape == (200, 7, 7) and codes["n_codes"] == 8
+    assert 0 < metrics["quantized/train_utilization"] <= 1
+    assert metrics["quantized/test_mse"] > 0 and metrics["continuous/test_mse"] > 0
+
+
 @pytest.mark.slow
 def test_cluster_count_sweep_through_multirun(run_cli, tiny_overrides, trained_vae, tmp_path):
     vae_dir, _ = trained_vae

@@ -25,8 +25,10 @@ def map_images(
     trainer: L.Trainer | None = None,
     batch_size: int = INFERENCE_BATCH,
     desc: str | None = None,
+    keep_on_device: bool = False,
 ) -> Tensor:
-    """``fn`` applied to ``images`` in batches on ``module``'s device; results on the CPU."""
+    """``fn`` applied to ``images`` in batches on ``module``'s device; results on the CPU, or
+    with ``keep_on_device`` on that device (for a next step that uses them there)."""
     world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
     per_rank = math.ceil(len(images) / world)
     shard = images[rank * per_rank : (rank + 1) * per_rank]
@@ -40,15 +42,17 @@ def map_images(
     outputs = []
     starts = range(0, len(shard), batch_size)
     for start in tqdm(starts, desc=desc, disable=desc is None or rank != 0, leave=False):
-        outputs.append(fn(shard[start : start + batch_size].to(module.device)).cpu())
+        out = fn(shard[start : start + batch_size].to(module.device))
+        outputs.append(out if keep_on_device else out.cpu())
     module.train(was_training)
-    local = torch.cat(outputs) if outputs else torch.empty(0)
+    local = torch.cat(outputs) if outputs else torch.empty(0, device=module.device if keep_on_device else "cpu")
     if world == 1:
         module.to(home)
         return local
     # Pad every shard to the same length so that all_gather can stack them, then drop the padding.
-    padded = torch.zeros((per_rank, *local.shape[1:]), dtype=local.dtype)
+    padded = torch.zeros((per_rank, *local.shape[1:]), dtype=local.dtype, device=module.device)
     padded[: len(local)] = local
-    gathered = module.all_gather(padded.to(module.device)).cpu()
+    gathered = module.all_gather(padded)
+    gathered = gathered if keep_on_device else gathered.cpu()
     module.to(home)
     return gathered.reshape(world * per_rank, *local.shape[1:])[: len(images)]

@@ -28,6 +28,7 @@ from geovq.quantize.ann_graph import KnnGraphReport, neighbour_graph
 from geovq.quantize.base import CodebookQuantizer
 from geovq.quantize.connectivity import ConnectionReport, connect_components
 from geovq.quantize.dedup import UniqueRows, unique_rows
+from geovq.quantize.device import resolve_device
 from geovq.quantize.estimator import GeodesicKMedoids
 from geovq.quantize.euclidean_kmeans import EuclideanKMeans
 from geovq.quantize.geodesic import geodesic_distances
@@ -67,6 +68,7 @@ __all__ = [
     "nearest_medoid",
     "nearest_neighbors",
     "neighbour_graph",
+    "resolve_device",
     "select_landmarks",
     "undirected_graph",
     "unique_rows",

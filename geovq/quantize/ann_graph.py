@@ -33,7 +33,7 @@ import scipy.sparse as sp
 
 from geovq.errors import ParameterError
 from geovq.quantize.knn_graph import knn_graph, undirected_graph
-from geovq.quantize.nearest import _drop_self, exact_distances, nearest_neighbors
+from geovq.quantize.nearest import _drop_self, exact_distances, nearest_neighbors, rank_exactly
 from geovq.quantize.resources import progress_bar
 
 SEARCHES = ("auto", "exact", "approximate")
@@ -75,12 +75,13 @@ def neighbour_graph(
     points: np.ndarray, n_neighbors: int, *, search: str = "auto", exact_max_points: int = EXACT_MAX_POINTS,
     m: int = 10, ef_construction: int = 40, ef: int = 32, min_recall: float = 0.95, recall_sample: int = 1000,
     on_low_recall: str = "error", random_state: int | None = 0, n_jobs: int = 1, progress: bool = False,
-    library: str = "pynndescent",
+    library: str = "pynndescent", device=None,
 ) -> tuple[sp.csr_matrix, KnnGraphReport]:
     """The symmetric k-NN graph of the distinct ``points`` (as :func:`~geovq.quantize.knn_graph`)
     and a :class:`KnnGraphReport`. ``m``, ``ef_construction``, ``ef``: the HNSW index's links
     per node, build-time and query-time beam widths (larger: better recall, slower), with
-    ``library="hnswlib"``; the default ``"pynndescent"`` (NN-descent) takes its own defaults."""
+    ``library="hnswlib"``; the default ``"pynndescent"`` (NN-descent) takes its own defaults.
+    ``device``: where the exact searches (the exact graph, the recall check) run; None: the CPU."""
     if library not in ANN_LIBRARIES:
         raise ParameterError("library", f"library must be one of {ANN_LIBRARIES}, got {library!r}.")
     if search not in SEARCHES:
@@ -91,7 +92,7 @@ def neighbour_graph(
         raise ParameterError("min_recall", f"min_recall must be in [0, 1], got {min_recall!r}.")
     n = points.shape[0]
     if search == "exact" or (search == "auto" and n <= exact_max_points):
-        graph = knn_graph(points, n_neighbors, n_jobs=n_jobs, progress=progress)
+        graph = knn_graph(points, n_neighbors, n_jobs=n_jobs, progress=progress, device=device)
         return graph, KnnGraphReport("exact", n, n_neighbors, recall_sample=0, min_recall=min_recall)
     if not 1 <= n_neighbors < n:
         raise ParameterError("n_neighbors", f"n_neighbors must be in [1, {n - 1}] for {n} distinct points, got {n_neighbors}.")
@@ -109,7 +110,8 @@ def neighbour_graph(
     report = KnnGraphReport("approximate", n, n_neighbors, name, params,
                             min_recall=min_recall, seconds_build=seconds_build, seconds_query=seconds_query)
     start = time.perf_counter()
-    report.recall, report.recall_sample = sampled_recall(points, idx, n_neighbors, recall_sample, random_state, n_jobs)
+    report.recall, report.recall_sample = sampled_recall(points, idx, n_neighbors, recall_sample, random_state, n_jobs,
+                                                         device=device)
     report.seconds_recall = time.perf_counter() - start
     check_recall(report, on_low_recall)
     rows = np.repeat(np.arange(n, dtype=np.int64), n_neighbors)
@@ -167,10 +169,7 @@ def query_hnsw(index, points: np.ndarray, k: int, *, ef: int, chunk_size: int = 
                 raise ParameterError("ann_ef", f"the HNSW index could not return {k + 1} neighbours for every point "
                                      f"({exc}); raise ef or m.") from exc
             idx = _drop_self(labels.astype(np.int64), np.arange(s, s + len(q))[:, None], k)
-            dist = exact_distances(q, points, idx)
-            order = np.argsort(dist, axis=1, kind="stable")
-            out_d[s : s + len(q)] = np.take_along_axis(dist, order, 1)
-            out_i[s : s + len(q)] = np.take_along_axis(idx, order, 1)
+            out_d[s : s + len(q)], out_i[s : s + len(q)] = rank_exactly(q, points, idx, k)
             bar.update(len(q))
     return out_d, out_i
 
@@ -195,20 +194,18 @@ def nn_descent(points: np.ndarray, k: int, *, random_state, n_jobs: int, chunk_s
     for s in range(0, n, chunk_size):
         q = points[s : s + chunk_size]
         idx = _drop_self(labels[s : s + chunk_size].astype(np.int64), np.arange(s, s + len(q))[:, None], k)
-        dist = exact_distances(q, points, idx)
-        order = np.argsort(dist, axis=1, kind="stable")
-        out_d[s : s + len(q)] = np.take_along_axis(dist, order, 1)
-        out_i[s : s + len(q)] = np.take_along_axis(idx, order, 1)
+        out_d[s : s + len(q)], out_i[s : s + len(q)] = rank_exactly(q, points, idx, k)
     return out_d, out_i, f"pynndescent {version('pynndescent')}", time.perf_counter() - start
 
 
-def sampled_recall(points: np.ndarray, idx: np.ndarray, k: int, sample: int, random_state, n_jobs: int = 1):
+def sampled_recall(points: np.ndarray, idx: np.ndarray, k: int, sample: int, random_state, n_jobs: int = 1,
+                   device=None):
     """recall@k of the neighbour lists ``idx`` (n, k) on ``sample`` random rows: the share of
-    listed neighbours at most as far as the exact k-th nearest other point. Returns
-    ``(recall, sample size)``."""
+    listed neighbours at most as far as the exact k-th nearest other point (found on ``device``,
+    if given). Returns ``(recall, sample size)``."""
     n = points.shape[0]
     rows = np.sort(np.random.default_rng(random_state).choice(n, size=min(sample, n), replace=False))
-    _, exact = nearest_neighbors(points[rows], points, min(k + 1, n), backend="brute", n_jobs=n_jobs)
+    _, exact = nearest_neighbors(points[rows], points, min(k + 1, n), backend="brute", n_jobs=n_jobs, device=device)
     exact = _drop_self(exact, rows[:, None], k)
     kth = exact_distances(points[rows], points, exact[:, -1:])[:, 0]
     found = exact_distances(points[rows], points, idx[rows, :k])

@@ -32,6 +32,7 @@ from geovq.quantize.assignment import (
 from geovq.quantize.base import CodebookQuantizer
 from geovq.quantize.connectivity import connect_components
 from geovq.quantize.dedup import unique_rows
+from geovq.quantize.device import resolve_device, search_device
 from geovq.quantize.geodesic import geodesic_distances, worker_memory_bytes
 from geovq.quantize.inputs import (
     EDGE_WEIGHTS,
@@ -90,14 +91,18 @@ class GeodesicKMedoids(CodebookQuantizer):
         (itself, for a fitted vector), and there is no ``"geodesic"`` rule.
     random_state: seed of the landmark draw and of K-Medoids; same seed, same codebook.
     n_jobs: cores to use (-1: all).
+    device: where the exact neighbour searches (k-NN graph, assignment) run: ``"auto"`` (a CUDA GPU
+        when torch sees one, else the CPU), ``"cpu"`` (the CPU searches of ``nn_backend``),
+        ``"cuda"`` or ``"cuda:N"`` (exact brute force on that GPU). Every device gives the same
+        codebook and codes (:mod:`geovq.quantize.device`).
     progress: show tqdm bars for the long steps.
     n_candidates: nearby landmarks tried as graph entry points by the ``"geodesic"`` rule.
     duplicate_tolerance: grid size under which vectors count as duplicates for
         ``landmark_selection="unique"``/``"maxmin"`` (0: bit-identical only).
     max_iter: K-Medoids iteration limit.
-    nn_backend: exact neighbour search, ``"auto"``, ``"kdtree"``, ``"brute"`` or ``"pruned"`` (see
-        :mod:`geovq.quantize.nearest`; with ``"pruned"``, which finds one neighbour, the k-NN
-        graph uses ``"auto"``).
+    nn_backend: exact neighbour search on the CPU, ``"auto"``, ``"kdtree"``, ``"brute"`` or
+        ``"pruned"`` (see :mod:`geovq.quantize.nearest`; with ``"pruned"``, which finds one
+        neighbour, the k-NN graph uses ``"auto"``); on a GPU (``device``) the search is brute force.
     store_distances: keep the landmark geodesic matrix as ``geodesic_distances_`` (4 N^2 bytes;
         ``method="dense"`` only).
     neighbor_search, ann_library, ann_m, ann_ef_construction, ann_ef, min_recall, recall_sample,
@@ -166,6 +171,7 @@ class GeodesicKMedoids(CodebookQuantizer):
         full_exact: int = 16,
         full_max_iter: int = 10,
         full_tol: float = 1e-4,
+        device: str = "auto",
     ):
         self.n_clusters = n_clusters
         self.n_landmarks = n_landmarks
@@ -196,6 +202,7 @@ class GeodesicKMedoids(CodebookQuantizer):
         self.full_exact = full_exact
         self.full_max_iter = full_max_iter
         self.full_tol = full_tol
+        self.device = device
 
     # -- parameters ---------------------------------------------------------------------------
 
@@ -237,6 +244,7 @@ class GeodesicKMedoids(CodebookQuantizer):
                 f"duplicate_tolerance must be a number >= 0 (0 = exact duplicates), got {self.duplicate_tolerance!r}.",
             )
         resolve_n_jobs(self.n_jobs)
+        resolve_device(self.device)
 
     # -- fit ----------------------------------------------------------------------------------
 
@@ -244,8 +252,9 @@ class GeodesicKMedoids(CodebookQuantizer):
         """Build the codebook from the vectors ``X`` (n, D) (and their variances, for W2)."""
         n_jobs = resolve_n_jobs(self.n_jobs)
         features = geometry_features(X, variances, self.edge_weight)
+        device = search_device(self.device)
         if self.method == "graph_full":
-            return fit_full_graph(self, X, features, variances, rec, n_jobs)
+            return fit_full_graph(self, X, features, variances, rec, n_jobs, device)
         common = dict(n_jobs=n_jobs, progress=self.progress)
 
         with rec.step("landmarks"):
@@ -259,7 +268,7 @@ class GeodesicKMedoids(CodebookQuantizer):
 
         with rec.step("knn_graph"):
             knn_backend = "auto" if self.nn_backend == "pruned" else self.nn_backend  # pruned: k = 1 only
-            graph = knn_graph(node_points, self.n_neighbors, backend=knn_backend, **common)
+            graph = knn_graph(node_points, self.n_neighbors, backend=knn_backend, device=device, **common)
         with rec.step("connect"):
             graph, report = connect_components(graph, node_points, n_jobs=n_jobs)
         if self.method == "graph":
@@ -346,7 +355,8 @@ class GeodesicKMedoids(CodebookQuantizer):
 
     def _assign(self, X: np.ndarray, variances, rule: str) -> np.ndarray:
         features = geometry_features(X, variances, self.edge_weight)
-        common = dict(backend=self.nn_backend, n_jobs=resolve_n_jobs(self.n_jobs), progress=self.progress)
+        common = dict(backend=self.nn_backend, n_jobs=resolve_n_jobs(self.n_jobs), progress=self.progress,
+                      device=search_device(self.device))
         if rule == "landmark" and self.method == "graph_full":
             return assign_to_graph_nodes(features, self._node_lookup, self._node_labels, **common)
         if rule == "landmark":

@@ -18,6 +18,7 @@ import numpy as np
 from geovq.errors import ParameterError
 from geovq.quantize.assignment import assign_to_nearest_medoid
 from geovq.quantize.base import CodebookQuantizer
+from geovq.quantize.device import resolve_device, search_device
 from geovq.quantize.inputs import check_choice, check_positive_int, resolve_n_jobs
 from geovq.quantize.landmarks import LANDMARK_SELECTIONS, select_landmarks
 from geovq.quantize.resources import StepRecorder
@@ -29,7 +30,8 @@ class EuclideanKMeans(CodebookQuantizer):
     Parameters: ``n_clusters`` (K), ``n_landmarks`` (size of the sample clustered; ``None``: all
     vectors), ``landmark_selection`` (as for GeodesicKMedoids), ``minibatch`` (use
     ``MiniBatchKMeans`` with ``batch_size``), ``n_init``, ``max_iter``, ``random_state``,
-    ``n_jobs``, ``progress``.
+    ``n_jobs``, ``progress``, ``device`` (where the nearest-centre assignment runs, as for
+    GeodesicKMedoids; the K-Means fit is scikit-learn's, on the CPU).
 
     Fitted attributes: ``cluster_centers_`` (K x D float32), ``labels_`` (of the fitted sample),
     ``inertia_`` (sum of squared Euclidean distances, scikit-learn's), ``landmark_indices_`` (the
@@ -49,6 +51,7 @@ class EuclideanKMeans(CodebookQuantizer):
         random_state: int | None = 0,
         n_jobs: int = -1,
         progress: bool = False,
+        device: str = "auto",
     ):
         self.n_clusters = n_clusters
         self.n_landmarks = n_landmarks
@@ -60,6 +63,7 @@ class EuclideanKMeans(CodebookQuantizer):
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.progress = progress
+        self.device = device
 
     def check_params(self) -> None:
         k = check_positive_int(self.n_clusters, "n_clusters")
@@ -76,6 +80,7 @@ class EuclideanKMeans(CodebookQuantizer):
         check_positive_int(self.max_iter, "max_iter")
         if self.n_init != "auto":
             check_positive_int(self.n_init, "n_init")
+        resolve_device(self.device)
         resolve_n_jobs(self.n_jobs)
 
     def _fit(self, X: np.ndarray, variances, rec: StepRecorder) -> None:
@@ -113,7 +118,7 @@ class EuclideanKMeans(CodebookQuantizer):
     def _predict(self, X: np.ndarray, variances) -> np.ndarray:
         """Index of the nearest centre of every row of ``X`` (``variances`` are ignored)."""
         return assign_to_nearest_medoid(X, self.cluster_centers_, n_jobs=resolve_n_jobs(self.n_jobs),
-                                        progress=self.progress)
+                                        progress=self.progress, device=search_device(self.device))
 
     def artifact_fields(self) -> dict:
         """``landmark_indices``: the fitted sample, int64 indices into the fitted X."""

@@ -37,7 +37,7 @@ from geovq.quantize.connectivity import connect_components
 from geovq.quantize.dedup import RowLookup, unique_rows
 from geovq.quantize.graph_kmedoids import graph_kmedoids, worker_extra_bytes
 from geovq.quantize.inputs import check_choice, check_positive_int
-from geovq.quantize.nearest import nearest_neighbors
+from geovq.quantize.nearest import KdTreeSearch, nearest_neighbors, search_in_chunks
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,9 @@ def check_full_params(est) -> None:
                              "or 'medoid'.")
 
 
-def fit_full_graph(est, X: np.ndarray, features: np.ndarray, variances, rec, n_jobs: int) -> None:
-    """Fit ``est`` (a GeodesicKMedoids with method="graph_full") on every row of ``X``."""
+def fit_full_graph(est, X: np.ndarray, features: np.ndarray, variances, rec, n_jobs: int, device=None) -> None:
+    """Fit ``est`` (a GeodesicKMedoids with method="graph_full") on every row of ``X``; ``device``:
+    where the exact neighbour searches run (None: the CPU searches)."""
     with rec.step("dedup"):
         nodes = unique_rows(features)
         all_distinct = nodes.n_unique == features.shape[0] and np.array_equal(nodes.first_index, np.arange(nodes.n_unique))
@@ -81,7 +82,8 @@ def fit_full_graph(est, X: np.ndarray, features: np.ndarray, variances, rec, n_j
         graph, knn_report = neighbour_graph(
             node_points, est.n_neighbors, search=est.neighbor_search, library=est.ann_library, m=est.ann_m,
             ef_construction=est.ann_ef_construction, ef=est.ann_ef, min_recall=est.min_recall,
-            recall_sample=est.recall_sample, on_low_recall=est.on_low_recall, random_state=est.random_state, **common)
+            recall_sample=est.recall_sample, on_low_recall=est.on_low_recall, random_state=est.random_state,
+            device=device, **common)
     log.info("%s", knn_report.summary())
     with rec.step("connect"):
         graph, report = connect_components(graph, node_points, n_jobs=n_jobs)
@@ -136,9 +138,10 @@ def _distinct(medoids: np.ndarray, n: int, random_state) -> np.ndarray:
 
 
 def assign_to_graph_nodes(X: np.ndarray, lookup: RowLookup, node_labels: np.ndarray, *, backend: str = "auto",
-                          n_jobs: int = 1, progress: bool = False) -> np.ndarray:
+                          n_jobs: int = 1, progress: bool = False, device=None) -> np.ndarray:
     """Cell of each row of ``X``: its own node's where it is a graph node (a training vector),
-    else that of its nearest node (exact search; duplicates among the queries searched once)."""
+    else that of its nearest node (exact search, on ``device`` if given; duplicates among the
+    queries searched once)."""
     node_labels = np.asarray(node_labels, dtype=np.int64)
     match = lookup.find(X)
     out = np.empty(X.shape[0], dtype=np.int64)
@@ -148,31 +151,23 @@ def assign_to_graph_nodes(X: np.ndarray, lookup: RowLookup, node_labels: np.ndar
     if rest.size:
         groups = unique_rows(X[rest])
         queries = X[rest][groups.first_index]
-        if backend == "auto" and lookup.reference.shape[0] > _TREE_MIN_REFERENCE:
+        if device is None and backend == "auto" and lookup.reference.shape[0] > _TREE_MIN_REFERENCE:
             nearest = _tree_nearest(lookup, queries, n_jobs, progress)
         else:
             nearest = nearest_neighbors(queries, lookup.reference, 1, backend=backend, n_jobs=n_jobs,
-                                        progress=progress, desc="assign (nearest training vector)")[1][:, 0]
+                                        progress=progress, desc="assign (nearest training vector)",
+                                        device=device)[1][:, 0]
         out[rest] = node_labels[nearest][groups.inverse]
     return out
 
 
-# Against millions of training vectors the k-d tree in principal axes is the fast exact search:
-# 20k GridVAE latents against 2.695M in 15 s (tree built once, 44 s), the pruned BLAS search of
-# the landmark rule 5k in 210 s (measured 2026-12-02, 2 cores). The tree is kept with the lookup.
+# Against millions of training vectors the k-d tree in principal axes is the fast exact CPU search
+# (its timing against the pruned BLAS search: docs/full_graph.md, Codes). The tree is kept with the lookup.
 _TREE_MIN_REFERENCE = 200_000
 
 
-def _tree_nearest(lookup: RowLookup, queries: np.ndarray, n_jobs: int, progress: bool, chunk: int = 65536) -> np.ndarray:
-    from geovq.quantize.nearest import _principal_axes_tree
-    from geovq.quantize.resources import progress_bar
-
+def _tree_nearest(lookup: RowLookup, queries: np.ndarray, n_jobs: int, progress: bool) -> np.ndarray:
     if getattr(lookup, "tree", None) is None:
-        lookup.tree = _principal_axes_tree(lookup.reference)
-    tree, rotate = lookup.tree
-    out = np.empty(queries.shape[0], dtype=np.int64)
-    with progress_bar(queries.shape[0], "assign (nearest training vector)", progress, unit="vec") as bar:
-        for s in range(0, queries.shape[0], chunk):
-            out[s : s + chunk] = tree.query(rotate(queries[s : s + chunk]), k=1, workers=n_jobs)[1]
-            bar.update(min(chunk, queries.shape[0] - s))
-    return out
+        lookup.tree = KdTreeSearch(lookup.reference)
+    return search_in_chunks(lookup.tree, queries, 1, n_jobs=n_jobs, progress=progress,
+                            desc="assign (nearest training vector)")[1][:, 0]

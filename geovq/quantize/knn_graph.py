@@ -26,8 +26,11 @@ def knn_graph(
     backend: str = "auto",
     n_jobs: int = 1,
     progress: bool = False,
+    device=None,
 ) -> sp.csr_matrix:
-    """Symmetric CSR adjacency (float64 weights = Euclidean distances) of the k-NN graph."""
+    """Symmetric CSR adjacency (float64 weights = Euclidean distances) of the k-NN graph.
+    ``device``: None, the CPU search ``backend`` chooses; a torch device, the exact brute force
+    on it (see :func:`~geovq.quantize.nearest.nearest_neighbors`): the same graph."""
     n = points.shape[0]
     if not 1 <= n_neighbors < n:
         raise ParameterError(
@@ -37,7 +40,7 @@ def knn_graph(
         )
     dist, idx = nearest_neighbors(
         points, points, n_neighbors, exclude_self=True, backend=backend, n_jobs=n_jobs,
-        progress=progress, desc="k-NN graph",
+        progress=progress, desc="k-NN graph", device=device,
     )
     rows = np.repeat(np.arange(n, dtype=np.int64), n_neighbors)
     return undirected_graph(rows, idx.reshape(-1), dist.reshape(-1), n)
