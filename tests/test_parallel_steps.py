@@ -230,3 +230,36 @@ def test_an_unknown_step_launcher_is_a_one_line_error(compose_config, study_over
     with pytest.raises(ConfigError, match="pipeline.step_launcher .*fork.*subprocess.*got 'bogus'") as error:
         run_stage(compose_config(tmp_path, study_overrides + ["pipeline.parallel=2", "pipeline.step_launcher=bogus"]))
     assert "\n" not in str(error.value)
+
+
+def test_the_step_server_outlives_a_signal_to_the_process_group(tmp_path):
+    """kill -- -PGID, GNU timeout and scancel signal the study, its steps and the step server at
+    once: the server must stay alive (else multiprocessing reports its running steps as ended,
+    exit 255, and cannot stop them)."""
+    import signal
+    from multiprocessing import forkserver
+
+    step = start_forked(["--help"], dict(os.environ), tmp_path / "help.log")
+    assert step.wait(timeout=120) == 0
+    server = forkserver._forkserver._forkserver_pid
+    os.kill(server, signal.SIGTERM)
+    os.kill(server, signal.SIGINT)
+    time.sleep(0.5)
+    # A killed server is a zombie until multiprocessing reaps it: alive means running or sleeping.
+    state = open(f"/proc/{server}/stat").read().rsplit(")", 1)[1].split()[0]
+    assert state not in ("Z", "X"), "the step server died of the signal"
+    assert start_forked(["--help"], dict(os.environ), tmp_path / "again.log").wait(timeout=120) == 0
+
+
+def test_checking_a_rerun_does_not_read_an_earlier_runs_outputs(tmp_path):
+    """Before any step runs, an input not made yet stands for a path no run writes: an earlier
+    run's model.pt in the step's folder (set aside when the step runs again) is not checked
+    against today's settings."""
+    from geovq.study.runner import StepChecker
+
+    pipe = Pipeline(tmp_path, [], {})
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "model.pt").write_bytes(b"an earlier run's GridVAE")
+    outputs = {}
+    StepChecker(pipe, outputs).step("vae", "vae")
+    assert not outputs["vae"].exists() and outputs["vae"].name == "model.pt"

@@ -310,7 +310,9 @@ class StepChecker:
             return
         paths = {key: self.outputs[upstream] for key, upstream in (inputs or {}).items()}
         self.pipe.checked_config(name, stage, list(overrides), paths)
-        self.outputs[name] = self.pipe.root / name / STAGE_OUTPUTS[stage]
+        # A path no run writes: an earlier run's output in the step's folder must not be read
+        # (nor checked against today's settings) before the step runs again and sets it aside.
+        self.outputs[name] = self.pipe.root / name / ".not-made-yet" / STAGE_OUTPUTS[stage]
 
 
 def check_every_step(pipe: Pipeline, study: Study, seeds: list[int], per_stage: dict) -> None:

@@ -8,7 +8,7 @@ instead of paying the 5-10 s of interpreter and imports again (docs/scaling.md).
 still a process of its own: its crash, memory, signal handlers and thread settings are its own,
 and it runs the same entry point with the same arguments and environment as the command.
 ``subprocess`` starts each step as a new interpreter, the way it was before; it is also what
-``fork`` falls back to where there is no forkserver (not on Linux).
+``fork`` falls back to where there is no forkserver (Windows).
 
 The server imports modules and does nothing else: no torch work runs in it, so torch's OpenMP
 thread pool and CUDA are untouched when it forks (neither survives a fork; the OpenBLAS pools that
@@ -37,7 +37,7 @@ STEP_LAUNCHERS = ("fork", "subprocess")
 # What the server imports before it forks the first step: what every step's start-up spends its
 # seconds on. geovq/train.py itself runs in each step as __main__ (as -m runs it), and is not
 # loaded under its own name here: runpy warns when a module it runs as __main__ is loaded already.
-PRELOAD = ["torch", "lightning", "hydra", "geovq.training", *(STAGES[stage].module for stage in STEP_STAGES)]
+PRELOAD = ["geovq.study.server_signals", "torch", "lightning", "hydra", "geovq.training", *(STAGES[stage].module for stage in STEP_STAGES)]
 
 
 class StepProcess(Protocol):
