@@ -299,7 +299,7 @@ def run_method(pipe: Pipeline, study: Study, method: Method, seed_folder: str) -
 class StepChecker:
     """Stands in for a Pipeline while the steps are declared: composes and checks each step's
     config (once), so that a bad setting of a late step (an evaluation's, after hours of training)
-    is refused before the first step runs. An input not made yet is the path its step will write."""
+    is refused before the first step runs. An input not made yet is a path no run writes."""
 
     def __init__(self, pipe: Pipeline, outputs: dict[str, Path]):
         self.pipe = pipe
