@@ -109,8 +109,8 @@ def main() -> None:
                      f"{statistics.median(fork):.2f} s ({min(fork):.2f}-{max(fork):.2f}) | "
                      f"{statistics.median(sub) / statistics.median(fork):.1f}x |")
     lines += ["", f"medians of {args.repeats} launches each, launchers alternating; load average at the end: "
-              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}. A study runs in the background, so run this "
-              "as it runs (nice -n 19) and read the ratios, which are measured side by side, more than the seconds."]
+              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}. Where other work runs beside it, read the "
+              "ratios, which are measured side by side, more than the seconds."]
     print("\n".join(lines[-(len(MEASURES) + 4):]))
     if args.save:
         RESULTS.mkdir(exist_ok=True)
