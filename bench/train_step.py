@@ -50,7 +50,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from geovq.precision import BF16_CPU_FLAGS, cpu_has_native_bf16
+from geovq.precision import BF16_CPU_FLAGS, cpu_has_native_bf16, fast_precision
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -68,6 +68,10 @@ MODELS = {
     "prior": (["model=prior"], False, "token_nll"),  # + experiment=paper's model.* overrides of its priors
 }
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+# Each bench model's name in geovq.precision (the resolver's model argument).
+PRECISION_NAME = {"grid_vae": "grid_vae", "vqvae_ema": "vqvae", "classifier": "classifier", "prior": "prior"}
+# Only the classifier's stage converts to channels_last in bf16 (conf/stage/classifier.yaml).
+CHANNELS_LAST_IN_BF16 = {"classifier"}
 
 
 # -- the machine ------------------------------------------------------------------------------
@@ -299,6 +303,31 @@ def pays_after(row: Row, eager: Row | None) -> str:
     return f"{n:.0f} steps ({n / STEPS_PER_EPOCH:.1f} epochs)"
 
 
+def study_settings(model: str, device: str) -> tuple[tuple[str, bool], tuple[str, bool]]:
+    """(precision, channels_last) of ``model``'s training in a study before the precision work
+    (main at 05e991c: bf16 autocast for the prior wherever bf16 is native, float32 for the rest)
+    and today (what ``${geovq_fast_precision:...}`` and the stage's callbacks pick here)."""
+    bf16 = native_precisions(device) == ["fp32", "bf16"]
+    before = ("bf16" if bf16 and model == "prior" else "fp32", False)
+    today = "bf16" if fast_precision("gpu" if device == "cuda" else "cpu", PRECISION_NAME[model]) == "bf16-mixed" else "fp32"
+    return before, (today, today == "bf16" and device == "cpu" and model in CHANNELS_LAST_IN_BF16)
+
+
+def before_and_after(rows: list[Row], peak: dict[str, dict[str, float]], device: str) -> list[str]:
+    """For each model: its setting in a study at 05e991c and today, each with its fraction of this
+    machine's peak in that precision and its images / s (eager rows of this run)."""
+    eager = {(r.model, r.precision, r.channels_last): r for r in rows if not r.compiled and r.ms == r.ms}
+    lines = ["| model | 05e991c: setting | fraction of peak | images / s | today: setting | fraction of peak | "
+             "images / s | speed-up |", "|---|---|---|---|---|---|---|---|"]
+    for model in dict.fromkeys(r.model for r in rows):
+        ends = [eager.get((model, *setting)) for setting in study_settings(model, device)]
+        if None in ends:
+            continue  # a setting this run did not time (--precisions)
+        cells = [f"{r.setting()} | {r.gflops / max(peak[r.precision].values()):.3f} | {r.images_per_s:.0f}" for r in ends]
+        lines.append(f"| {model} | {cells[0]} | {cells[1]} | {ends[0].ms / ends[1].ms:.2f}x |")
+    return lines
+
+
 def table(rows: list[Row], peak: dict[str, dict[str, float]]) -> list[str]:
     lines = ["| model | setting | ms / step (best) | images / s | GFLOP / step | GFLOP/s (best) | fraction of peak | "
              "compile s | compile pays after |", "|---|---|---|---|---|---|---|---|---|"]
@@ -397,7 +426,10 @@ def main() -> None:
               "GFLOP / step: FlopCounterMode on one eager step (forward + backward, optimizer not counted); "
               f"compile s: the warm-up steps' time beyond {args.warmup} steady steps, "
               f"{'default' if args.warm_cache else 'fresh (cold)'} inductor cache; an epoch = {STEPS_PER_EPOCH} steps. "
-              f"Run took {time.time() - started:.0f} s."]
+              f"Run took {time.time() - started:.0f} s.",
+              "", "Each model as a study trains it, before the precision work (05e991c) and today (fraction of the "
+              "peak in its own precision; speed-up: median step time before / today):", "",
+              *before_and_after(rows, peak, args.device)]
     print("\n" + "\n".join(lines[len(header):]))
     if args.save:
         RESULTS.mkdir(exist_ok=True)

@@ -27,3 +27,21 @@ def test_one_eager_step_of_the_prior_has_time_flops_and_a_fraction_of_peak():
     assert row.ms > 0 and row.gflop_per_step > 0 and row.gflops > 0
     assert 0 < row.gflops / max(peak.values()) <= 1.5
     assert "| prior | fp32 |" in "\n".join(bench.table([row], {"fp32": peak}))
+
+
+
+@pytest.mark.parametrize(("native", "expected"), [
+    (True, "| prior | bf16 | 0.083 | 640 | fp32 | 0.500 | 1280 | 2.00x |"),  # bf16 at 05e991c, float32 today
+    (False, "| prior | fp32 | 0.500 | 1280 | fp32 | 0.500 | 1280 | 1.00x |"),  # float32 then and now
+])
+def test_before_and_after_compares_each_models_study_setting_then_and_now(monkeypatch, native, expected):
+    import geovq.precision
+
+    bench = _bench()
+    for module in (bench, geovq.precision):
+        monkeypatch.setattr(module, "cpu_has_native_bf16", lambda: native)
+    peak = {"fp32": {"matmul": 100.0, "conv": 100.0}, "bf16": {"matmul": 300.0, "conv": 300.0}}
+    rows = [bench.Row("prior", "fp32", False, False, ms=100.0, best_ms=100.0, gflop_per_step=5.0),
+            bench.Row("prior", "bf16", False, False, ms=200.0, best_ms=200.0, gflop_per_step=5.0)]
+    assert bench.before_and_after(rows, peak, "cpu")[-1] == expected
+    assert bench.study_settings("classifier", "cpu")[1] == (("bf16", True) if native else ("fp32", False))

@@ -5,17 +5,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
+from geovq.callbacks.thread_share import THREADS_FILE_ENV, read_thread_count
 from geovq.errors import ConfigError, TrainingError
+from geovq.study import parallel
 from geovq.study.parallel import (
     STEP_LOG,
     StepRequest,
     available_cores,
     launch_order,
     run_steps,
+    share_cores,
     start_ready_steps,
     step_environment,
     stop_processes,
@@ -40,11 +45,39 @@ def test_each_process_gets_its_threads_and_one_gpu_of_several():
     assert step_environment(slot=2, threads=1, gpus=["4", "5"])["CUDA_VISIBLE_DEVICES"] == "4"
 
 
-class FakePipe:
-    """Plans and launches steps without running anything: what the scheduler decides, and with which threads."""
+class FakeProcess:
+    """A step process that ends (status 0) at its ``ticks``-th poll and notes, at each poll, the
+    thread count its file holds (as a training step reads it at each batch)."""
 
-    def __init__(self, root):
-        self.root, self.results, self.launched = root, {}, []
+    def __init__(self, ticks, threads_file, interrupt=False):
+        self.ticks, self.threads_file, self.interrupt = ticks, threads_file, interrupt
+        self.returncode, self.counts = None, []
+
+    def poll(self):
+        if self.interrupt:  # Ctrl-C while the scheduler waits on it
+            self.interrupt = False
+            raise KeyboardInterrupt
+        if self.threads_file is not None:
+            self.counts.append(read_thread_count(Path(self.threads_file)))
+        self.ticks -= 1
+        if self.ticks <= 0 and self.returncode is None:
+            self.returncode = 0
+        return self.returncode
+
+    def terminate(self):
+        self.returncode = -15
+
+    def wait(self, timeout=None):
+        return self.returncode
+
+
+class FakePipe:
+    """Plans and launches steps without running anything: what the scheduler decides, and with
+    which threads. A step's process ends at its ``ticks[name]``-th poll (1 unless given)."""
+
+    def __init__(self, root, ticks=None, interrupt=None):
+        self.root, self.results, self.launched, self.files, self.processes = root, {}, [], {}, {}
+        self.ticks, self.interrupt = ticks or {}, interrupt
 
     def plan(self, name, stage, overrides, inputs):
         return StepPlan(name, stage, [], None, "key", self.root / name, self.root / name / "out")
@@ -57,7 +90,16 @@ class FakePipe:
 
     def launch(self, plan, env, **_):
         self.launched.append((plan.name, int(env["OMP_NUM_THREADS"])))
-        return object()
+        self.files[plan.name] = env.get(THREADS_FILE_ENV)
+        process = FakeProcess(self.ticks.get(plan.name, 1), self.files[plan.name], plan.name == self.interrupt)
+        self.processes[plan.name] = process
+        return process
+
+    def collect(self, plan, returncode, log_file=None):
+        return {}
+
+    def record(self, plan, metrics, seconds):
+        self.results[plan.name] = metrics
 
 
 def test_the_longest_chain_starts_first(tmp_path):
@@ -93,6 +135,76 @@ def test_steps_side_by_side_share_the_cores_and_a_lone_step_gets_them_all(tmp_pa
     assert lone.launched == [("vae", 8)] and running[0].slots == 2
 
 
+def given(pipe: FakePipe, name: str) -> int | None:
+    return read_thread_count(Path(pipe.files[name]))
+
+
+def test_an_idle_place_lends_its_threads_to_training_steps_until_a_step_is_ready(tmp_path):
+    pipe = FakePipe(tmp_path / "steps")
+    pending = [StepRequest(pipe, "prior_A", "prior", []), StepRequest(pipe, "prior_B", "prior", []),
+               StepRequest(pipe, "sample_B", "sample", [], {"stage.prior": "prior_B"})]
+    plans, running = {}, []
+    start_ready_steps(pending, plans, running, n_parallel=2, cores=2, gpus=[], start=None, threads_dir=tmp_path)
+    share_cores(running, n_parallel=2, cores=2)
+    assert [given(pipe, name) for name in ("prior_A", "prior_B")] == [1, 1]  # one core each
+
+    running.pop()  # prior_B ends; sample_B is ready only once it is recorded: nothing ready yet
+    share_cores(running, n_parallel=2, cores=2)
+    assert given(pipe, "prior_A") == 2  # the idle core goes to the step still running
+
+    pipe.results["prior_B"] = object()  # recorded: sample_B starts, and prior_A gives its core back
+    start_ready_steps(pending, plans, running, n_parallel=2, cores=2, gpus=[], start=None, threads_dir=tmp_path)
+    share_cores(running, n_parallel=2, cores=2)
+    assert [job.plan.name for job in running] == ["prior_A", "sample_B"] and given(pipe, "prior_A") == 1
+    assert pipe.files["sample_B"] is None  # no training batches to take up a count: no file
+
+    running.remove(running[0])  # prior_A ends beside sample_B: no training step is left to lend to
+    share_cores(running, n_parallel=2, cores=2)
+    assert running[0].lent == 0
+
+
+def test_with_every_place_taken_no_count_changes(tmp_path):
+    pipe = FakePipe(tmp_path / "steps")
+    pending = [StepRequest(pipe, name, "vqvae", []) for name in ("vqvae", "vqvae_ema", "vqvae_kmeans")]
+    running = []
+    start_ready_steps(pending, {}, running, n_parallel=3, cores=8, gpus=[], start=None, threads_dir=tmp_path)
+    share_cores(running, n_parallel=3, cores=8)
+    assert [given(pipe, name) for name in ("vqvae", "vqvae_ema", "vqvae_kmeans")] == [2, 2, 2]
+    running.pop()  # one place idle: its 2 threads and the 2 nobody had go to the two left
+    share_cores(running, n_parallel=3, cores=8)
+    assert [given(pipe, name) for name in ("vqvae", "vqvae_ema")] == [4, 4]
+
+
+def test_run_steps_lends_at_the_tail_and_removes_its_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(parallel, "available_cores", lambda: 2)
+    monkeypatch.setattr(parallel, "POLL_SECONDS", 0)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    pipe = FakePipe(tmp_path / "steps", ticks={"prior_A": 2, "sample_A": 2, "prior_B": 8})
+    requests = [StepRequest(pipe, "prior_A", "prior", []), StepRequest(pipe, "prior_B", "prior", []),
+                StepRequest(pipe, "sample_A", "sample", [], {"stage.prior": "prior_A"})]
+    run_steps(requests, n_parallel=2, lend_idle_cores=True)
+    assert set(pipe.results) == {"prior_A", "sample_A", "prior_B"}
+    counts = pipe.processes["prior_B"].counts
+    # One core while prior_A, then sample_A, ran beside it; both cores once it was alone.
+    assert counts[0] == 1 and counts[-1] == 2 and counts == sorted(counts)
+    assert list((tmp_path / "tmp").iterdir()) == []  # its thread files are gone
+
+    interrupted = FakePipe(tmp_path / "again", ticks={"prior_A": 5, "prior_B": 5}, interrupt="prior_B")
+    with pytest.raises(KeyboardInterrupt):
+        run_steps([StepRequest(interrupted, "prior_A", "prior", []), StepRequest(interrupted, "prior_B", "prior", [])],
+                  n_parallel=2, lend_idle_cores=True)
+    assert interrupted.processes["prior_A"].returncode == -15  # stopped, not left running
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_without_lending_no_step_gets_a_thread_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(parallel, "POLL_SECONDS", 0)
+    pipe = FakePipe(tmp_path)
+    run_steps([StepRequest(pipe, "prior_A", "prior", []), StepRequest(pipe, "prior_B", "prior", [])], n_parallel=2)
+    assert set(pipe.results) == {"prior_A", "prior_B"} and pipe.files == {"prior_A": None, "prior_B": None}
+
+
 # A whole study (several training steps): slow tier; CI's default run includes it.
 @pytest.mark.slow
 def test_a_study_runs_two_steps_at_a_time_and_a_second_run_reuses_them(compose_config, study_overrides, one_method_study,
@@ -104,7 +216,8 @@ def test_a_study_runs_two_steps_at_a_time_and_a_second_run_reuses_them(compose_c
     # Each step ran as its own process, its output in its own log.
     assert "`Trainer.fit` stopped" in (out / "seed_0/prior_A_kmeans8" / STEP_LOG).read_text()
     report = json.loads((out / "report.json").read_text())
-    assert report["parallel"] == 2 and report["methods"]["A_kmeans8"]["seeds"]["0"]["codes/n_codes"] == 8
+    assert report["parallel"] == 2 and report["lend_idle_cores"] is False  # off unless asked
+    assert report["methods"]["A_kmeans8"]["seeds"]["0"]["codes/n_codes"] == 8
     # The serial run finds every step done: the two modes share the step keys.
     before = {step: (out / step / "step.json").stat().st_mtime_ns for step in STUDY_STEPS}
     run_stage(compose_config(out, study_overrides + one_method_study + ["pipeline.figures=false"]))
@@ -130,6 +243,11 @@ def test_a_failed_step_names_its_log_and_the_steps_done_are_kept(compose_config,
 def test_parallel_must_be_a_positive_count(compose_config, study_overrides, tmp_path, value):
     with pytest.raises(ConfigError, match="pipeline.parallel"):
         run_stage(compose_config(tmp_path, study_overrides + [f"pipeline.parallel={value}"]))
+
+
+def test_lend_idle_cores_is_true_or_false(compose_config, study_overrides, tmp_path):
+    with pytest.raises(ConfigError, match="pipeline.lend_idle_cores is true or false"):
+        run_stage(compose_config(tmp_path, study_overrides + ["pipeline.parallel=2", "pipeline.lend_idle_cores=sometimes"]))
 
 
 def test_parallel_steps_and_ddp_are_exclusive(compose_config, study_overrides, tmp_path):

@@ -183,10 +183,14 @@ def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: d
     times = {name: round(r.seconds, 1) for name, r in pipe.results.items()}
     wall = time.perf_counter() - pipe.started
     parallel = options.get("parallel", 1)
+    lend_idle_cores = parallel > 1 and options.get("lend_idle_cores", False)
     lines += ["", "## Time of each step", "",
               f"Seconds; reused steps show the time of the run that made them. This command took {wall:.0f} s until "
               f"the figures, with pipeline.parallel={parallel}" + (" (steps side by side share the CPU, so each "
-              "took longer than it would alone)." if parallel > 1 else "."), ""]
+              "took longer than it would alone)." if parallel > 1 else ".") + (
+                  " pipeline.lend_idle_cores was on: the steps run by this command may have been lent an idle place's "
+                  "threads (their step.log says when), so a rerun's figures may differ in the last digits."
+                  if lend_idle_cores else ""), ""]
     lines += [f"- {name}: {seconds}" + (" (reused)" if pipe.results[name].reused else "") for name, seconds in times.items()]
 
     figure_files = []
@@ -214,6 +218,7 @@ def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: d
         "step_seconds": times,
         "wall_seconds_until_figures": round(wall, 1),
         "parallel": parallel,
+        "lend_idle_cores": lend_idle_cores,
         "figures": figure_files,
         "references": {"continuous_test_mse": continuous, "fid_floor": fid_floor, "classifier_test_accuracy": accuracy},
         "summary": summary,

@@ -354,6 +354,14 @@ def step_launcher_option(options: dict) -> str:
     return launcher
 
 
+def lend_idle_cores_option(options: dict) -> bool:
+    lend = options.get("lend_idle_cores", False)
+    if not isinstance(lend, bool):
+        raise ConfigError(f"pipeline.lend_idle_cores is true or false (lend an idle place's threads to the steps "
+                          f"running); got {lend!r}.")
+    return lend
+
+
 def run_study(cfg: DictConfig, get_stage: StageLookup) -> dict:
     """The study of ``cfg.pipeline``: every step, then the report; returns the report's summary."""
     options = OmegaConf.to_container(cfg.pipeline, resolve=True)
@@ -362,13 +370,17 @@ def run_study(cfg: DictConfig, get_stage: StageLookup) -> dict:
     per_stage = {key: options.get(key) or [] for key in ("all", *STEP_STAGES)}
     pipe = Pipeline(output_dir(cfg), user_overrides(), per_stage, get_stage=get_stage)
     n_parallel, launcher = parallel_steps_option(cfg, options), step_launcher_option(options)
+    lend_idle_cores = lend_idle_cores_option(options)
+    if lend_idle_cores and n_parallel == 1:
+        log.warning("pipeline.lend_idle_cores=true does nothing with pipeline.parallel=1: the one step running "
+                    "has every core already.")
     check_every_step(pipe, study, seeds, per_stage)
     if n_parallel == 1:
         declare_steps(pipe, study, seeds, per_stage, lambda target: target)
     else:
         requests = {}
         declare_steps(pipe, study, seeds, per_stage, lambda target: StepRecorder(target, requests))
-        run_steps(list(requests.values()), n_parallel, launcher)
+        run_steps(list(requests.values()), n_parallel, launcher, lend_idle_cores)
     images = None
     if options.get("figures", True):
         data = instantiate(compose_step(["stage=vae", *options.get("all", []), *pipe.base], "vae").data)
