@@ -26,6 +26,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from geovq.artifacts import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 THREADS_FILE_ENV = "GEOVQ_THREADS_FILE"
@@ -33,8 +35,8 @@ THREADS_FILE_ENV = "GEOVQ_THREADS_FILE"
 
 def read_thread_count(path: Path) -> int | None:
     """The count in ``path``; None where there is none (not written yet, or not a count). The
-    scheduler writes a new count beside it and renames it into place, so a partial write is never
-    read."""
+    scheduler writes each count atomically (a temporary file renamed into place), so a partial
+    write is never read."""
     try:
         count = int(path.read_text())
     except (OSError, ValueError):
@@ -44,9 +46,7 @@ def read_thread_count(path: Path) -> int | None:
 
 def write_thread_count(path: Path, count: int) -> None:
     """Write ``count`` so that a reader sees the old count or the new one, never a part."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(str(count))
-    os.replace(partial, path)
+    atomic_write_text(path, str(count))
 
 
 class FollowThreadShare(Callback):
