@@ -64,10 +64,10 @@ FD = {"A": [20.0, 22.0, 21.0], "H": [10.0, 11.0, 10.5], "B": [15.0, 15.5, 16.0]}
 
 def fake_pipe(tmp_path, seeds, prior_epochs=(5, 12)):
     """A finished study's results as the runner keeps them: step metrics, seconds, evaluations."""
-    results = {"classifier": SimpleNamespace(metrics={"test/accuracy": 0.99}, seconds=60.0, reused=False)}
+    results = {"classifier": SimpleNamespace(metrics={"test/accuracy": 0.99}, seconds=60.0, reused=False, copied_from="")}
 
     def add(name, metrics, seconds, output=None):
-        results[name] = SimpleNamespace(metrics=metrics, seconds=seconds, reused=False, output=output)
+        results[name] = SimpleNamespace(metrics=metrics, seconds=seconds, reused=False, copied_from="", output=output)
 
     for i, seed in enumerate(seeds):
         folder = f"seed_{seed}"

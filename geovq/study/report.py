@@ -116,6 +116,12 @@ def findings(study: Study, runs: dict, comparisons: list, budgets: dict | None =
     return lines, records
 
 
+def reuse_note(result) -> str:
+    if result.copied_from:  # pipeline.reuse_from
+        return f" (reused: copied from {result.copied_from})"
+    return " (reused)" if result.reused else ""
+
+
 def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: dict, images=None) -> dict:
     runs = method_runs(pipe, study, seeds)
     first = {name: r[seeds[0]] for name, r in runs.items()}
@@ -191,7 +197,7 @@ def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: d
                   " pipeline.lend_idle_cores was on: the steps run by this command may have been lent an idle place's "
                   "threads (their step.log says when), so a rerun's figures may differ in the last digits."
                   if lend_idle_cores else ""), ""]
-    lines += [f"- {name}: {seconds}" + (" (reused)" if pipe.results[name].reused else "") for name, seconds in times.items()]
+    lines += [f"- {name}: {seconds}" + reuse_note(pipe.results[name]) for name, seconds in times.items()]
 
     figure_files = []
     if options.get("figures", True):

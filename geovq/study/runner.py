@@ -29,7 +29,6 @@ Nothing here imports a stage: the stage entry (``geovq/stages/pipeline.py``) pas
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -64,6 +63,7 @@ from geovq.run_folder import (
     set_aside_earlier_run,
 )
 from geovq.stage_registry import STAGES, STEP_STAGES
+from geovq.study.finished_steps import STEP_FILE, FinishedSteps, copy_step, file_sha256, read_record
 from geovq.study.parallel import StepRecorder, run_steps, stop_processes
 from geovq.study.report import write_report
 from geovq.study.spec import DERIVED, STAGE_OUTPUTS, Method, Study, plan_study
@@ -71,7 +71,6 @@ from geovq.study.step_process import STEP_LAUNCHERS, StepProcess, StepStarter, s
 
 log = logging.getLogger(__name__)
 
-STEP_FILE = "step.json"
 # A stage's run(cfg) by its name: geovq.stages.get_stage.
 StageLookup = Callable[[str], Callable[[DictConfig], dict]]
 
@@ -84,6 +83,7 @@ class StepResult:
     metrics: dict
     seconds: float
     reused: bool
+    copied_from: str = ""  # the other study's step folder it was copied from (pipeline.reuse_from)
 
     @cached_property
     def output_sha256(self) -> str:
@@ -112,10 +112,6 @@ def compose_step(overrides: list[str], step: str = "") -> DictConfig:
         ) from None
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 @dataclass
 class StepPlan:
     """A step ready to run: its composed config, its key and where its output goes."""
@@ -135,11 +131,15 @@ class Pipeline:
     config and inputs. ``inputs`` maps a config key of the step to an earlier step, whose
     output path the key receives (and whose output's hash is part of the step's key).
     ``results`` may be shared with other pipelines of the same run (one per seed). ``get_stage``
-    runs a step in this process (a step run as its own command needs none)."""
+    runs a step in this process (a step run as its own command needs none). A step not done here
+    but finished by another study (``finished``: the folders of ``pipeline.reuse_from``) is
+    copied in."""
 
     def __init__(self, root: Path, base_overrides: list[str], stage_overrides: dict[str, list[str]],
-                 results: dict[str, StepResult] | None = None, get_stage: StageLookup | None = None):
+                 results: dict[str, StepResult] | None = None, get_stage: StageLookup | None = None,
+                 finished: FinishedSteps | None = None):
         self.root = root
+        self.finished = finished
         self.base = base_overrides
         self.stage_overrides = stage_overrides
         self.results: dict[str, StepResult] = {} if results is None else results
@@ -179,17 +179,31 @@ class Pipeline:
         return overrides, cfg
 
     def reused(self, plan: StepPlan) -> StepResult | None:
-        """The step's earlier result, when its folder holds one made with the same key."""
+        """The step's earlier result, when its folder holds one made with the same key, or a copy
+        of another study's (``pipeline.reuse_from``)."""
         record = plan.folder / STEP_FILE
-        if not (record.exists() and plan.target.exists()):
-            return None
-        done = json.loads(record.read_text())
-        if done.get("key") != plan.key or done.get("output_sha256") != file_sha256(plan.target):
-            return None
-        log.info("step %s: reusing %s (same config and inputs)", plan.name, plan.target)
-        result = StepResult(plan.name, plan.folder, plan.target, done["metrics"], done["seconds"], True)
+        done = read_record(record) if plan.target.exists() else None
+        if done is None or done.get("key") != plan.key or done.get("output_sha256") != file_sha256(plan.target):
+            done = self.copied(plan)
+            if done is None:
+                return None
+        else:
+            log.info("step %s: reusing %s (same config and inputs)", plan.name, plan.target)
+        result = StepResult(plan.name, plan.folder, plan.target, done["metrics"], done["seconds"], True,
+                            done.get("copied_from", ""))
         self.results[plan.name] = result
         return result
+
+    def copied(self, plan: StepPlan) -> dict | None:
+        """Another study's finished step with the same key, copied into the step's folder (what
+        an earlier run left there set aside first); its step.json, or None when there is none."""
+        found = self.finished.find(plan.key, plan.target.name) if self.finished else None
+        if found is None:
+            return None
+        self.prepare_folder(plan)
+        done = copy_step(found, plan.folder)
+        log.info("step %s: copied from %s (same config and inputs)", plan.name, found.folder)
+        return done
 
     def execute(self, plan: StepPlan) -> StepResult:
         log.info("step %s: running stage=%s in %s", plan.name, plan.stage, plan.folder)
@@ -328,7 +342,7 @@ def declare_steps(pipe: Pipeline, study: Study, seeds: list[int], per_stage: dic
     the pipeline itself (run them now) or a recorder (run them later, several at once)."""
     runner(pipe).step("classifier", "classifier")
     for seed in seeds:
-        seeded = Pipeline(pipe.root, [f"seed={seed}", *pipe.base], per_stage, pipe.results, pipe.get_stage)
+        seeded = Pipeline(pipe.root, [f"seed={seed}", *pipe.base], per_stage, pipe.results, pipe.get_stage, pipe.finished)
         for method in study.methods.values():
             run_method(runner(seeded), study, method, f"seed_{seed}")
 
@@ -362,13 +376,23 @@ def lend_idle_cores_option(options: dict) -> bool:
     return lend
 
 
+def reuse_from_option(options: dict, root: Path) -> FinishedSteps | None:
+    folders = options.get("reuse_from") or []
+    if isinstance(folders, str) or not all(isinstance(folder, str) and folder for folder in folders):
+        raise ConfigError(f"pipeline.reuse_from lists the folders of other studies whose finished steps this one may "
+                          f"copy, e.g. 'pipeline.reuse_from=[outputs/experiments/paper]'; got {folders!r}.")
+    others = [Path(folder) for folder in folders if Path(folder).resolve() != root.resolve()]
+    return FinishedSteps(others) if others else None
+
+
 def run_study(cfg: DictConfig, get_stage: StageLookup) -> dict:
     """The study of ``cfg.pipeline``: every step, then the report; returns the report's summary."""
     options = OmegaConf.to_container(cfg.pipeline, resolve=True)
     study = plan_study(options.get("steps"), options.get("methods"))
     seeds = seed_list(cfg)
     per_stage = {key: options.get(key) or [] for key in ("all", *STEP_STAGES)}
-    pipe = Pipeline(output_dir(cfg), user_overrides(), per_stage, get_stage=get_stage)
+    pipe = Pipeline(output_dir(cfg), user_overrides(), per_stage, get_stage=get_stage,
+                    finished=reuse_from_option(options, output_dir(cfg)))
     n_parallel, launcher = parallel_steps_option(cfg, options), step_launcher_option(options)
     lend_idle_cores = lend_idle_cores_option(options)
     if lend_idle_cores and n_parallel == 1:
