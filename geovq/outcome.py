@@ -35,7 +35,7 @@ def interrupted_line(cfg: DictConfig, signal_name: str) -> str:
     again = command_line()
     if stage == "pipeline":
         return (f"interrupted ({signal_name}): stage=pipeline in {folder}; its finished steps are kept and "
-                f"reused. Continue with: {again}")
+                f"reused, and its stopped training steps resume from their last completed epoch. Continue with: {again}")
     last = folder / LAST_CHECKPOINT
     if last.is_file():
         resume = command_line(drop=("hydra.run.dir", "ckpt_path", "overwrite"),

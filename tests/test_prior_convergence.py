@@ -9,7 +9,7 @@ import io
 import pytest
 import torch
 
-from geovq.artifacts import save_code_grids
+from geovq.artifacts import load_artifact, save_code_grids
 from geovq.errors import ConfigError
 from geovq.models.schedules import WarmupReduceLROnPlateau
 from geovq.train import run_stage
@@ -121,3 +121,17 @@ def test_a_prior_resumed_with_a_higher_cap_continues_its_schedule(prior_cfg, tmp
     # ... while another schedule setting is refused, by name.
     with pytest.raises(ConfigError, match=r"model\.scheduler\.factor=0\.5.*learning-rate schedule"):
         run_stage(prior_cfg("trainer.max_epochs=3", "ckpt_path=last", "model.scheduler.factor=0.25"))
+
+
+@pytest.mark.slow  # trains: the slow tier (CI runs both tiers)
+def test_a_run_stopped_after_an_epoch_and_resumed_ends_as_one_never_stopped(prior_cfg, tmp_path):
+    """What a study relies on when it resumes an interrupted step from its last checkpoint: the
+    same batches in the same order after the resume (the random generators' states are in the
+    checkpoint), so the same weights and figures as a run that was never stopped."""
+    whole = run_stage(prior_cfg("trainer.max_epochs=3", name="whole"))
+    run_stage(prior_cfg("trainer.max_epochs=1", name="stopped"))
+    resumed = run_stage(prior_cfg("trainer.max_epochs=3", "ckpt_path=last", name="stopped"))
+    assert resumed["test/nll"] == whole["test/nll"] and resumed["train/steps"] == whole["train/steps"]
+    weights = [load_artifact(tmp_path / name / "model.pt").payload["state_dict"] for name in ("whole", "stopped")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])

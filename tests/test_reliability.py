@@ -269,6 +269,56 @@ def test_a_step_process_that_exits_0_without_finishing_is_not_recorded(data_root
     assert pipe.collect(plan, 0) == {"test/mse": 0.5}
 
 
+def stopped_after_one_epoch(calls: list):
+    """A training stage whose first run is stopped after writing its first epoch's checkpoint
+    (as Ctrl-C leaves it); later runs finish. ``calls`` gets each run's ckpt_path."""
+    def get_stage(stage: str):
+        def run(cfg) -> dict:
+            calls.append(cfg.get("ckpt_path"))
+            folder = Path(cfg.paths.output_dir)
+            if len(calls) == 1:
+                (folder / "checkpoints").mkdir(parents=True)
+                (folder / "checkpoints" / "last.ckpt").write_text("epoch 1")
+                raise KeyboardInterrupt
+            (folder / "model.pt").write_text(f"trained, resumed: {cfg.get('ckpt_path') == 'last'}")
+            return {"test/mse": 0.5}
+        return run
+    return get_stage
+
+
+def test_a_training_step_stopped_part_way_resumes_from_its_last_checkpoint(data_root, tmp_path):
+    """A long study stopped at any moment loses at most an epoch of each step it was training:
+    rerun, such a step continues from its checkpoint (which holds the generators' states, so it
+    ends as an unstopped run: test_prior_convergence.py), unless its config or inputs changed."""
+    from geovq.study.runner import STARTED_FILE, Pipeline
+
+    calls = []
+    with pytest.raises(KeyboardInterrupt):
+        Pipeline(tmp_path, [f"data.root={data_root}"], {}, get_stage=stopped_after_one_epoch(calls)).step("vae", "vae")
+    assert (tmp_path / "vae" / STARTED_FILE).exists() and not (tmp_path / "vae" / "step.json").exists()
+
+    rerun = Pipeline(tmp_path, [f"data.root={data_root}"], {}, get_stage=stopped_after_one_epoch(calls))
+    result = rerun.step("vae", "vae")
+    assert calls == [None, "last"] and result.output.read_text() == "trained, resumed: True"
+    assert (tmp_path / "vae" / "checkpoints" / "last.ckpt").read_text() == "epoch 1"  # resumed in place
+    plan = rerun.plan("vae", "vae", [], {})
+    plan.resume = True
+    args = rerun.launch(plan, start=lambda args, env, log_file: args)  # as its own process: the same resume
+    assert "ckpt_path=last" in args
+
+
+def test_a_stopped_step_whose_config_changed_starts_over_and_keeps_the_stopped_run(data_root, tmp_path):
+    from geovq.study.runner import Pipeline
+
+    calls = []
+    with pytest.raises(KeyboardInterrupt):
+        Pipeline(tmp_path, [f"data.root={data_root}"], {}, get_stage=stopped_after_one_epoch(calls)).step("vae", "vae")
+    changed = Pipeline(tmp_path, [f"data.root={data_root}"], {}, get_stage=stopped_after_one_epoch(calls))
+    changed.step("vae", "vae", ["model.beta=0.5"])
+    assert calls == [None, None]
+    assert [p.read_text() for p in (tmp_path / "vae" / ".replaced").rglob("last.ckpt")] == ["epoch 1"]
+
+
 @pytest.mark.slow
 def test_a_stopped_parallel_pipeline_stops_its_steps_and_a_rerun_continues(study_overrides, one_method_study, tmp_path):
     out = tmp_path / "study"

@@ -15,7 +15,9 @@ step's or method's own overrides, its inputs (``stage.vae=<path of the vae step'
 step. A step is skipped when its folder already holds its output made with the same config from
 the same inputs (``step.json`` records the config hash and the sha256 of the inputs and the
 output), so an interrupted run continues where it stopped, and every completed step's artifacts
-stay intact.
+stay intact; a training step stopped part-way with the same key (``started.json``) resumes from
+its last checkpoint. A step another study has finished with the same key is copied from there
+(``pipeline.reuse_from``, ``geovq/study/finished_steps.py``).
 
 On several devices (``trainer=ddp trainer.devices=N``) each training step runs distributed as
 its own command; quantization, sampling and evaluation run once, in this process. With
@@ -54,6 +56,7 @@ from geovq.artifacts import (
 from geovq.config_check import check_settings, override_key
 from geovq.errors import ConfigError, TrainingError
 from geovq.loggers import log_without_trainer
+from geovq.outcome import LAST_CHECKPOINT
 from geovq.run_folder import (
     COMPLETION_FILE,
     STEP_TOKEN_ENV,
@@ -71,6 +74,8 @@ from geovq.study.step_process import STEP_LAUNCHERS, StepProcess, StepStarter, s
 
 log = logging.getLogger(__name__)
 
+# The key a step's run started with: a training step stopped part-way with the same key resumes.
+STARTED_FILE = "started.json"
 # A stage's run(cfg) by its name: geovq.stages.get_stage.
 StageLookup = Callable[[str], Callable[[DictConfig], dict]]
 
@@ -124,6 +129,7 @@ class StepPlan:
     target: Path
     # Given to the step's process, which writes it back when it finished (run_folder.COMPLETION_FILE).
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    resume: bool = False  # a training step stopped part-way: it continues from its last checkpoint
 
 
 class Pipeline:
@@ -200,7 +206,7 @@ class Pipeline:
         found = self.finished.find(plan.key, plan.target.name) if self.finished else None
         if found is None:
             return None
-        self.prepare_folder(plan)
+        self.clear_folder(plan)
         done = copy_step(found, plan.folder)
         log.info("step %s: copied from %s (same config and inputs)", plan.name, found.folder)
         return done
@@ -223,9 +229,29 @@ class Pipeline:
         return self.record(plan, metrics, time.perf_counter() - started)
 
     def prepare_folder(self, plan: StepPlan) -> None:
-        """A step that runs again starts in a clean folder: what an earlier run of it left (an old
-        config's model.pt, an interrupted run's checkpoints) is moved into ``.replaced/``, so it can
-        neither be mistaken for this run's output nor lost."""
+        """A training step stopped part-way (an interrupted study, a killed machine) with the same
+        key continues from its last checkpoint, which holds the random generators' states, so it
+        ends as a run never stopped would. Any other step that runs again starts in a clean
+        folder (``clear_folder``), with a record of the key it starts with."""
+        if self.stopped_part_way(plan):
+            plan.resume = True
+            with open_dict(plan.cfg):
+                plan.cfg.ckpt_path = "last"
+            log.info("step %s: resuming from %s (stopped part-way, same config and inputs)", plan.name,
+                     plan.folder / LAST_CHECKPOINT)
+            return
+        self.clear_folder(plan)
+        atomic_write_text(plan.folder / STARTED_FILE, json.dumps({"key": plan.key}) + "\n")
+
+    def stopped_part_way(self, plan: StepPlan) -> bool:
+        started = read_record(plan.folder / STARTED_FILE) or {}
+        return (STAGES[plan.stage].trains and started.get("key") == plan.key
+                and (plan.folder / LAST_CHECKPOINT).is_file())
+
+    def clear_folder(self, plan: StepPlan) -> None:
+        """What an earlier run of the step left (an old config's model.pt, an interrupted run's
+        checkpoints) is moved into ``.replaced/``, so it can neither be mistaken for this run's
+        output nor lost."""
         plan.folder.mkdir(parents=True, exist_ok=True)
         moved = set_aside_earlier_run(plan.folder)
         if moved is not None:
@@ -236,7 +262,8 @@ class Pipeline:
         """The step as its own ``python -m geovq.train`` process, with its completion token:
         ``start`` makes it a new interpreter or a fork of the study's step server
         (``geovq/study/step_process.py``); its output goes to ``log_file`` (None: ours)."""
-        args = [f"stage={plan.stage}", *plan.overrides, f"hydra.run.dir={plan.folder}", f"paths.log_dir={self.root}"]
+        args = [f"stage={plan.stage}", *plan.overrides, f"hydra.run.dir={plan.folder}", f"paths.log_dir={self.root}",
+                *(["ckpt_path=last"] if plan.resume else [])]
         env = {**(os.environ if env is None else env), STEP_TOKEN_ENV: plan.token}
         return start(args, env, log_file)
 

@@ -64,7 +64,7 @@ def start_subprocess(args: list[str], env: dict[str, str], log_file: Path | None
     command = [sys.executable, "-m", "geovq.train", *args]
     if log_file is None:
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env)
-    with open(log_file, "w") as stream:  # the child holds its own handle
+    with open(log_file, "a") as stream:  # the child holds its own handle; a resumed step's log goes on
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env, stdout=stream, stderr=stream)
 
 
@@ -99,7 +99,7 @@ class ForkedStep:
 def start_forked(args: list[str], env: dict[str, str], log_file: Path | None = None) -> ForkedStep:
     """The step as a fork of the server (started by the first call), its output to ``log_file``."""
     if log_file is not None:
-        open(log_file, "w").close()  # there from the start, like the subprocess's; the child appends
+        open(log_file, "a").close()  # there from the start, like the subprocess's; the child appends
     process = step_server().Process(target=run_forked_step, args=(list(args), dict(env), log_file and str(log_file)),
                                     name=f"geovq.train {args[0] if args else ''}".strip())
     process.start()
