@@ -64,10 +64,10 @@ FD = {"A": [20.0, 22.0, 21.0], "H": [10.0, 11.0, 10.5], "B": [15.0, 15.5, 16.0]}
 
 def fake_pipe(tmp_path, seeds, prior_epochs=(5, 12)):
     """A finished study's results as the runner keeps them: step metrics, seconds, evaluations."""
-    results = {"classifier": SimpleNamespace(metrics={"test/accuracy": 0.99}, seconds=60.0, reused=False, copied_from="")}
+    results = {"classifier": SimpleNamespace(metrics={"test/accuracy": 0.99}, seconds=60.0, reused=False, copied_from="", resumed=False)}
 
     def add(name, metrics, seconds, output=None):
-        results[name] = SimpleNamespace(metrics=metrics, seconds=seconds, reused=False, copied_from="", output=output)
+        results[name] = SimpleNamespace(metrics=metrics, seconds=seconds, reused=False, copied_from="", resumed=False, output=output)
 
     for i, seed in enumerate(seeds):
         folder = f"seed_{seed}"
@@ -122,3 +122,14 @@ def test_one_seed_separates_nothing_and_gives_the_fd_interval(tmp_path):
     assert {r["verdict"] for r in report["findings"]} == {"not separable (n = 1)"}
     assert "better than" not in text
     assert "| 10.00 [9.50, 10.50] |" in text
+
+
+def test_a_resumed_step_makes_its_methods_time_a_lower_bound(tmp_path):
+    pipe = fake_pipe(tmp_path, [0])
+    pipe.results["seed_0/prior_H"].resumed = True  # stopped and resumed: step.json has its last part only
+    write_report(pipe, STUDY, [0], tmp_path, {"comparisons": [], "figures": False})
+    text = (tmp_path / "report.md").read_text()
+    assert "| hybrid | 10, 550k | 10, 550k | 12, 660k | 13.8k | >= 385 |" in text
+    assert "| A: K-Means | 10, 550k | - | 5, 275k | 6.45k | 185 |" in text
+    assert "only its time after the last resume is counted" in text
+    assert "- seed_0/prior_H: 50.0 (resumed: its time after the last resume)" in text

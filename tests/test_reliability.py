@@ -301,10 +301,48 @@ def test_a_training_step_stopped_part_way_resumes_from_its_last_checkpoint(data_
     result = rerun.step("vae", "vae")
     assert calls == [None, "last"] and result.output.read_text() == "trained, resumed: True"
     assert (tmp_path / "vae" / "checkpoints" / "last.ckpt").read_text() == "epoch 1"  # resumed in place
-    plan = rerun.plan("vae", "vae", [], {})
-    plan.resume = True
-    args = rerun.launch(plan, start=lambda args, env, log_file: args)  # as its own process: the same resume
-    assert "ckpt_path=last" in args
+    assert json.loads((tmp_path / "vae" / "step.json").read_text())["resumed"] is True
+
+
+def test_a_step_run_as_its_own_process_resumes_the_same_way(data_root, tmp_path):
+    """pipeline.parallel=N and DDP: the scheduler prepares the folder, then launches the step
+    with ckpt_path=last."""
+    from geovq.study.runner import Pipeline
+
+    with pytest.raises(KeyboardInterrupt):
+        Pipeline(tmp_path, [f"data.root={data_root}"], {}, get_stage=stopped_after_one_epoch([])).step("vae", "vae")
+    pipe = Pipeline(tmp_path, [f"data.root={data_root}"], {})
+    plan = pipe.plan("vae", "vae", [], {})
+    pipe.prepare_folder(plan)
+    assert "ckpt_path=last" in pipe.launch(plan, start=lambda args, env, log_file: args)
+    assert (tmp_path / "vae" / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.parametrize("how", ["its fit ended", "it failed", "it exited 1"])
+def test_a_step_that_finished_its_fit_or_failed_starts_over_instead_of_resuming(data_root, tmp_path, how):
+    """Only a stopped fit resumes: one that ended (model.pt written, the step stopped before it
+    was recorded) or a run that failed (its checkpoint may hold what made it fail) starts over."""
+    from geovq.errors import TrainingError
+    from geovq.study.runner import Pipeline
+
+    with pytest.raises(KeyboardInterrupt):
+        Pipeline(tmp_path, [f"data.root={data_root}"], {}, get_stage=stopped_after_one_epoch([])).step("vae", "vae")
+    pipe = Pipeline(tmp_path, [f"data.root={data_root}"], {})
+    plan = pipe.plan("vae", "vae", [], {})
+    if how == "its fit ended":
+        (plan.folder / "model.pt").write_text("the best epoch")
+    elif how == "it failed":
+        def diverged(cfg):
+            raise TrainingError("the loss is NaN")
+        with pytest.raises(TrainingError):
+            Pipeline(tmp_path, [f"data.root={data_root}"], {}, get_stage=lambda stage: diverged).step("vae", "vae")
+    else:
+        with pytest.raises(TrainingError, match="failed with exit code 1"):
+            pipe.collect(plan, 1)
+    plan = pipe.plan("vae", "vae", [], {})
+    pipe.prepare_folder(plan)
+    assert not plan.resume and "ckpt_path=last" not in pipe.launch(plan, start=lambda args, env, log_file: args)
+    assert not (tmp_path / "vae" / "checkpoints").exists()  # set aside in .replaced/
 
 
 def test_a_stopped_step_whose_config_changed_starts_over_and_keeps_the_stopped_run(data_root, tmp_path):

@@ -55,6 +55,9 @@ def test_a_study_copies_the_steps_another_finished_with_the_same_config_and_inpu
         record = json.loads((result.folder / STEP_FILE).read_text())
         assert record["copied_from"] == result.copied_from
         assert (result.folder / "metrics.json").exists()
+        # The other run's own records are not taken: its completion token, the key it started with.
+        assert not (result.folder / "complete.json").exists() and not (result.folder / "started.json").exists()
+    assert sorted(p.name for p in (tmp_path / "aposteriori").iterdir()) == ["quantize_kmeans", "vae"]  # no staging left
     assert (tmp_path / "paper" / "vae" / STAGE_OUTPUTS["vae"]).exists()  # the other study keeps its own
 
     # Run again: its own copies are reused, and still say where they came from.

@@ -34,16 +34,17 @@ def method_budgets(pipe, study: Study, seeds: list[int]) -> dict[str, dict[int, 
         budgets[name] = {}
         for seed in seeds:
             networks: dict[str, dict[str, float]] = {}
-            seconds = 0.0
+            seconds, resumed = 0.0, False
             for step, stage in method_steps(study, name):
                 result = pipe.results[f"seed_{seed}/{step}"]
                 seconds += result.seconds
+                resumed |= result.resumed  # its time before the stop is not in step.json
                 if stage in NETWORKS:
                     figures = networks.setdefault(NETWORKS[stage], dict.fromkeys((key for key, _ in NETWORK_FIGURES), 0.0))
                     for key, metric in NETWORK_FIGURES:
                         figures[key] += float(result.metrics.get(metric, math.nan))
             steps = sum(figures["steps"] for figures in networks.values())
-            budgets[name][seed] = {"networks": networks, "steps": steps, "seconds": seconds}
+            budgets[name][seed] = {"networks": networks, "steps": steps, "seconds": seconds, "resumed": resumed}
     return budgets
 
 
@@ -104,6 +105,9 @@ def budget_section(study: Study, budgets: dict[str, dict[int, dict]]) -> tuple[l
             cells.append(f"{epochs:.3g}, {count(images)}")
         steps = sum(run["steps"] for run in runs) / len(runs)
         seconds = sum(run["seconds"] for run in runs) / len(runs)
-        lines.append(f"| {method.title} | " + " | ".join(cells) + f" | {count(steps)} | {seconds:.0f} |")
+        at_least = ">= " if any(run["resumed"] for run in runs) else ""
+        lines.append(f"| {method.title} | " + " | ".join(cells) + f" | {count(steps)} | {at_least}{seconds:.0f} |")
         records += [{"method": name, "seed": seed, **budget} for seed, budget in budgets[name].items()]
+    if any(run["resumed"] for runs in budgets.values() for run in runs.values()):
+        lines += ["", ">= : a step of the method was stopped and resumed; only its time after the last resume is counted."]
     return lines, records

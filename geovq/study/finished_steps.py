@@ -14,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,17 +76,35 @@ class FinishedSteps:
         return None
 
 
-def copy_step(step: FinishedStep, folder: Path) -> dict:
-    """The files of the finished ``step`` into the empty step folder ``folder``, its step.json
-    last (naming where it was copied from); returns that record."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for entry in step.folder.iterdir():
-        if entry.name in (STEP_FILE, LOCK_FILE) or entry.name.startswith("."):
-            continue  # .hydra is the other run's; .replaced its set-aside runs
-        if entry.is_dir():
-            shutil.copytree(entry, folder / entry.name)
-        else:
-            shutil.copy2(entry, folder / entry.name)
+# A finished step's own record of its run, not part of what it made: a copy that took them would
+# claim another study's completion token, or resume from a checkpoint it never trained.
+NOT_COPIED = (STEP_FILE, LOCK_FILE, "started.json", "complete.json")
+
+
+def copy_step(step: FinishedStep, folder: Path, output: str) -> dict:
+    """The files of the finished ``step`` into the step folder ``folder`` (empty but for hidden
+    entries): copied into a hidden sibling first, their ``output`` checked against the step's
+    record, then moved in, the step.json (naming where they came from) last. Returns that record."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.copying-", dir=folder.parent))
+    try:
+        for entry in step.folder.iterdir():
+            if entry.name in NOT_COPIED or entry.name.startswith("."):
+                continue  # .hydra is the other run's; .replaced its set-aside runs
+            if entry.is_dir():
+                shutil.copytree(entry, staging / entry.name)
+            else:
+                shutil.copy2(entry, staging / entry.name)
+        if file_sha256(staging / output) != step.record["output_sha256"]:
+            raise StepChangedWhileCopied(step.folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for entry in staging.iterdir():
+            os.replace(entry, folder / entry.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     record = {**step.record, "copied_from": step.record.get("copied_from", str(step.folder.resolve()))}
     atomic_write_text(folder / STEP_FILE, json.dumps(record, indent=2) + "\n")
     return record
+
+
+class StepChangedWhileCopied(Exception):
+    """The other study's step changed while it was copied (that study runs it again): not used."""

@@ -116,10 +116,12 @@ def findings(study: Study, runs: dict, comparisons: list, budgets: dict | None =
     return lines, records
 
 
-def reuse_note(result) -> str:
-    if result.copied_from:  # pipeline.reuse_from
-        return f" (reused: copied from {result.copied_from})"
-    return " (reused)" if result.reused else ""
+def time_note(result) -> str:
+    """Where a step's time comes from, when not from this command running it from the start."""
+    notes = [f"reused: copied from {result.copied_from}" if result.copied_from  # pipeline.reuse_from
+             else "reused" if result.reused else "", "resumed: its time after the last resume" if result.resumed else ""]
+    notes = [note for note in notes if note]
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: dict, images=None) -> dict:
@@ -197,7 +199,7 @@ def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: d
                   " pipeline.lend_idle_cores was on: the steps run by this command may have been lent an idle place's "
                   "threads (their step.log says when), so a rerun's figures may differ in the last digits."
                   if lend_idle_cores else ""), ""]
-    lines += [f"- {name}: {seconds}" + reuse_note(pipe.results[name]) for name, seconds in times.items()]
+    lines += [f"- {name}: {seconds}" + time_note(pipe.results[name]) for name, seconds in times.items()]
 
     figure_files = []
     if options.get("figures", True):

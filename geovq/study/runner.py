@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -66,7 +67,14 @@ from geovq.run_folder import (
     set_aside_earlier_run,
 )
 from geovq.stage_registry import STAGES, STEP_STAGES
-from geovq.study.finished_steps import STEP_FILE, FinishedSteps, copy_step, file_sha256, read_record
+from geovq.study.finished_steps import (
+    STEP_FILE,
+    FinishedSteps,
+    StepChangedWhileCopied,
+    copy_step,
+    file_sha256,
+    read_record,
+)
 from geovq.study.parallel import StepRecorder, run_steps, stop_processes
 from geovq.study.report import write_report
 from geovq.study.spec import DERIVED, STAGE_OUTPUTS, Method, Study, plan_study
@@ -76,6 +84,9 @@ log = logging.getLogger(__name__)
 
 # The key a step's run started with: a training step stopped part-way with the same key resumes.
 STARTED_FILE = "started.json"
+# How a step's process ends when it is stopped (not failed): Ctrl-C or SIGTERM handled (130, 143),
+# or killed by a signal (negative: SIGINT, SIGTERM, SIGKILL, e.g. the machine's out-of-memory killer).
+INTERRUPTED_EXIT_CODES = {130, 143, -signal.SIGINT, -signal.SIGTERM, -signal.SIGKILL}
 # A stage's run(cfg) by its name: geovq.stages.get_stage.
 StageLookup = Callable[[str], Callable[[DictConfig], dict]]
 
@@ -89,6 +100,7 @@ class StepResult:
     seconds: float
     reused: bool
     copied_from: str = ""  # the other study's step folder it was copied from (pipeline.reuse_from)
+    resumed: bool = False  # resumed after a stop: ``seconds`` is the time after its last resume
 
     @cached_property
     def output_sha256(self) -> str:
@@ -196,7 +208,7 @@ class Pipeline:
         else:
             log.info("step %s: reusing %s (same config and inputs)", plan.name, plan.target)
         result = StepResult(plan.name, plan.folder, plan.target, done["metrics"], done["seconds"], True,
-                            done.get("copied_from", ""))
+                            done.get("copied_from", ""), done.get("resumed", False))
         self.results[plan.name] = result
         return result
 
@@ -207,7 +219,11 @@ class Pipeline:
         if found is None:
             return None
         self.clear_folder(plan)
-        done = copy_step(found, plan.folder)
+        try:
+            done = copy_step(found, plan.folder, plan.target.name)
+        except StepChangedWhileCopied:
+            log.info("step %s: %s changed while it was copied; the step runs here instead", plan.name, found.folder)
+            return None
         log.info("step %s: copied from %s (same config and inputs)", plan.name, found.folder)
         return done
 
@@ -225,7 +241,11 @@ class Pipeline:
                 stop_processes([process])  # interrupted while waiting: the step stops with us
             metrics = self.collect(plan, returncode)
         else:
-            metrics = self.get_stage(plan.stage)(plan.cfg) or {}
+            try:
+                metrics = self.get_stage(plan.stage)(plan.cfg) or {}
+            except Exception:  # failed, not interrupted (RunInterrupted and Ctrl-C are BaseExceptions)
+                self.forget_start(plan)
+                raise
         return self.record(plan, metrics, time.perf_counter() - started)
 
     def prepare_folder(self, plan: StepPlan) -> None:
@@ -244,9 +264,18 @@ class Pipeline:
         atomic_write_text(plan.folder / STARTED_FILE, json.dumps({"key": plan.key}) + "\n")
 
     def stopped_part_way(self, plan: StepPlan) -> bool:
+        """Its training started with this key, was interrupted (a failed run forgets its start:
+        ``forget_start``) after an epoch, and its fit had not ended (a fit that ended, even if
+        its step was stopped before it was recorded, wrote model.pt: it runs again from the start)."""
         started = read_record(plan.folder / STARTED_FILE) or {}
         return (STAGES[plan.stage].trains and started.get("key") == plan.key
-                and (plan.folder / LAST_CHECKPOINT).is_file())
+                and (plan.folder / LAST_CHECKPOINT).is_file()
+                and not any((plan.folder / name).exists() for name in (STAGE_OUTPUTS[plan.stage], "metrics.json")))
+
+    def forget_start(self, plan: StepPlan) -> None:
+        """A step that failed (not one that was interrupted) starts over when it runs again: its
+        checkpoint may hold what made it fail (a bug fixed since, a diverged run)."""
+        (plan.folder / STARTED_FILE).unlink(missing_ok=True)
 
     def clear_folder(self, plan: StepPlan) -> None:
         """What an earlier run of the step left (an old config's model.pt, an interrupted run's
@@ -272,6 +301,8 @@ class Pipeline:
         alone is not enough: a step counts only if it wrote back its token when it finished."""
         where = f"its log, {log_file}," if log_file else "its output above"
         if returncode != 0:
+            if returncode not in INTERRUPTED_EXIT_CODES:
+                self.forget_start(plan)
             raise TrainingError(
                 f"the pipeline's step '{plan.name}' (stage={plan.stage}) failed with exit code {returncode}; "
                 f"{where} says why. Rerun the same command to continue: finished steps are reused."
@@ -287,9 +318,9 @@ class Pipeline:
     def record(self, plan: StepPlan, metrics: dict, seconds: float) -> StepResult:
         metrics = {k: float(v) for k, v in metrics.items()}
         done = {"stage": plan.stage, "key": plan.key, "output_sha256": file_sha256(plan.target), "seconds": seconds,
-                "metrics": metrics}
+                "resumed": plan.resume, "metrics": metrics}
         atomic_write_text(plan.folder / STEP_FILE, json.dumps(done, indent=2) + "\n")
-        result = StepResult(plan.name, plan.folder, plan.target, metrics, seconds, False)
+        result = StepResult(plan.name, plan.folder, plan.target, metrics, seconds, False, resumed=plan.resume)
         self.results[plan.name] = result
         return result
 
