@@ -116,6 +116,22 @@ def test_the_longest_chain_starts_first(tmp_path):
     assert [name for name, _ in pipe.launched] == ["vae", "vqvae"]  # the classifier, read last, waits
 
 
+def test_a_multi_seed_study_finishes_seed_by_seed(tmp_path):
+    """The first seed's evaluations run before the second seed's training: a long run that is
+    stopped has whole seeds to show."""
+    pipe = FakePipe(tmp_path)
+    declared = [StepRequest(pipe, "classifier", "classifier", [])]
+    for seed in ("seed_0", "seed_1"):
+        declared += [StepRequest(pipe, f"{seed}/vqvae", "vqvae", []),
+                     StepRequest(pipe, f"{seed}/prior_B", "prior", [], {"stage.codes": f"{seed}/vqvae"}),
+                     StepRequest(pipe, f"{seed}/sample_B", "sample", [], {"stage.prior": f"{seed}/prior_B"}),
+                     StepRequest(pipe, f"{seed}/evaluate_B", "evaluate", [],
+                                 {"stage.samples": f"{seed}/sample_B", "stage.classifier": "classifier"})]
+    order = [request.name for request in launch_order(declared)]
+    assert order == ["seed_0/vqvae", "seed_0/prior_B", "classifier", "seed_0/sample_B", "seed_0/evaluate_B",
+                     "seed_1/vqvae", "seed_1/prior_B", "seed_1/sample_B", "seed_1/evaluate_B"]
+
+
 def test_steps_side_by_side_share_the_cores_and_a_lone_step_gets_them_all(tmp_path):
     pipe = FakePipe(tmp_path)
     pending = [StepRequest(pipe, "vae", "vae", []), StepRequest(pipe, "vqvae", "vqvae", []),

@@ -122,8 +122,8 @@ class Running:
 
 def run_steps(requests: list[StepRequest], n_parallel: int, launcher: str = "fork",
               lend_idle_cores: bool = False) -> None:
-    """Runs ``requests`` (declared inputs first), at most ``n_parallel`` at once, the step that
-    heads the longest chain of waiting steps first, each started by ``launcher``
+    """Runs ``requests`` (declared inputs first), at most ``n_parallel`` at once, in
+    ``launch_order`` (seed by seed, the longest chain first), each started by ``launcher``
     (``pipeline.step_launcher``: fork | subprocess); with ``lend_idle_cores``, the threads of a
     place nothing can take go to the training steps running."""
     cores, gpus, start = available_cores(), visible_gpus(), step_starter(launcher)
@@ -191,9 +191,21 @@ def stop_processes(processes: list[StepProcess], grace_seconds: float = 60) -> N
 
 
 def launch_order(requests: list[StepRequest]) -> list[StepRequest]:
-    """The requests, the head of the longest chain of waiting steps first (ties: as declared)."""
+    """The requests seed by seed (the folder before the step's name, in the order declared; a step
+    of no seed, the classifier, with the first), within a seed the head of the longest chain of
+    waiting steps first (ties: as declared). A seed's samples and evaluations so run as soon as
+    its priors end, before the next seed's training: a multi-seed study that is stopped has
+    whole seeds to show, and two places stay busy either way."""
     lengths = chain_length(requests)
-    return sorted(requests, key=lambda request: -lengths[request.name])
+    seeds: dict[str, int] = {}
+    for request in requests:
+        if "/" in request.name:
+            seeds.setdefault(request.name.split("/", 1)[0], len(seeds))
+
+    def seed_index(request: StepRequest) -> int:
+        return seeds[request.name.split("/", 1)[0]] if "/" in request.name else 0
+
+    return sorted(requests, key=lambda request: (seed_index(request), -lengths[request.name]))
 
 
 def chain_length(requests: list[StepRequest]) -> dict[str, int]:
