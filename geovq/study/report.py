@@ -118,9 +118,13 @@ def findings(study: Study, runs: dict, comparisons: list, budgets: dict | None =
 
 def time_note(result) -> str:
     """Where a step's time comes from, when not from this command running it from the start."""
-    notes = [f"reused: copied from {result.copied_from}" if result.copied_from  # pipeline.reuse_from
-             else "reused" if result.reused else "", "resumed: its time after the last resume" if result.resumed else ""]
-    notes = [note for note in notes if note]
+    notes = []
+    if result.copied_from:  # pipeline.reuse_from
+        notes.append(f"reused: copied from {result.copied_from}")
+    elif result.reused:
+        notes.append("reused")
+    if result.resumed:
+        notes.append("resumed: its time after the last resume")
     return f" ({'; '.join(notes)})" if notes else ""
 
 

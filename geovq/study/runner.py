@@ -270,7 +270,7 @@ class Pipeline:
         started = read_record(plan.folder / STARTED_FILE) or {}
         return (STAGES[plan.stage].trains and started.get("key") == plan.key
                 and (plan.folder / LAST_CHECKPOINT).is_file()
-                and not any((plan.folder / name).exists() for name in (STAGE_OUTPUTS[plan.stage], "metrics.json")))
+                and not plan.target.exists() and not (plan.folder / "metrics.json").exists())
 
     def forget_start(self, plan: StepPlan) -> None:
         """A step that failed (not one that was interrupted) starts over when it runs again: its
