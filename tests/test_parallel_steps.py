@@ -261,9 +261,11 @@ def test_parallel_must_be_a_positive_count(compose_config, study_overrides, tmp_
         run_stage(compose_config(tmp_path, study_overrides + [f"pipeline.parallel={value}"]))
 
 
-def test_lend_idle_cores_is_true_or_false(compose_config, study_overrides, tmp_path):
-    with pytest.raises(ConfigError, match="pipeline.lend_idle_cores is true or false"):
-        run_stage(compose_config(tmp_path, study_overrides + ["pipeline.parallel=2", "pipeline.lend_idle_cores=sometimes"]))
+@pytest.mark.parametrize("switch", ["lend_idle_cores", "priors"])
+def test_a_switch_is_true_or_false(compose_config, study_overrides, tmp_path, switch):
+    with pytest.raises(ConfigError, match=f"pipeline.{switch} is true or false"):
+        run_stage(compose_config(tmp_path, study_overrides + ["pipeline.parallel=2", f"pipeline.{switch}=sometimes"]))
+    assert not (tmp_path / "classifier").exists()
 
 
 def test_parallel_steps_and_ddp_are_exclusive(compose_config, study_overrides, tmp_path):

@@ -148,6 +148,39 @@ def test_a_fine_tuned_decoder_samples_from_the_prior_of_the_grids_it_copies(comp
     assert "| A_tuned (the prior of A_kmeans8: the same code grids) |" in (out / "report.md").read_text()
 
 
+def test_a_study_without_priors_measures_the_codes_alone_and_a_later_run_adds_the_priors(
+        compose_config, study_overrides, one_method_study, tmp_path):
+    """pipeline.priors=false: the representation half of a study (codes, their reconstruction and
+    codebook use, findings on test MSE at n = 2) with no classifier, prior nor samples; the same
+    folder with priors reuses every step and adds the rest."""
+    out = tmp_path / "study"
+    steps = one_method_study[1][:-1] + ", kmeans4: {stage: quantize, inputs: {stage.vae: vae}, " \
+        "overrides: ['quantizer=kmeans', 'quantizer.n_clusters=4']}}"
+    methods = "+pipeline.methods={A_kmeans8: {codes: kmeans8}, A_kmeans4: {codes: kmeans4}}"
+    study = study_overrides + ["~study", steps, methods, "+pipeline.comparisons=[[A_kmeans8,A_kmeans4]]",
+                               "pipeline.seeds=[0,1]", "pipeline.figures=false"]
+    summary = run_stage(compose_config(out, study + ["pipeline.priors=false"]))
+    assert not (out / "classifier").exists()
+    for seed in ("seed_0", "seed_1"):
+        assert sorted(p.name for p in (out / seed).iterdir()) == ["evaluate_A_kmeans4", "evaluate_A_kmeans8", "kmeans4",
+                                                                 "kmeans8", "vae"]
+    report = json.loads((out / "report.json").read_text())
+    run = report["methods"]["A_kmeans8"]["seeds"]["1"]
+    assert 0 < run["recon/test_mse"] < 0.5 and run["codes/n_codes"] == 8 and 0 < run["codes/utilization"] <= 1
+    assert not any(key.startswith(("prior/", "fidelity/")) for key in run)
+    assert summary["A_kmeans4/codes/n_codes"] == 4 and summary["A_kmeans8/recon/test_mse_std"] > 0
+    assert report["priors"] == [] and {record["metric"] for record in report["findings"]} == {"recon/test_mse"}
+    text = (out / "report.md").read_text()
+    assert "pipeline.priors=false" in text and "FD" not in text.split("## Budgets")[0]
+    assert "test MSE" in text.split("## Findings")[1] and "(n = 2)" in text
+
+    done = {step: (out / step / "step.json").stat().st_mtime_ns for step in ("seed_0/vae", "seed_1/kmeans4")}
+    run_stage(compose_config(out, study))
+    assert done == {step: (out / step / "step.json").stat().st_mtime_ns for step in done}
+    report = json.loads((out / "report.json").read_text())
+    assert "fidelity/fid" in report["methods"]["A_kmeans4"]["seeds"]["1"] and (out / "seed_1/sample_A_kmeans8").is_dir()
+
+
 def test_a_study_mistake_stops_before_any_step_runs(compose_config, study_overrides, one_method_study, tmp_path):
     from geovq.errors import ConfigError
 

@@ -18,6 +18,10 @@ Also measured under the paper's own protocol, for Table 1 like for like (``paper
 reconstruction MSE on the first test batch of 128 images, and the prior's perplexity on
 training code grids (a seeded choice of as many as there are test grids).
 
+With ``stage.reconstruction_only=true`` it measures the code grids of ``stage.codes`` alone: the
+reconstruction and codebook figures and the first-batch MSE, no prior nor samples (a study with
+``pipeline.priors=false``).
+
 Writes evaluation.json and metrics.json in the run folder.
 """
 
@@ -60,13 +64,16 @@ PAPER_BATCH = 128
 @torch.no_grad()
 def run(cfg: DictConfig) -> dict:
     options = cfg.stage
-    samples = load_artifact(given_or_newest(cfg, options.samples, "sample", SAMPLES_FILE, kind="samples"), kind="samples")
-    prior_art = load_input(samples, "prior", kind="prior", path=options.prior)
-    codes = load_input(samples, "codes", kind="code_grids", path=options.codes)  # what the samples were decoded from
-    require_prior_grids(prior_art, codes)  # the prior's own grids, or a fine-tuned decoder's copy of them
+    if options.reconstruction_only:
+        if options.codes is None:
+            raise ConfigError("stage.reconstruction_only=true evaluates the code grids of stage.codes=<codes.pt> "
+                              "(a stage=quantize, vqvae or finetune output); give its path.")
+        samples = None
+        codes = load_artifact(options.codes, kind="code_grids")
+    else:
+        samples = load_artifact(given_or_newest(cfg, options.samples, "sample", SAMPLES_FILE, kind="samples"), kind="samples")
+        codes = load_input(samples, "codes", kind="code_grids", path=options.codes)  # what the samples were decoded from
     decode, decoder_inputs, label = code_decoder(codes, options.decoder, options.codebook)
-    prior = model_from_artifact(prior_art)
-    classifier, classifier_art = load_model(given_or_newest(cfg, options.classifier, "classifier", MODEL_FILE, kind="classifier"), "classifier")
 
     with config_section("data"):
         datamodule = instantiate(cfg.data)
@@ -78,44 +85,65 @@ def run(cfg: DictConfig) -> dict:
             f"the code grids hold {len(grids['test'])} test images but data= gives {len(test_images)}; "
             "evaluate with the same data settings (data.subset/test_subset) the pipeline used."
         )
-    n_codes = int(codes.payload["n_codes"])
-    usage = usage_summary(code_counts(grids["train"], n_codes))
-    test_nll = nll_summary(prior_nll(prior, grids["test"]), grids["test"][0].numel())
-    # The paper's protocol: perplexity on training codes, here on a seeded choice of as many
-    # training grids as there are test grids (10,000 of 55,000 on MNIST): a fifth of the
-    # forward passes, 0.1-0.7% above the full split's perplexity for experiment=paper's priors.
-    train_nll = prior_nll(prior, seeded_subset(grids["train"], len(grids["test"])))
-    unigram = unigram_entropy(grids["train"], n_codes)
-    results = {
-        "method": label,
-        "data/n_test": len(test_images),
-        "recon/test_mse": decoded_mse(decode, grids["test"], test_images),
-        "codes/n_codes": n_codes,
-        "codes/codes_used": usage["codes_used"],
-        "codes/utilization": usage["utilization"],
-        "codes/perplexity": usage["perplexity"],
-        "prior/test_nll": test_nll["nll"],
-        "prior/test_perplexity": test_nll["perplexity"],
-        "prior/test_bits_per_image": test_nll["bits_per_image"],
-        "prior/unigram_nll": unigram,
-        "prior/unigram_perplexity": math.exp(unigram),
-        "paper/recon_mse_first_batch": decoded_mse(decode, grids["test"][:PAPER_BATCH], test_images[:PAPER_BATCH]),
-        "paper/prior_train_perplexity": math.exp(train_nll),
-    }
-    if "vae" in decoder_inputs:
-        vae = model_from_artifact(decoder_inputs["vae"])
-        mu = map_images(vae, test_images, lambda x: vae.encode(x)[0])
-        results["recon/continuous_test_mse"] = continuous_mse(vae, mu, test_images)
-    sample_images = samples.payload["images"].to(torch.float32) / 255.0
-    train_images = datamodule.split("train").tensors[0][: len(test_images)]
-    fidelity = fidelity_report(classifier, sample_images, test_images, train_images, seed=cfg.seed,
-                               n_bootstrap=options.fid_bootstrap, real_features=cached_features(classifier, classifier_art))
-    for key, value in fidelity.items():
-        results[f"fidelity/{key}"] = value
-    results["fidelity/n_samples"] = len(sample_images)
+    results = {"method": label, "data/n_test": len(test_images),
+               **reconstruction_figures(decode, decoder_inputs, grids, int(codes.payload["n_codes"]), test_images)}
+    if samples is not None:
+        results.update(prior_figures(cfg, samples, codes, grids))
+        results.update(fidelity_figures(cfg, samples, datamodule, test_images))
 
     atomic_write_text(output_dir(cfg) / EVALUATION_FILE, json.dumps(results, indent=2) + "\n")
     metrics = {k: v for k, v in results.items() if isinstance(v, (int, float))}
     write_run_files(cfg, metrics)
     log_without_trainer(cfg, metrics)
     return metrics
+
+
+def reconstruction_figures(decode, decoder_inputs: dict, grids: dict, n_codes: int, test_images: torch.Tensor) -> dict:
+    """Test MSE through the codes (and, for A, of the continuous GridVAE), codebook use of the
+    training codes, and the paper's first-batch MSE."""
+    usage = usage_summary(code_counts(grids["train"], n_codes))
+    results = {
+        "recon/test_mse": decoded_mse(decode, grids["test"], test_images),
+        "codes/n_codes": n_codes,
+        "codes/codes_used": usage["codes_used"],
+        "codes/utilization": usage["utilization"],
+        "codes/perplexity": usage["perplexity"],
+        "paper/recon_mse_first_batch": decoded_mse(decode, grids["test"][:PAPER_BATCH], test_images[:PAPER_BATCH]),
+    }
+    if "vae" in decoder_inputs:
+        vae = model_from_artifact(decoder_inputs["vae"])
+        mu = map_images(vae, test_images, lambda x: vae.encode(x)[0])
+        results["recon/continuous_test_mse"] = continuous_mse(vae, mu, test_images)
+    return results
+
+
+def prior_figures(cfg: DictConfig, samples, codes, grids: dict) -> dict:
+    """The prior's NLL on the test grids, the unigram baseline, and the paper's perplexity on
+    training grids."""
+    prior_art = load_input(samples, "prior", kind="prior", path=cfg.stage.prior)
+    require_prior_grids(prior_art, codes)  # the prior's own grids, or a fine-tuned decoder's copy of them
+    prior = model_from_artifact(prior_art)
+    test_nll = nll_summary(prior_nll(prior, grids["test"]), grids["test"][0].numel())
+    # The paper's protocol: perplexity on training codes, here on a seeded choice of as many
+    # training grids as there are test grids (10,000 of 55,000 on MNIST): a fifth of the
+    # forward passes, 0.1-0.7% above the full split's perplexity for experiment=paper's priors.
+    train_nll = prior_nll(prior, seeded_subset(grids["train"], len(grids["test"])))
+    unigram = unigram_entropy(grids["train"], int(codes.payload["n_codes"]))
+    return {
+        "prior/test_nll": test_nll["nll"],
+        "prior/test_perplexity": test_nll["perplexity"],
+        "prior/test_bits_per_image": test_nll["bits_per_image"],
+        "prior/unigram_nll": unigram,
+        "prior/unigram_perplexity": math.exp(unigram),
+        "paper/prior_train_perplexity": math.exp(train_nll),
+    }
+
+
+def fidelity_figures(cfg: DictConfig, samples, datamodule, test_images: torch.Tensor) -> dict:
+    """The samples scored by the project's classifier against the test images (fidelity_report)."""
+    classifier, classifier_art = load_model(given_or_newest(cfg, cfg.stage.classifier, "classifier", MODEL_FILE, kind="classifier"), "classifier")
+    sample_images = samples.payload["images"].to(torch.float32) / 255.0
+    train_images = datamodule.split("train").tensors[0][: len(test_images)]
+    fidelity = fidelity_report(classifier, sample_images, test_images, train_images, seed=cfg.seed,
+                               n_bootstrap=cfg.stage.fid_bootstrap, real_features=cached_features(classifier, classifier_art))
+    return {**{f"fidelity/{key}": value for key, value in fidelity.items()}, "fidelity/n_samples": len(sample_images)}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from geovq.study.spec import DERIVED, Study
+from geovq.study.spec import Study
 
 # The stages that train a network, and what the report calls it.
 NETWORKS = {"vae": "GridVAE", "vqvae": "VQ-VAE", "finetune": "decoder", "prior": "prior"}
@@ -22,8 +22,9 @@ NETWORK_FIGURES = (("epochs", "epochs"), ("images_seen", "train/images_seen"), (
 
 def method_steps(study: Study, name: str) -> list[tuple[str, str]]:
     """(step name, stage) of every step of the method in a seed's folder: its codes' chain, then
-    its prior, samples and evaluation."""
-    return [(step.name, step.stage) for step in study.chain(study.methods[name].codes)] + [(study.derived_step(name, d), d) for d in DERIVED]
+    its prior, samples and evaluation (its evaluation alone in a study without priors)."""
+    return [(step.name, step.stage) for step in study.chain(study.methods[name].codes)] + [
+        (study.derived_step(name, d), d) for d in study.derived]
 
 
 def method_budgets(pipe, study: Study, seeds: list[int]) -> dict[str, dict[int, dict]]:

@@ -61,6 +61,8 @@ def write_figures(pipe, study: Study, seeds: list[int], out_dir: Path, options: 
     save(usage_figure(usage), "fig2_codebook_usage.png")
     save(image_rows_figure(decoded), "fig3_reconstructions.png")
 
+    if not study.priors:
+        return files
     # Figure 4: samples.
     samples = {m.title: load_artifact(results[f"{seed}/{study.derived_step(name, 'sample')}"].output).payload["images"].float() / 255
                for name, m in study.methods.items()}

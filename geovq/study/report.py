@@ -45,16 +45,24 @@ FULL_PROTOCOL = [
     ("classifier confidence", "fidelity/confidence", "{:.3f}"),
     ("digit entropy (nats)", "fidelity/class_entropy", "{:.3f}"),
 ]
-# (title, our key, our format, the paper's key, the paper's format: its values as published)
+# (title, our key, our format, the paper's key, the paper's format: its values as published, its
+# column's title)
 PAPER_PROTOCOL = [
-    ("recon MSE (first test batch of 128)", "paper/recon_mse_first_batch", "{:.5f}", "recon_mse", "{}"),
-    ("utilization (training codes)", "codes/utilization", "{:.1%}", "utilization", "{:.1%}"),
-    ("prior perplexity (training codes)", "paper/prior_train_perplexity", "{:.4f}", "prior_perplexity", "{}"),
+    ("recon MSE (first test batch of 128)", "paper/recon_mse_first_batch", "{:.5f}", "recon_mse", "{}", "recon MSE"),
+    ("utilization (training codes)", "codes/utilization", "{:.1%}", "utilization", "{:.1%}", "utilization"),
+    ("prior perplexity (training codes)", "paper/prior_train_perplexity", "{:.4f}", "prior_perplexity", "{}", "perplexity"),
 ]
+# The figures of a method's prior and samples (none in a study with pipeline.priors=false).
+PRIOR_FIGURES = ("prior/", "fidelity/", "paper/prior_")
 # What the findings compare, and the word of a claim (lower is better for MSE and FD; a lower prior
 # NLL is better only between codebooks of similar code perplexity, so it is only "lower").
 FINDINGS = [("test MSE", "recon/test_mse", "{:+.5f}", "better"), ("prior test NLL", "prior/test_nll", "{:+.4f}", "lower"),
             ("FD", "fidelity/fid", "{:+.2f}", "better")]
+
+
+def measured(columns: list[tuple], study: Study) -> list[tuple]:
+    """The columns (key second) the study measures: without priors, none of PRIOR_FIGURES."""
+    return [column for column in columns if study.priors or not column[1].startswith(PRIOR_FIGURES)]
 
 
 def fmt(template: str, value) -> str:
@@ -134,7 +142,8 @@ def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: d
     n_seeds = len(seeds)
     continuous = next((e["recon/continuous_test_mse"] for e in first.values() if "recon/continuous_test_mse" in e), None)
     fid_floor = next((e["fidelity/fid_floor"] for e in first.values() if "fidelity/fid_floor" in e), None)
-    accuracy = pipe.results["classifier"].metrics.get("test/accuracy")
+    accuracy = pipe.results["classifier"].metrics.get("test/accuracy") if study.priors else None
+    full_protocol, paper_protocol = measured(FULL_PROTOCOL, study), measured(PAPER_PROTOCOL, study)
     n_test = next(iter(first.values())).get("data/n_test")
     features = next((e["fidelity/features"] for e in first.values() if e.get("fidelity/features")), "the project classifier's features")
     seeds_note = f"mean ± standard deviation over n = {n_seeds} seeds ({', '.join(map(str, seeds))})" if n_seeds > 1 else f"one seed ({seeds[0]})"
@@ -147,20 +156,21 @@ def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: d
         "## Full protocol (held-out data)",
         "",
         f"Reconstruction MSE per pixel over the whole test split ({fmt('{:.0f}', n_test)} images); codebook use of the "
-        f"training codes; prior NLL on the test code grids; Fréchet distance (FD) in {features} "
-        "between the samples and the test images.",
+        "training codes" + (f"; prior NLL on the test code grids; Fréchet distance (FD) in {features} "
+                            "between the samples and the test images." if study.priors else
+                            ". No priors nor samples: this study ran with pipeline.priors=false."),
         "",
-        "| method | " + " | ".join(title for title, _, _ in FULL_PROTOCOL) + " |",
-        "|---|" + "---|" * len(FULL_PROTOCOL),
+        "| method | " + " | ".join(title for title, _, _ in full_protocol) + " |",
+        "|---|" + "---|" * len(full_protocol),
     ]
     for name, method in study.methods.items():
-        lines.append(f"| {method.title} | " + " | ".join(table_cell(runs[name], key, t) for _, key, t in FULL_PROTOCOL) + " |")
+        lines.append(f"| {method.title} | " + " | ".join(table_cell(runs[name], key, t) for _, key, t in full_protocol) + " |")
+    lines += ["", f"References: continuous GridVAE (posterior mean) test MSE {fmt('{:.5f}', continuous)}" + (
+        f"; FD floor (training vs test images) {fmt('{:.2f}', fid_floor)}; classifier test accuracy "
+        f"{fmt('{:.2%}', accuracy)}. The FD's bracket is its 95% bootstrap interval over the samples (how far another "
+        "draw of as many samples would move it); with several seeds, its mean half-width (sampling ±) stands next to "
+        "the spread over seeds." if study.priors else ".")]
     lines += [
-        "",
-        f"References: continuous GridVAE (posterior mean) test MSE {fmt('{:.5f}', continuous)}; FD floor (training vs "
-        f"test images) {fmt('{:.2f}', fid_floor)}; classifier test accuracy {fmt('{:.2%}', accuracy)}. The FD's bracket "
-        "is its 95% bootstrap interval over the samples (how far another draw of as many samples would move it); "
-        "with several seeds, its mean half-width (sampling ±) stands next to the spread over seeds.",
         "",
         "## The paper's protocol (Table 1 like for like)",
         "",
@@ -168,14 +178,14 @@ def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: d
         "data. The same measurements of our runs (the perplexity on a seeded choice of as many training code grids as there "
         "are test images), next to the paper's published values for the row each method reproduces:",
         "",
-        "| method | " + " | ".join(title for title, *_ in PAPER_PROTOCOL) + " | paper: " + " | paper: ".join(
-            ("recon MSE", "utilization", "perplexity")) + " |",
-        "|---|" + "---|" * (2 * len(PAPER_PROTOCOL)),
+        "| method | " + " | ".join(title for title, *_ in paper_protocol) + " | paper: " + " | paper: ".join(
+            column[-1] for column in paper_protocol) + " |",
+        "|---|" + "---|" * (2 * len(paper_protocol)),
     ]
     for name, method in study.methods.items():
-        ours = [cell(values(runs[name], key), t) for _, key, t, _, _ in PAPER_PROTOCOL]
+        ours = [cell(values(runs[name], key), t) for _, key, t, *_ in paper_protocol]
         paper = PAPER_TABLE.get(method.paper)
-        theirs = [fmt(t, paper[k]) if paper else "" for _, _, _, k, t in PAPER_PROTOCOL]
+        theirs = [fmt(t, paper[k]) if paper else "" for _, _, _, k, t, _ in paper_protocol]
         lines.append(f"| {method.title} | " + " | ".join(ours + theirs) + " |")
 
     prior_lines, prior_records, capped = prior_section(study, runs)
@@ -241,6 +251,10 @@ def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: d
 
 def prior_section(study: Study, runs: dict) -> tuple[list[str], list[dict], set[str]]:
     """Per method: epochs run of its cap, whether it converged (early stopping ended it) or hit the cap."""
+    if not study.priors:
+        return ["None: this study ran with pipeline.priors=false (each method's codes alone). The same command with "
+                "pipeline.priors=true in the same folder adds the priors, samples and their figures; every step "
+                "already done is reused."], [], set()
     lines = [
         "Each prior trains until its validation NLL stops improving (early stopping: converged) or reaches its "
         "epoch cap. A prior that hit the cap may be undertrained: its NLL and samples measure its training budget "

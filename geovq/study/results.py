@@ -16,16 +16,19 @@ FORMER_NAMES = {"prior/stopped_on_patience": "prior/converged"}
 
 
 def method_runs(pipe, study: Study, seeds: list[int]) -> dict[str, dict[int, dict]]:
-    """Per method and seed: the evaluation, with the prior's convergence figures."""
+    """Per method and seed: the evaluation, with the prior's convergence figures (where the study
+    trains priors)."""
     runs = {}
     for name in study.methods:
         runs[name] = {}
         for seed in seeds:
             evaluation = json.loads(pipe.results[f"seed_{seed}/{study.derived_step(name, 'evaluate')}"].output.read_text())
+            runs[name][seed] = evaluation
+            if not study.priors:
+                continue
             prior = pipe.results[f"seed_{seed}/{study.derived_step(name, 'prior')}"].metrics
             prior = {FORMER_NAMES.get(key, key): value for key, value in prior.items()}
             evaluation.update({key: prior[key] for key in PRIOR_KEYS if key in prior})
-            runs[name][seed] = evaluation
     return runs
 
 

@@ -354,12 +354,17 @@ def seed_list(cfg: DictConfig) -> list[int]:
 
 
 def run_method(pipe: Pipeline, study: Study, method: Method, seed_folder: str) -> None:
-    """The method's representation chain, then its prior, samples and evaluation, in ``seed_folder``."""
+    """The method's representation chain, then its prior, samples and evaluation, in ``seed_folder``
+    (in a study without priors, the evaluation of its codes alone)."""
     for step in study.chain(method.codes):
         pipe.step(f"{seed_folder}/{step.name}", step.stage, list(step.overrides),
                   {key: f"{seed_folder}/{upstream}" for key, upstream in step.inputs})
     prior, sample, evaluate = (f"{seed_folder}/{study.derived_step(method.name, stage)}" for stage in DERIVED)
     grids, codes = f"{seed_folder}/{study.grids_step(method.name)}", f"{seed_folder}/{method.codes}"
+    if not study.priors:
+        pipe.step(evaluate, "evaluate", ["stage.reconstruction_only=true", *method.overrides["evaluate"]],
+                  {"stage.codes": codes})
+        return
     pipe.step(prior, "prior", list(method.overrides["prior"]), {"stage.codes": grids})
     # Codes that copy the prior's grids with another decoder (a fine-tuned one) are decoded by it.
     decoder = {} if codes == grids else {"stage.codes": codes}
@@ -395,10 +400,12 @@ def check_every_step(pipe: Pipeline, study: Study, seeds: list[int], per_stage: 
 
 
 def declare_steps(pipe: Pipeline, study: Study, seeds: list[int], per_stage: dict, runner) -> None:
-    """Every step of the study, in order: the classifier (the measuring instrument, one for every
-    seed and method), then each seed's methods. ``runner(pipeline)`` is what receives the steps:
-    the pipeline itself (run them now) or a recorder (run them later, several at once)."""
-    runner(pipe).step("classifier", "classifier")
+    """Every step of the study, in order: the classifier (the measuring instrument of the samples,
+    one for every seed and method; none without priors), then each seed's methods.
+    ``runner(pipeline)`` is what receives the steps: the pipeline itself (run them now) or a
+    recorder (run them later, several at once)."""
+    if study.priors:
+        runner(pipe).step("classifier", "classifier")
     for seed in seeds:
         seeded = Pipeline(pipe.root, [f"seed={seed}", *pipe.base], per_stage, pipe.results, pipe.get_stage, pipe.finished)
         for method in study.methods.values():
@@ -426,12 +433,20 @@ def step_launcher_option(options: dict) -> str:
     return launcher
 
 
-def lend_idle_cores_option(options: dict) -> bool:
-    lend = options.get("lend_idle_cores", False)
-    if not isinstance(lend, bool):
-        raise ConfigError(f"pipeline.lend_idle_cores is true or false (lend an idle place's threads to the steps "
-                          f"running); got {lend!r}.")
-    return lend
+# The pipeline's true/false options: their defaults, and what true and false mean.
+SWITCHES = {
+    "lend_idle_cores": (False, "lend an idle place's threads to the steps running, or not"),
+    "priors": (True, "each method's prior, samples and their fidelity, or its codes' reconstruction and codebook "
+                     "use alone, without the priors' hours"),
+}
+
+
+def switch_option(options: dict, name: str) -> bool:
+    default, meaning = SWITCHES[name]
+    value = options.get(name, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"pipeline.{name} is true or false ({meaning}); got {value!r}.")
+    return value
 
 
 def reuse_from_option(options: dict, root: Path) -> FinishedSteps | None:
@@ -446,13 +461,13 @@ def reuse_from_option(options: dict, root: Path) -> FinishedSteps | None:
 def run_study(cfg: DictConfig, get_stage: StageLookup) -> dict:
     """The study of ``cfg.pipeline``: every step, then the report; returns the report's summary."""
     options = OmegaConf.to_container(cfg.pipeline, resolve=True)
-    study = plan_study(options.get("steps"), options.get("methods"))
+    study = plan_study(options.get("steps"), options.get("methods"), switch_option(options, "priors"))
     seeds = seed_list(cfg)
     per_stage = {key: options.get(key) or [] for key in ("all", *STEP_STAGES)}
     pipe = Pipeline(output_dir(cfg), user_overrides(), per_stage, get_stage=get_stage,
                     finished=reuse_from_option(options, output_dir(cfg)))
     n_parallel, launcher = parallel_steps_option(cfg, options), step_launcher_option(options)
-    lend_idle_cores = lend_idle_cores_option(options)
+    lend_idle_cores = switch_option(options, "lend_idle_cores")
     if lend_idle_cores and n_parallel == 1:
         log.warning("pipeline.lend_idle_cores=true does nothing with pipeline.parallel=1: the one step running "
                     "has every core already.")

@@ -33,6 +33,8 @@ STAGE_OUTPUTS = {name: STAGES[name].output for name in STEP_STAGES}
 CODE_STAGES = tuple(stage for stage, output in STAGE_OUTPUTS.items() if output == CODES_FILE)
 # Steps the pipeline itself adds for every method (their names are reserved).
 DERIVED = ("prior", "sample", "evaluate")
+# Those it adds without priors (pipeline.priors=false): the evaluation of the codes alone.
+RECONSTRUCTION_ONLY = ("evaluate",)
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,13 @@ class Method:
 class Study:
     steps: dict[str, Step]
     methods: dict[str, Method]
+    # The steps added for every method: DERIVED, or RECONSTRUCTION_ONLY for a study of the codes
+    # alone (no prior, samples, nor the classifier that scores them).
+    derived: tuple[str, ...] = DERIVED
+
+    @property
+    def priors(self) -> bool:
+        return "prior" in self.derived
 
     def grids_step(self, method: str) -> str:
         """The step whose code grids the method's prior learns: its codes step, or for codes that
@@ -139,8 +148,9 @@ def _method(name: str, spec: Any, steps: dict[str, Step]) -> Method:
     return Method(name, codes, str(spec.get("title") or name), paper, overrides)
 
 
-def plan_study(steps_cfg: Mapping | None, methods_cfg: Mapping | None) -> Study:
-    """The checked study of ``pipeline.steps`` / ``pipeline.methods`` (plain containers)."""
+def plan_study(steps_cfg: Mapping | None, methods_cfg: Mapping | None, priors: bool = True) -> Study:
+    """The checked study of ``pipeline.steps`` / ``pipeline.methods`` (plain containers); without
+    ``priors``, each method's codes are evaluated on reconstruction and codebook use alone."""
     steps = {str(name): _step(str(name), spec) for name, spec in (steps_cfg or {}).items() if spec is not None}
     for step in steps.values():
         for key, upstream in step.inputs:
@@ -155,7 +165,7 @@ def plan_study(steps_cfg: Mapping | None, methods_cfg: Mapping | None) -> Study:
     clashes = [name for name in steps if name == "classifier" or name.split("_")[0] in DERIVED]
     if clashes:
         raise ConfigError(f"step names {clashes} are reserved for the steps the pipeline adds; rename them.")
-    return Study(steps, methods)
+    return Study(steps, methods, DERIVED if priors else RECONSTRUCTION_ONLY)
 
 
 def _check_acyclic(steps: dict[str, Step]) -> None:
