@@ -83,6 +83,29 @@ def signals_interrupt():
             signal.signal(stop, handler)
 
 
+@contextmanager
+def signals_deferred():
+    """Within this block SIGINT and SIGTERM are held and arrive, to the handlers there were, as it
+    ends. Starting a step's process and recording it as running must not be cut in two: a study
+    stopped in between would not know the process it started, which would then run on alone,
+    holding its step's folder. (Handlers, not a blocked signal mask: a signal sent to the process
+    reaches whichever of its threads does not block it, and torch's threads do not.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {stop: signal.getsignal(stop) for stop in STOP_SIGNALS}
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
+        if held:
+            signal.raise_signal(held[0])
+
+
 def stop_quietly_while_starting() -> None:
     """Until a run starts, a signal (Ctrl-C while torch and Lightning load) ends the process with
     one line and 128 + signal, instead of a traceback through the import machinery."""

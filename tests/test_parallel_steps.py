@@ -387,6 +387,46 @@ def test_the_step_server_outlives_a_signal_to_the_process_group(tmp_path):
     assert start_forked(["--help"], dict(os.environ), tmp_path / "again.log").wait(timeout=120) == 0
 
 
+class StartingPipe(FakePipe):
+    """A FakePipe whose steps are started by the scheduler's start function."""
+
+    def launch(self, plan, env, log_file=None, start=None):
+        return start([], env, log_file)
+
+
+def test_a_study_stopped_while_it_starts_a_step_stops_that_step_too(tmp_path):
+    """Ctrl-C arriving while a step's process is being started (the first one also starts the
+    step server: seconds) waits until the study has recorded the process, so the study stops it
+    instead of leaving it to run on alone, holding its folder."""
+    import signal
+    import subprocess
+    import sys
+
+    from geovq.interrupts import RunInterrupted, signals_interrupt
+
+    started = []
+
+    def start_and_get_interrupted(args, env, log_file):
+        # A step's process as it begins: it unblocks the stop signals and sets its handlers, then works.
+        step = "from geovq.interrupts import stop_quietly_while_starting as s; s(); import time; time.sleep(120)"
+        started.append(subprocess.Popen([sys.executable, "-c", step], env=env))
+        os.kill(os.getpid(), signal.SIGINT)  # the study is stopped before the start function returns
+        time.sleep(0.2)
+        return started[-1]
+
+    pipe = StartingPipe(tmp_path)
+    try:
+        with pytest.raises(RunInterrupted), signals_interrupt():
+            parallel.schedule([StepRequest(pipe, "vae", "vae", [])], n_parallel=1, cores=1, gpus=[],
+                              start=start_and_get_interrupted, threads_dir=None)
+        assert started[0].poll() is not None, "the step started as the study was stopped runs on"
+        assert started[0].returncode == 143  # stopped as a step is (SIGTERM), not killed after the grace time
+    finally:
+        for process in started:
+            process.kill()
+            process.wait()
+
+
 def test_checking_a_rerun_does_not_read_an_earlier_runs_outputs(tmp_path):
     """Before any step runs, an input not made yet stands for a path no run writes: an earlier
     run's model.pt in the step's folder (set aside when the step runs again) is not checked

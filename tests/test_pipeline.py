@@ -162,23 +162,29 @@ def test_a_study_without_priors_measures_the_codes_alone_and_a_later_run_adds_th
     summary = run_stage(compose_config(out, study + ["pipeline.priors=false"]))
     assert not (out / "classifier").exists()
     for seed in ("seed_0", "seed_1"):
-        assert sorted(p.name for p in (out / seed).iterdir()) == ["evaluate_A_kmeans4", "evaluate_A_kmeans8", "kmeans4",
-                                                                 "kmeans8", "vae"]
+        assert sorted(p.name for p in (out / seed).iterdir()) == ["kmeans4", "kmeans8", "reconstruction_A_kmeans4",
+                                                                 "reconstruction_A_kmeans8", "vae"]
     report = json.loads((out / "report.json").read_text())
     run = report["methods"]["A_kmeans8"]["seeds"]["1"]
     assert 0 < run["recon/test_mse"] < 0.5 and run["codes/n_codes"] == 8 and 0 < run["codes/utilization"] <= 1
     assert not any(key.startswith(("prior/", "fidelity/")) for key in run)
     assert summary["A_kmeans4/codes/n_codes"] == 4 and summary["A_kmeans8/recon/test_mse_std"] > 0
-    assert report["priors"] == [] and {record["metric"] for record in report["findings"]} == {"recon/test_mse"}
+    assert report["with_priors"] is False and report["priors"] == []
+    assert {record["metric"] for record in report["findings"]} == {"recon/test_mse"}
     text = (out / "report.md").read_text()
-    assert "pipeline.priors=false" in text and "FD" not in text.split("## Budgets")[0]
+    assert "pipeline.priors=false" in text and "FD" not in text and "fidelity" not in text
     assert "test MSE" in text.split("## Findings")[1] and "(n = 2)" in text
 
-    done = {step: (out / step / "step.json").stat().st_mtime_ns for step in ("seed_0/vae", "seed_1/kmeans4")}
+    # With priors, the same folder: the codes' steps and the reconstruction evaluations stay as they were.
+    done = {step: (out / step / "step.json").stat().st_mtime_ns
+            for step in ("seed_0/vae", "seed_1/kmeans4", "seed_1/reconstruction_A_kmeans8")}
     run_stage(compose_config(out, study))
     assert done == {step: (out / step / "step.json").stat().st_mtime_ns for step in done}
     report = json.loads((out / "report.json").read_text())
-    assert "fidelity/fid" in report["methods"]["A_kmeans4"]["seeds"]["1"] and (out / "seed_1/sample_A_kmeans8").is_dir()
+    assert report["with_priors"] is True and (out / "seed_1/sample_A_kmeans8").is_dir()
+    assert "fidelity/fid" in report["methods"]["A_kmeans4"]["seeds"]["1"]
+    # ...and reports the same codes' figures: one measurement, two steps.
+    assert report["methods"]["A_kmeans8"]["seeds"]["1"]["recon/test_mse"] == run["recon/test_mse"]
 
 
 def test_a_study_mistake_stops_before_any_step_runs(compose_config, study_overrides, one_method_study, tmp_path):

@@ -99,3 +99,22 @@ def test_prior_vocabulary_must_match_the_codes(prior_cfg, pipelines):
     logs = pipelines
     with pytest.raises(ConfigError, match="model.n_codes=16"):
         run_stage(prior_cfg(logs, "mismatch", "stage.codes=vqvae", "model.n_codes=32"))
+
+
+@pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
+def test_evaluate_measures_code_grids_alone(compose_config, tiny_overrides, pipelines, tmp_path):
+    """stage=evaluate stage.reconstruction_only=true: a pipeline's codes without a prior, samples
+    or classifier; the codes by pipeline name (the newest) as other stages take them."""
+    logs = pipelines
+    base = tiny_overrides() + ["stage=evaluate", f"paths.log_dir={logs}", "stage.reconstruction_only=true"]
+    metrics = run_stage(compose_config(tmp_path / "b", base + ["stage.codes=vqvae"]))
+    assert metrics["codes/n_codes"] == 16 and 0 < metrics["recon/test_mse"] < 0.5
+    assert 0 < metrics["paper/recon_mse_first_batch"] < 0.5 and 1 <= metrics["codes/codes_used"] <= 16
+    assert not any(key.startswith(("prior/", "fidelity/")) for key in metrics)
+    evaluation = json.loads((tmp_path / "b" / "evaluation.json").read_text())
+    assert evaluation["recon/test_mse"] == metrics["recon/test_mse"]
+    a = run_stage(compose_config(tmp_path / "a", base + ["stage.codes=geodesic"]))
+    assert a["codes/n_codes"] == 8 and 0 < a["recon/continuous_test_mse"] < 0.5  # A: the GridVAE's own MSE too
+    with pytest.raises(ConfigError, match="stage.codes=None is neither a pipeline"):
+        run_stage(compose_config(tmp_path / "none", base))
+    assert not (tmp_path / "none" / "evaluation.json").exists()

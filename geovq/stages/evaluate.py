@@ -18,7 +18,8 @@ Also measured under the paper's own protocol, for Table 1 like for like (``paper
 reconstruction MSE on the first test batch of 128 images, and the prior's perplexity on
 training code grids (a seeded choice of as many as there are test grids).
 
-With ``stage.reconstruction_only=true`` it measures the code grids of ``stage.codes`` alone: the
+With ``stage.reconstruction_only=true`` it measures the code grids of ``stage.codes`` alone
+(``geodesic`` | ``vqvae``: the newest of that pipeline, or a path): the
 reconstruction and codebook figures and the first-batch MSE, no prior nor samples (a study with
 ``pipeline.priors=false``).
 
@@ -44,7 +45,7 @@ from geovq.artifacts import (
     load_input,
 )
 from geovq.errors import ConfigError, config_section
-from geovq.inputs import given_or_newest, require_prior_grids
+from geovq.inputs import given_or_newest, require_prior_grids, resolve_codes
 from geovq.loggers import log_without_trainer
 from geovq.metrics.codebook import code_counts, usage_summary
 from geovq.metrics.feature_cache import cached_features
@@ -64,16 +65,19 @@ PAPER_BATCH = 128
 @torch.no_grad()
 def run(cfg: DictConfig) -> dict:
     options = cfg.stage
+    # Every input is loaded and checked before the data and the first figure.
     if options.reconstruction_only:
-        if options.codes is None:
-            raise ConfigError("stage.reconstruction_only=true evaluates the code grids of stage.codes=<codes.pt> "
-                              "(a stage=quantize, vqvae or finetune output); give its path.")
-        samples = None
-        codes = load_artifact(options.codes, kind="code_grids")
+        samples = prior = classifier = None
+        codes = load_artifact(resolve_codes(cfg), kind="code_grids")
     else:
         samples = load_artifact(given_or_newest(cfg, options.samples, "sample", SAMPLES_FILE, kind="samples"), kind="samples")
+        prior_art = load_input(samples, "prior", kind="prior", path=options.prior)
         codes = load_input(samples, "codes", kind="code_grids", path=options.codes)  # what the samples were decoded from
+        require_prior_grids(prior_art, codes)  # the prior's own grids, or a fine-tuned decoder's copy of them
     decode, decoder_inputs, label = code_decoder(codes, options.decoder, options.codebook)
+    if samples is not None:
+        prior = model_from_artifact(prior_art)
+        classifier = load_model(given_or_newest(cfg, options.classifier, "classifier", MODEL_FILE, kind="classifier"), "classifier")
 
     with config_section("data"):
         datamodule = instantiate(cfg.data)
@@ -85,11 +89,13 @@ def run(cfg: DictConfig) -> dict:
             f"the code grids hold {len(grids['test'])} test images but data= gives {len(test_images)}; "
             "evaluate with the same data settings (data.subset/test_subset) the pipeline used."
         )
+    n_codes = int(codes.payload["n_codes"])
     results = {"method": label, "data/n_test": len(test_images),
-               **reconstruction_figures(decode, decoder_inputs, grids, int(codes.payload["n_codes"]), test_images)}
+               **reconstruction_figures(decode, decoder_inputs, grids, n_codes, test_images)}
     if samples is not None:
-        results.update(prior_figures(cfg, samples, codes, grids))
-        results.update(fidelity_figures(cfg, samples, datamodule, test_images))
+        results.update(prior_figures(prior, grids, n_codes))
+        train_images = datamodule.split("train").tensors[0][: len(test_images)]
+        results.update(fidelity_figures(cfg, classifier, samples, test_images, train_images))
 
     atomic_write_text(output_dir(cfg) / EVALUATION_FILE, json.dumps(results, indent=2) + "\n")
     metrics = {k: v for k, v in results.items() if isinstance(v, (int, float))}
@@ -117,18 +123,15 @@ def reconstruction_figures(decode, decoder_inputs: dict, grids: dict, n_codes: i
     return results
 
 
-def prior_figures(cfg: DictConfig, samples, codes, grids: dict) -> dict:
+def prior_figures(prior, grids: dict, n_codes: int) -> dict:
     """The prior's NLL on the test grids, the unigram baseline, and the paper's perplexity on
     training grids."""
-    prior_art = load_input(samples, "prior", kind="prior", path=cfg.stage.prior)
-    require_prior_grids(prior_art, codes)  # the prior's own grids, or a fine-tuned decoder's copy of them
-    prior = model_from_artifact(prior_art)
     test_nll = nll_summary(prior_nll(prior, grids["test"]), grids["test"][0].numel())
     # The paper's protocol: perplexity on training codes, here on a seeded choice of as many
     # training grids as there are test grids (10,000 of 55,000 on MNIST): a fifth of the
     # forward passes, 0.1-0.7% above the full split's perplexity for experiment=paper's priors.
     train_nll = prior_nll(prior, seeded_subset(grids["train"], len(grids["test"])))
-    unigram = unigram_entropy(grids["train"], int(codes.payload["n_codes"]))
+    unigram = unigram_entropy(grids["train"], n_codes)
     return {
         "prior/test_nll": test_nll["nll"],
         "prior/test_perplexity": test_nll["perplexity"],
@@ -139,11 +142,11 @@ def prior_figures(cfg: DictConfig, samples, codes, grids: dict) -> dict:
     }
 
 
-def fidelity_figures(cfg: DictConfig, samples, datamodule, test_images: torch.Tensor) -> dict:
-    """The samples scored by the project's classifier against the test images (fidelity_report)."""
-    classifier, classifier_art = load_model(given_or_newest(cfg, cfg.stage.classifier, "classifier", MODEL_FILE, kind="classifier"), "classifier")
+def fidelity_figures(cfg: DictConfig, classifier: tuple, samples, test_images: torch.Tensor, train_images: torch.Tensor) -> dict:
+    """The samples scored by the project's classifier (model, artifact) against the test images
+    (fidelity_report)."""
+    model, artifact = classifier
     sample_images = samples.payload["images"].to(torch.float32) / 255.0
-    train_images = datamodule.split("train").tensors[0][: len(test_images)]
-    fidelity = fidelity_report(classifier, sample_images, test_images, train_images, seed=cfg.seed,
-                               n_bootstrap=cfg.stage.fid_bootstrap, real_features=cached_features(classifier, classifier_art))
+    fidelity = fidelity_report(model, sample_images, test_images, train_images, seed=cfg.seed,
+                               n_bootstrap=cfg.stage.fid_bootstrap, real_features=cached_features(model, artifact))
     return {**{f"fidelity/{key}": value for key, value in fidelity.items()}, "fidelity/n_samples": len(sample_images)}

@@ -85,9 +85,11 @@ def budget_section(study: Study, budgets: dict[str, dict[int, dict]]) -> tuple[l
     networks = [n for n in NETWORKS.values() if any(n in b["networks"] for runs in budgets.values() for b in runs.values())]
     lines = [
         "What each method cost, from nothing: per network it trained, its epochs and the training examples it "
-        "saw (images; code grids for the prior); the gradient steps of all of them; the wall time of all the "
-        "method's steps (codes, prior, samples, evaluation). A step shared by several methods counts in each; "
-        "the fidelity classifier is in none. Mean over seeds.",
+        "saw (images" + ("; code grids for the prior); the gradient steps of all of them; the wall time of all the "
+                         "method's steps (codes, prior, samples, evaluation). A step shared by several methods counts "
+                         "in each; the fidelity classifier is in none." if study.priors else
+                         "); the gradient steps of all of them; the wall time of all the method's steps (codes, "
+                         "evaluation; no priors). A step shared by several methods counts in each.") + " Mean over seeds.",
         "",
         "| method | " + " | ".join(f"{n}: epochs, examples" for n in networks) + " | gradient steps | wall time (s) |",
         "|---|" + "---|" * (len(networks) + 2),

@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 from geovq.callbacks.thread_share import THREADS_FILE_ENV, write_thread_count
 from geovq.errors import TrainingError
+from geovq.interrupts import signals_deferred
 from geovq.stage_registry import trains
 from geovq.study.step_process import StepProcess, StepStarter, step_starter
 
@@ -267,10 +268,11 @@ def launch(request: StepRequest, plans: dict[str, Any], pending: list[StepReques
     log_file = plan.folder / STEP_LOG
     threads_file = threads_file_for(request, threads_dir, threads)
     env = step_environment(slot, threads, gpus, threads_file)
-    process = request.pipe.launch(plan, env=env, log_file=log_file, start=start)
+    with signals_deferred():  # a process started is one the study knows, and stops when it is stopped
+        process = request.pipe.launch(plan, env=env, log_file=log_file, start=start)
+        running.append(Running(plan, request.pipe, process, slot, slots, log_file, time.perf_counter(), threads,
+                               threads_file))
     log.info("step %s: running stage=%s on %d thread(s) (log: %s)", request.name, request.stage, threads, log_file)
-    running.append(Running(plan, request.pipe, process, slot, slots, log_file, time.perf_counter(), threads,
-                           threads_file))
 
 
 def threads_file_for(request: StepRequest, threads_dir: Path | None, threads: int) -> Path | None:

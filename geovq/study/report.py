@@ -175,8 +175,10 @@ def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: d
         "## The paper's protocol (Table 1 like for like)",
         "",
         "The paper measured MSE on a single test batch of 128 images and the Transformer's perplexity on its training "
-        "data. The same measurements of our runs (the perplexity on a seeded choice of as many training code grids as there "
-        "are test images), next to the paper's published values for the row each method reproduces:",
+        "data. The same measurements of our runs" + (" (the perplexity on a seeded choice of as many training code "
+                                                     "grids as there are test images)" if study.priors else
+                                                     " (no priors here: MSE and utilization only)") +
+        ", next to the paper's published values for the row each method reproduces:",
         "",
         "| method | " + " | ".join(title for title, *_ in paper_protocol) + " | paper: " + " | paper: ".join(
             column[-1] for column in paper_protocol) + " |",
@@ -195,13 +197,16 @@ def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: d
     lines += ["", "## Budgets", ""] + budget_lines
     finding_lines, finding_records = findings(study, runs, options.get("comparisons"), budgets)
     if finding_lines:
+        lower_is_better = ("Lower is better for test MSE and FD; a lower prior NLL is better only between codebooks of "
+                           "similar code perplexity (a collapsed codebook is easy to predict), so it is only called "
+                           "lower." if study.priors else "Lower is better for test MSE, the one figure compared here "
+                           "(no priors: pipeline.priors=false).")
         lines += ["", "## Findings", "",
                   f"Mean differences (first minus second), paired by seed, with the {LEVEL:.0%} t interval of the mean "
                   "paired difference over seeds. A method is called better only where that interval excludes zero, "
-                  "\"not separable\" otherwise, and one seed separates nothing (n = 1). Lower is better for test MSE "
-                  "and FD; a lower prior NLL is better only between codebooks of similar code perplexity (a collapsed "
-                  "codebook is easy to predict), so it is only called lower. A comparison whose methods trained their "
-                  "codes for different budgets says so (the Budgets table).", ""] + finding_lines
+                  "\"not separable\" otherwise, and one seed separates nothing (n = 1). " + lower_is_better + " A "
+                  "comparison whose methods trained their codes for different budgets says so (the Budgets table).",
+                  ""] + finding_lines
     times = {name: round(r.seconds, 1) for name, r in pipe.results.items()}
     wall = time.perf_counter() - pipe.started
     parallel = options.get("parallel", 1)
@@ -231,6 +236,7 @@ def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: d
                 summary[f"{name}/{key}_std"] = std
     report = {
         "seeds": seeds,
+        "with_priors": study.priors,  # false: pipeline.priors=false, the codes alone
         "methods": {name: {"title": study.methods[name].title, "paper_row": study.methods[name].paper,
                            "seeds": {str(s): run for s, run in r.items()}} for name, r in runs.items()},
         "findings": finding_records,
@@ -253,8 +259,8 @@ def prior_section(study: Study, runs: dict) -> tuple[list[str], list[dict], set[
     """Per method: epochs run of its cap, whether it converged (early stopping ended it) or hit the cap."""
     if not study.priors:
         return ["None: this study ran with pipeline.priors=false (each method's codes alone). The same command with "
-                "pipeline.priors=true in the same folder adds the priors, samples and their figures; every step "
-                "already done is reused."], [], set()
+                "pipeline.priors=true in the same folder adds the priors, samples and their evaluations; the steps "
+                "that made the codes are reused."], [], set()
     lines = [
         "Each prior trains until its validation NLL stops improving (early stopping: converged) or reaches its "
         "epoch cap. A prior that hit the cap may be undertrained: its NLL and samples measure its training budget "

@@ -56,6 +56,7 @@ from geovq.artifacts import (
 )
 from geovq.config_check import check_settings, override_key
 from geovq.errors import ConfigError, TrainingError
+from geovq.interrupts import signals_deferred
 from geovq.loggers import log_without_trainer
 from geovq.outcome import LAST_CHECKPOINT
 from geovq.run_folder import (
@@ -234,11 +235,14 @@ class Pipeline:
         if STAGES[plan.stage].trains and distributed(plan.cfg):
             # Lightning's DDP launcher starts the other ranks by running the current command
             # again, which must be that one stage, not the whole pipeline.
-            process = self.launch(plan)
+            process = None
             try:
+                with signals_deferred():  # not stopped between its start and `process` naming it
+                    process = self.launch(plan)
                 returncode = process.wait()
             finally:
-                stop_processes([process])  # interrupted while waiting: the step stops with us
+                if process is not None:
+                    stop_processes([process])  # interrupted while waiting: the step stops with us
             metrics = self.collect(plan, returncode)
         else:
             try:
@@ -361,7 +365,7 @@ def run_method(pipe: Pipeline, study: Study, method: Method, seed_folder: str) -
                   {key: f"{seed_folder}/{upstream}" for key, upstream in step.inputs})
     prior, sample, evaluate = (f"{seed_folder}/{study.derived_step(method.name, stage)}" for stage in DERIVED)
     grids, codes = f"{seed_folder}/{study.grids_step(method.name)}", f"{seed_folder}/{method.codes}"
-    if not study.priors:
+    if not study.priors:  # evaluate is reconstruction_<method> here
         pipe.step(evaluate, "evaluate", ["stage.reconstruction_only=true", *method.overrides["evaluate"]],
                   {"stage.codes": codes})
         return

@@ -33,8 +33,10 @@ STAGE_OUTPUTS = {name: STAGES[name].output for name in STEP_STAGES}
 CODE_STAGES = tuple(stage for stage, output in STAGE_OUTPUTS.items() if output == CODES_FILE)
 # Steps the pipeline itself adds for every method (their names are reserved).
 DERIVED = ("prior", "sample", "evaluate")
-# Those it adds without priors (pipeline.priors=false): the evaluation of the codes alone.
+# Those it adds without priors (pipeline.priors=false): the evaluation of the codes alone, in a
+# step of its own name, so that neither kind of evaluation replaces the other in a study's folder.
 RECONSTRUCTION_ONLY = ("evaluate",)
+RECONSTRUCTION_STEP = "reconstruction"
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,10 @@ class Study:
 
     def derived_step(self, method: str, stage: str) -> str:
         """The name of the method's prior, sample or evaluate step. Methods that study the same code
-        grids with the same prior settings share one prior: the first such method's."""
+        grids with the same prior settings share one prior: the first such method's. Without
+        priors the evaluation is ``reconstruction_<method>``."""
+        if stage == "evaluate" and not self.priors:
+            return f"{RECONSTRUCTION_STEP}_{method}"
         if stage != "prior":
             return f"{stage}_{method}"
         wanted = (self.grids_step(method), self.methods[method].overrides["prior"])
@@ -162,7 +167,7 @@ def plan_study(steps_cfg: Mapping | None, methods_cfg: Mapping | None, priors: b
     if not methods:
         raise ConfigError("the study declares no methods: pick one with experiment=paper (or quick), or add "
                           "pipeline.methods.<name>={codes: <step>}.")
-    clashes = [name for name in steps if name == "classifier" or name.split("_")[0] in DERIVED]
+    clashes = [name for name in steps if name == "classifier" or name.split("_")[0] in (*DERIVED, RECONSTRUCTION_STEP)]
     if clashes:
         raise ConfigError(f"step names {clashes} are reserved for the steps the pipeline adds; rename them.")
     return Study(steps, methods, DERIVED if priors else RECONSTRUCTION_ONLY)
