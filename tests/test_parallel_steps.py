@@ -411,7 +411,7 @@ def test_a_study_stopped_while_it_starts_a_step_stops_that_step_too(tmp_path):
         step = "from geovq.interrupts import stop_quietly_while_starting as s; s(); import time; time.sleep(120)"
         started.append(subprocess.Popen([sys.executable, "-c", step], env=env))
         os.kill(os.getpid(), signal.SIGINT)  # the study is stopped before the start function returns
-        time.sleep(0.2)
+        time.sleep(0.2)  # time for an undeferred handler to run here, before the process is recorded
         return started[-1]
 
     pipe = StartingPipe(tmp_path)

@@ -83,13 +83,16 @@ def budget_section(study: Study, budgets: dict[str, dict[int, dict]]) -> tuple[l
     """The report's Budgets table (the mean over seeds, which differ only where early stopping
     ended a prior at another epoch) and its records for report.json."""
     networks = [n for n in NETWORKS.values() if any(n in b["networks"] for runs in budgets.values() for b in runs.values())]
+    if study.priors:
+        examples, steps = "images; code grids for the prior", "codes, prior, samples, evaluation"
+        shared = "A step shared by several methods counts in each; the fidelity classifier is in none."
+    else:
+        examples, steps = "images", "codes, evaluation; no priors"
+        shared = "A step shared by several methods counts in each."
     lines = [
-        "What each method cost, from nothing: per network it trained, its epochs and the training examples it "
-        "saw (images" + ("; code grids for the prior); the gradient steps of all of them; the wall time of all the "
-                         "method's steps (codes, prior, samples, evaluation). A step shared by several methods counts "
-                         "in each; the fidelity classifier is in none." if study.priors else
-                         "); the gradient steps of all of them; the wall time of all the method's steps (codes, "
-                         "evaluation; no priors). A step shared by several methods counts in each.") + " Mean over seeds.",
+        f"What each method cost, from nothing: per network it trained, its epochs and the training examples it saw "
+        f"({examples}); the gradient steps of all of them; the wall time of all the method's steps ({steps}). {shared} "
+        "Mean over seeds.",
         "",
         "| method | " + " | ".join(f"{n}: epochs, examples" for n in networks) + " | gradient steps | wall time (s) |",
         "|---|" + "---|" * (len(networks) + 2),

@@ -147,6 +147,23 @@ def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: d
     n_test = next(iter(first.values())).get("data/n_test")
     features = next((e["fidelity/features"] for e in first.values() if e.get("fidelity/features")), "the project classifier's features")
     seeds_note = f"mean ± standard deviation over n = {n_seeds} seeds ({', '.join(map(str, seeds))})" if n_seeds > 1 else f"one seed ({seeds[0]})"
+    # The texts that differ for a study of the codes alone (pipeline.priors=false).
+    if study.priors:
+        measures = (f"; prior NLL on the test code grids; Fréchet distance (FD) in {features} between the samples "
+                    "and the test images.")
+        references = (f"; FD floor (training vs test images) {fmt('{:.2f}', fid_floor)}; classifier test accuracy "
+                      f"{fmt('{:.2%}', accuracy)}. The FD's bracket is its 95% bootstrap interval over the samples (how "
+                      "far another draw of as many samples would move it); with several seeds, its mean half-width "
+                      "(sampling ±) stands next to the spread over seeds.")
+        perplexity_note = " (the perplexity on a seeded choice of as many training code grids as there are test images)"
+        lower_is_better = ("Lower is better for test MSE and FD; a lower prior NLL is better only between codebooks of "
+                           "similar code perplexity (a collapsed codebook is easy to predict), so it is only called "
+                           "lower.")
+    else:
+        measures = ". No priors nor samples: this study ran with pipeline.priors=false."
+        references = "."
+        perplexity_note = " (no priors here: MSE and utilization only)"
+        lower_is_better = "Lower is better for test MSE, the one figure compared here (no priors: pipeline.priors=false)."
 
     lines = [
         "# geovq report: a posteriori quantization vs end-to-end VQ-VAE",
@@ -156,28 +173,20 @@ def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: d
         "## Full protocol (held-out data)",
         "",
         f"Reconstruction MSE per pixel over the whole test split ({fmt('{:.0f}', n_test)} images); codebook use of the "
-        "training codes" + (f"; prior NLL on the test code grids; Fréchet distance (FD) in {features} "
-                            "between the samples and the test images." if study.priors else
-                            ". No priors nor samples: this study ran with pipeline.priors=false."),
+        "training codes" + measures,
         "",
         "| method | " + " | ".join(title for title, _, _ in full_protocol) + " |",
         "|---|" + "---|" * len(full_protocol),
     ]
     for name, method in study.methods.items():
         lines.append(f"| {method.title} | " + " | ".join(table_cell(runs[name], key, t) for _, key, t in full_protocol) + " |")
-    lines += ["", f"References: continuous GridVAE (posterior mean) test MSE {fmt('{:.5f}', continuous)}" + (
-        f"; FD floor (training vs test images) {fmt('{:.2f}', fid_floor)}; classifier test accuracy "
-        f"{fmt('{:.2%}', accuracy)}. The FD's bracket is its 95% bootstrap interval over the samples (how far another "
-        "draw of as many samples would move it); with several seeds, its mean half-width (sampling ±) stands next to "
-        "the spread over seeds." if study.priors else ".")]
+    lines += ["", f"References: continuous GridVAE (posterior mean) test MSE {fmt('{:.5f}', continuous)}" + references]
     lines += [
         "",
         "## The paper's protocol (Table 1 like for like)",
         "",
         "The paper measured MSE on a single test batch of 128 images and the Transformer's perplexity on its training "
-        "data. The same measurements of our runs" + (" (the perplexity on a seeded choice of as many training code "
-                                                     "grids as there are test images)" if study.priors else
-                                                     " (no priors here: MSE and utilization only)") +
+        "data. The same measurements of our runs" + perplexity_note +
         ", next to the paper's published values for the row each method reproduces:",
         "",
         "| method | " + " | ".join(title for title, *_ in paper_protocol) + " | paper: " + " | paper: ".join(
@@ -197,10 +206,6 @@ def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: d
     lines += ["", "## Budgets", ""] + budget_lines
     finding_lines, finding_records = findings(study, runs, options.get("comparisons"), budgets)
     if finding_lines:
-        lower_is_better = ("Lower is better for test MSE and FD; a lower prior NLL is better only between codebooks of "
-                           "similar code perplexity (a collapsed codebook is easy to predict), so it is only called "
-                           "lower." if study.priors else "Lower is better for test MSE, the one figure compared here "
-                           "(no priors: pipeline.priors=false).")
         lines += ["", "## Findings", "",
                   f"Mean differences (first minus second), paired by seed, with the {LEVEL:.0%} t interval of the mean "
                   "paired difference over seeds. A method is called better only where that interval excludes zero, "

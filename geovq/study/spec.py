@@ -64,13 +64,13 @@ class Method:
 class Study:
     steps: dict[str, Step]
     methods: dict[str, Method]
-    # The steps added for every method: DERIVED, or RECONSTRUCTION_ONLY for a study of the codes
-    # alone (no prior, samples, nor the classifier that scores them).
-    derived: tuple[str, ...] = DERIVED
+    # False for a study of the codes alone: no prior, samples, nor the classifier that scores them.
+    priors: bool = True
 
     @property
-    def priors(self) -> bool:
-        return "prior" in self.derived
+    def derived(self) -> tuple[str, ...]:
+        """The steps added for every method."""
+        return DERIVED if self.priors else RECONSTRUCTION_ONLY
 
     def grids_step(self, method: str) -> str:
         """The step whose code grids the method's prior learns: its codes step, or for codes that
@@ -170,7 +170,7 @@ def plan_study(steps_cfg: Mapping | None, methods_cfg: Mapping | None, priors: b
     clashes = [name for name in steps if name == "classifier" or name.split("_")[0] in (*DERIVED, RECONSTRUCTION_STEP)]
     if clashes:
         raise ConfigError(f"step names {clashes} are reserved for the steps the pipeline adds; rename them.")
-    return Study(steps, methods, DERIVED if priors else RECONSTRUCTION_ONLY)
+    return Study(steps, methods, priors)
 
 
 def _check_acyclic(steps: dict[str, Step]) -> None:
