@@ -123,6 +123,11 @@ def test_a_method_declared_in_config_runs_for_two_seeds_and_reports_its_spread(c
     for record in report["priors"]:
         assert record["prior/epochs"] <= record["prior/max_epochs"] == 3
     assert "## Budgets" in text
+    # The continuous GridVAE's reference is every seed's, not the first one's.
+    per_seed = report["references"]["continuous_test_mse_per_seed"]
+    assert per_seed == [runs[s]["recon/continuous_test_mse"] for s in ("3", "4")] and per_seed[0] != per_seed[1]
+    assert report["references"]["continuous_test_mse"] == pytest.approx(sum(per_seed) / 2)
+    assert "References: continuous GridVAE (posterior mean) test MSE " + f"{sum(per_seed) / 2:.5f} ± " in text
 
 
 @pytest.mark.slow
@@ -205,6 +210,19 @@ def test_a_bad_setting_of_a_late_step_is_refused_before_any_step_runs(compose_co
     with pytest.raises(ConfigError, match=r"step 'seed_0/evaluate_A_kmeans8'.*stage\.fid_bootstrap=-1"):
         run_stage(compose_config(out, study_overrides + one_method_study + ["pipeline.evaluate=['stage.fid_bootstrap=-1']"]))
     assert not (out / "classifier").exists() and not (out / "seed_0").exists()
+
+
+def test_a_study_without_priors_checks_the_prior_settings_of_the_later_run(compose_config, study_overrides,
+                                                                          one_method_study, tmp_path):
+    """The codes alone today, the priors tomorrow in the same folder: a mistake in pipeline.prior
+    shows before today's first step, not hours into tomorrow's run."""
+    from geovq.errors import ConfigError
+
+    out = tmp_path / "codes_only"
+    with pytest.raises(ConfigError, match=r"step 'seed_0/prior_A_kmeans8'"):
+        run_stage(compose_config(out, study_overrides + one_method_study + [
+            "pipeline.priors=false", "pipeline.prior=['model.d_modle=32']"]))
+    assert not (out / "seed_0").exists()
 
 
 def test_a_step_copied_into_another_experiment_keeps_its_key(tmp_path):

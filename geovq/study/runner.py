@@ -37,7 +37,7 @@ import os
 import signal
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Callable
@@ -398,9 +398,12 @@ class StepChecker:
 
 def check_every_step(pipe: Pipeline, study: Study, seeds: list[int], per_stage: dict) -> None:
     """Every step's settings, before any step runs. The first seed stands for all: a seed changes
-    no setting that is checked (seed_list has checked the seeds themselves)."""
+    no setting that is checked (seed_list has checked the seeds themselves). A study without priors
+    checks the steps a later run with priors adds too, so that a mistake in pipeline.prior shows
+    now, not when that run starts."""
     outputs: dict[str, Path] = {}
-    declare_steps(pipe, study, seeds[:1], per_stage, lambda target: StepChecker(target, outputs))
+    for variant in [study] if study.priors else [study, replace(study, priors=True)]:
+        declare_steps(pipe, variant, seeds[:1], per_stage, lambda target: StepChecker(target, outputs))
 
 
 def declare_steps(pipe: Pipeline, study: Study, seeds: list[int], per_stage: dict, runner) -> None:
