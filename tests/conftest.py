@@ -110,6 +110,21 @@ def compose_config():
     GlobalHydra.instance().clear()
 
 
+@pytest.fixture(scope="session")
+def wandb_records():
+    """``wandb_records(folder)``: the record files (bytes) of the offline W&B runs under folder,
+    once W&B has written them. run.finish() returns before W&B's service has (on a loaded machine
+    a test read the header alone); wandb.teardown, what a process's exit runs, waits for it."""
+
+    def read(folder: Path) -> list[bytes]:
+        import wandb
+
+        wandb.teardown()
+        return [record.read_bytes() for record in sorted(folder.glob("offline-run-*/run-*.wandb"))]
+
+    return read
+
+
 @pytest.fixture
 def tiny_model() -> dict:
     """The keyword arguments of a tiny GridVAE/VQVAE (the sizes tiny_overrides sets)."""

@@ -150,16 +150,16 @@ def test_cluster_count_sweep_through_multirun(run_cli, tiny_overrides, trained_v
 
 
 @pytest.mark.slow  # trains or runs the CLI: the slow tier (CI runs both tiers)
-def test_quantize_logs_usage_to_wandb_offline(trained_vae, make_cfg, tmp_path, monkeypatch):
+def test_quantize_logs_usage_to_wandb_offline(trained_vae, make_cfg, wandb_records, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     vae_dir, _ = trained_vae
     run_stage(make_cfg("stage=quantize", "logger=wandb", f"stage.vae={vae_dir / 'model.pt'}", *SMALL_QUANTIZER,
                        "stage.compare_assignments=false"))
     # The offline run's record file holds the logged keys as plain protobuf strings.
-    records = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    records = wandb_records(tmp_path / "run" / "wandb")
     assert len(records) == 1, "expected one offline W&B run"
-    data = records[0].read_bytes()
+    data = records[0]
     for key in (b"quantized/train/code_usage", b"quantized/train/utilization", b"quantized/test_mse"):
         assert key in data, key
 
