@@ -387,6 +387,25 @@ def test_the_step_server_outlives_a_signal_to_the_process_group(tmp_path):
     assert start_forked(["--help"], dict(os.environ), tmp_path / "again.log").wait(timeout=120) == 0
 
 
+def test_a_forked_step_stopped_before_it_sets_its_handlers_ends_at_once():
+    """The milliseconds between the fork and the step's own handlers: a step stopped there ends
+    with 128 + signal, as later, instead of ignoring the signal as the server does until the
+    study's grace period ends and it is killed."""
+    import signal
+
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        process = step_server().Process(target=time.sleep, args=(60,))  # never sets handlers
+        process.start()
+        try:
+            time.sleep(0.5)
+            os.kill(process.pid, stop)
+            process.join(10)
+            assert process.exitcode == 128 + stop, f"{stop.name}: exit code {process.exitcode} (None: still running)"
+        finally:
+            if process.exitcode is None:
+                process.kill()
+
+
 class StartingPipe(FakePipe):
     """A FakePipe whose steps are started by the scheduler's start function."""
 

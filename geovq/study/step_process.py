@@ -37,7 +37,7 @@ STEP_LAUNCHERS = ("fork", "subprocess")
 # What the server imports before it forks the first step: what every step's start-up spends its
 # seconds on. geovq/train.py itself runs in each step as __main__ (as -m runs it), and is not
 # loaded under its own name here: runpy warns when a module it runs as __main__ is loaded already.
-PRELOAD = ["geovq.study.server_signals",  # first: the server ignores SIGINT/SIGTERM from then on
+PRELOAD = ["geovq.study.server_signals",  # first: the server outlives SIGINT/SIGTERM from then on
            "torch", "lightning", "hydra", "geovq.training", *(STAGES[stage].module for stage in STEP_STAGES)]
 
 
