@@ -106,7 +106,7 @@ def check_pipeline_lists(overrides) -> None:
     parser = OverridesParser.create()
     for override in overrides:
         key = override.key_or_group
-        if not key.startswith("pipeline.") or not isinstance(override.value(), list) or key in ("pipeline.seeds", "pipeline.reuse_from"):
+        if not key.startswith("pipeline.") or not isinstance(override.value(), list) or key in ("pipeline.seeds", "pipeline.reuse_from", "pipeline.only"):
             continue
         step, items = key.removeprefix("pipeline."), override.value()
         assert all(isinstance(item, str) for item in items), f"{override.input_line}: items must be override strings"

@@ -109,3 +109,21 @@ def test_a_method_is_added_from_the_command_line(compose_config, data_root, tmp_
     assert study.methods["A_kmeans_64"].title == "A: K-Means, K=64"
     assert [s.name for s in study.chain("quantize_k64")] == ["vae", "quantize_k64"]
     assert study.steps["quantize_k64"].overrides == ("quantizer=kmeans", "quantizer.n_clusters=64")
+
+
+def test_pipeline_only_keeps_the_named_methods_and_the_steps_they_need(compose_config, data_root, tmp_path):
+    cfg = compose_config(tmp_path / "e", ["experiment=paper", f"data.root={data_root}", "pipeline.only=[A_geodesic,B_ema]"])
+    pipeline = OmegaConf.to_container(cfg.pipeline, resolve=True)
+    study = plan_study(pipeline["steps"], pipeline["methods"], only=pipeline["only"])
+    assert list(study.methods) == ["A_geodesic", "B_ema"]
+    assert study.steps_run == {"vae", "quantize_geodesic", "vqvae_ema"}  # figure 1 (needs K-Means) is left out
+    assert plan_study(STEPS, METHODS).steps_run == set(STEPS)
+
+
+@pytest.mark.parametrize("only, message", [
+    (["A_geodesic", "B_emma"], r"pipeline.only names \['B_emma'\], which are not methods of this study; its methods: A_geodesic, A_kmeans, B"),
+    ("A_geodesic", r"pipeline.only is a list of method names"),
+])
+def test_pipeline_only_names_methods_of_the_study(only, message):
+    with pytest.raises(ConfigError, match=message):
+        plan_study(STEPS, METHODS, only=only)

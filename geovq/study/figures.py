@@ -42,9 +42,10 @@ def write_figures(pipe, study: Study, seeds: list[int], out_dir: Path, options: 
     # Figure 1: the same latent vectors under the two clusterings the study names.
     figure1 = options.get("figure1") or {}
     vae = None
-    if figure1.get("vae") in study.steps:
+    ran = study.steps_run
+    if figure1.get("vae") in ran:
         vae, _ = load_model(results[f"{seed}/{figure1['vae']}"].output, "grid_vae")
-    if vae is not None and all(figure1.get(k) in study.steps for k in ("geodesic", "kmeans")):
+    if vae is not None and all(figure1.get(k) in ran for k in ("geodesic", "kmeans")):
         save(clusterings_figure(vae, train_images, {
             "geodesic K-Medoids": results[f"{seed}/{figure1['geodesic']}"].output,
             "Euclidean K-Means": results[f"{seed}/{figure1['kmeans']}"].output,

@@ -468,7 +468,7 @@ def reuse_from_option(options: dict, root: Path) -> FinishedSteps | None:
 def run_study(cfg: DictConfig, get_stage: StageLookup) -> dict:
     """The study of ``cfg.pipeline``: every step, then the report; returns the report's summary."""
     options = OmegaConf.to_container(cfg.pipeline, resolve=True)
-    study = plan_study(options.get("steps"), options.get("methods"), switch_option(options, "priors"))
+    study = plan_study(options.get("steps"), options.get("methods"), switch_option(options, "priors"), options.get("only"))
     seeds = seed_list(cfg)
     per_stage = {key: options.get(key) or [] for key in ("all", *STEP_STAGES)}
     pipe = Pipeline(output_dir(cfg), user_overrides(), per_stage, get_stage=get_stage,

@@ -105,6 +105,11 @@ class Study:
         visit(step)
         return order
 
+    @property
+    def steps_run(self) -> set[str]:
+        """The declared steps that some method's codes need (a step no method needs never runs)."""
+        return {step.name for method in self.methods.values() for step in self.chain(method.codes)}
+
 
 def _strings(value: Any, where: str) -> tuple[str, ...]:
     if value is None:
@@ -153,9 +158,11 @@ def _method(name: str, spec: Any, steps: dict[str, Step]) -> Method:
     return Method(name, codes, str(spec.get("title") or name), paper, overrides)
 
 
-def plan_study(steps_cfg: Mapping | None, methods_cfg: Mapping | None, priors: bool = True) -> Study:
+def plan_study(steps_cfg: Mapping | None, methods_cfg: Mapping | None, priors: bool = True,
+               only: list[str] | None = None) -> Study:
     """The checked study of ``pipeline.steps`` / ``pipeline.methods`` (plain containers); without
-    ``priors``, each method's codes are evaluated on reconstruction and codebook use alone."""
+    ``priors``, each method's codes are evaluated on reconstruction and codebook use alone; with
+    ``only`` (pipeline.only), the named methods alone."""
     steps = {str(name): _step(str(name), spec) for name, spec in (steps_cfg or {}).items() if spec is not None}
     for step in steps.values():
         for key, upstream in step.inputs:
@@ -164,6 +171,14 @@ def plan_study(steps_cfg: Mapping | None, methods_cfg: Mapping | None, priors: b
                                   f"declared steps: {', '.join(steps)}.")
     _check_acyclic(steps)
     methods = {str(name): _method(str(name), spec, steps) for name, spec in (methods_cfg or {}).items() if spec is not None}
+    if only is not None:
+        if isinstance(only, str) or not all(isinstance(name, str) for name in only):
+            raise ConfigError(f"pipeline.only is a list of method names, e.g. 'pipeline.only=[A_geodesic,B_ema]'; got {only!r}.")
+        unknown = [name for name in only if name not in methods]
+        if unknown:
+            raise ConfigError(f"pipeline.only names {unknown}, which are not methods of this study; its methods: "
+                              f"{', '.join(methods)}.")
+        methods = {name: method for name, method in methods.items() if name in only}
     if not methods:
         raise ConfigError("the study declares no methods: pick one with experiment=paper (or quick), or add "
                           "pipeline.methods.<name>={codes: <step>}.")
