@@ -123,6 +123,7 @@ def test_pipeline_only_keeps_the_named_methods_and_the_steps_they_need(compose_c
 @pytest.mark.parametrize("only, message", [
     (["A_geodesic", "B_emma"], r"pipeline.only names \['B_emma'\], which are not methods of this study; its methods: A_geodesic, A_kmeans, B"),
     ("A_geodesic", r"pipeline.only is a list of method names"),
+    ([], r"pipeline.only=\[\] names no method; name some, e.g. 'pipeline.only=\[A_geodesic\]', or leave it null"),
 ])
 def test_pipeline_only_names_methods_of_the_study(only, message):
     with pytest.raises(ConfigError, match=message):

@@ -175,6 +175,9 @@ def plan_study(steps_cfg: Mapping | None, methods_cfg: Mapping | None, priors: b
         if isinstance(only, str) or not all(isinstance(name, str) for name in only):
             raise ConfigError(f"pipeline.only is a list of method names, e.g. 'pipeline.only=[A_geodesic,B_ema]'; got {only!r}.")
         unknown = [name for name in only if name not in methods]
+        if not only:
+            raise ConfigError(f"pipeline.only=[] names no method; name some, e.g. 'pipeline.only=[{next(iter(methods), 'A_geodesic')}]', "
+                              "or leave it null to run every method of the study.")
         if unknown:
             raise ConfigError(f"pipeline.only names {unknown}, which are not methods of this study; its methods: "
                               f"{', '.join(methods)}.")
