@@ -128,6 +128,10 @@ def test_a_method_declared_in_config_runs_for_two_seeds_and_reports_its_spread(c
     assert per_seed == [runs[s]["recon/continuous_test_mse"] for s in ("3", "4")] and per_seed[0] != per_seed[1]
     assert report["references"]["continuous_test_mse"] == pytest.approx(sum(per_seed) / 2)
     assert "References: continuous GridVAE (posterior mean) test MSE " + f"{sum(per_seed) / 2:.5f} ± " in text
+    # So is the FD floor: each seed draws its own training images for it.
+    floors = report["references"]["fid_floor_per_seed"]
+    assert floors == [runs[s]["fidelity/fid_floor"] for s in ("3", "4")] and floors[0] != floors[1]
+    assert f"FD floor (training vs test images) {sum(floors) / 2:.2f} ± " in text
 
 
 @pytest.mark.slow
