@@ -98,6 +98,11 @@ def seed_reference(runs: dict[str, dict[int, dict]], seeds: list[int], key: str)
     return [value for value in per_seed if value is not None]
 
 
+def reference_record(name: str, per_seed: list[float]) -> dict:
+    """report.json's entries of a seed_reference: its mean over seeds and the per-seed values."""
+    return {name: spread(per_seed)[0] if per_seed else None, f"{name}_per_seed": per_seed}
+
+
 def table_cell(runs: dict[int, dict], key: str, template: str) -> str:
     return fd_cell(runs, template) if key == "fidelity/fid" else cell(values(runs, key), template)
 
@@ -260,9 +265,7 @@ def write_report(pipe, study: Study, seeds: list[int], out_dir: Path, options: d
         "parallel": parallel,
         "lend_idle_cores": lend_idle_cores,
         "figures": figure_files,
-        "references": {"continuous_test_mse": spread(continuous)[0] if continuous else None,
-                       "continuous_test_mse_per_seed": continuous,
-                       "fid_floor": spread(fid_floor)[0] if fid_floor else None, "fid_floor_per_seed": fid_floor,
+        "references": {**reference_record("continuous_test_mse", continuous), **reference_record("fid_floor", fid_floor),
                        "classifier_test_accuracy": accuracy},
         "summary": summary,
     }

@@ -158,6 +158,20 @@ def _method(name: str, spec: Any, steps: dict[str, Step]) -> Method:
     return Method(name, codes, str(spec.get("title") or name), paper, overrides)
 
 
+def _only(methods: dict[str, Method], only: Any) -> dict[str, Method]:
+    """The methods that ``pipeline.only`` names, checked against the study's."""
+    if isinstance(only, str) or not all(isinstance(name, str) for name in only):
+        raise ConfigError(f"pipeline.only is a list of method names, e.g. 'pipeline.only=[A_geodesic,B_ema]'; got {only!r}.")
+    if not only:
+        raise ConfigError(f"pipeline.only=[] names no method; name some, e.g. 'pipeline.only=[{next(iter(methods), 'A_geodesic')}]', "
+                          "or leave it null to run every method of the study.")
+    unknown = [name for name in only if name not in methods]
+    if unknown:
+        raise ConfigError(f"pipeline.only names {unknown}, which are not methods of this study; its methods: "
+                          f"{', '.join(methods)}.")
+    return {name: method for name, method in methods.items() if name in only}
+
+
 def plan_study(steps_cfg: Mapping | None, methods_cfg: Mapping | None, priors: bool = True,
                only: list[str] | None = None) -> Study:
     """The checked study of ``pipeline.steps`` / ``pipeline.methods`` (plain containers); without
@@ -172,16 +186,7 @@ def plan_study(steps_cfg: Mapping | None, methods_cfg: Mapping | None, priors: b
     _check_acyclic(steps)
     methods = {str(name): _method(str(name), spec, steps) for name, spec in (methods_cfg or {}).items() if spec is not None}
     if only is not None:
-        if isinstance(only, str) or not all(isinstance(name, str) for name in only):
-            raise ConfigError(f"pipeline.only is a list of method names, e.g. 'pipeline.only=[A_geodesic,B_ema]'; got {only!r}.")
-        unknown = [name for name in only if name not in methods]
-        if not only:
-            raise ConfigError(f"pipeline.only=[] names no method; name some, e.g. 'pipeline.only=[{next(iter(methods), 'A_geodesic')}]', "
-                              "or leave it null to run every method of the study.")
-        if unknown:
-            raise ConfigError(f"pipeline.only names {unknown}, which are not methods of this study; its methods: "
-                              f"{', '.join(methods)}.")
-        methods = {name: method for name, method in methods.items() if name in only}
+        methods = _only(methods, only)
     if not methods:
         raise ConfigError("the study declares no methods: pick one with experiment=paper (or quick), or add "
                           "pipeline.methods.<name>={codes: <step>}.")
