@@ -133,3 +133,28 @@ def test_a_resumed_step_makes_its_methods_time_a_lower_bound(tmp_path):
     assert "| A: K-Means | 10, 550k | - | 5, 275k | 6.45k | 185 |" in text
     assert "only its time after the last resume is counted" in text
     assert "- seed_0/prior_H: 50.0 (resumed: its time after the last resume)" in text
+
+
+def test_the_per_seed_figure_shows_every_seed_of_every_method_with_the_fd_interval(tmp_path):
+    from geovq.study.figures import per_seed_figure, per_seed_panels
+    from geovq.study.results import method_runs
+    from geovq.viz.images import save_figure
+
+    runs = method_runs(fake_pipe(tmp_path, [0, 1, 2]), STUDY, [0, 1, 2])
+    panels = per_seed_panels(STUDY, runs)
+    mse, fd = panels.values()
+    assert mse["hybrid"] == [(0, 0.0090, None, None), (1, 0.0091, None, None), (2, 0.0090, None, None)]
+    assert fd["A: K-Means"][1] == (1, 22.0, 21.5, 22.5)
+    fig = per_seed_figure(panels)
+    mse_axis, fd_axis = fig.axes
+    assert [label.get_text() for label in mse_axis.get_yticklabels()] == ["A: K-Means", "hybrid", "B: VQ-VAE"]
+    # 3 methods x 3 seeds, each an error bar; the FD's carry their bootstrap interval, the MSE's none.
+    assert len(mse_axis.containers) == len(fd_axis.containers) == 9
+    assert all(c.has_xerr for c in fd_axis.containers) and not any(c.has_xerr for c in mse_axis.containers)
+    assert sorted(text.get_text() for text in fig.legends[0].get_texts()) == ["seed 0", "seed 1", "seed 2"]
+    assert save_figure(fig, tmp_path / "fig6_per_seed.png").stat().st_size > 5000
+
+    # A study without priors has no FD: its figure is the MSE panel alone.
+    codes_only = {name: {seed: {"recon/test_mse": run["recon/test_mse"]} for seed, run in r.items()} for name, r in runs.items()}
+    assert list(per_seed_panels(STUDY, codes_only)) == ["test MSE (all test images)"]
+    assert len(per_seed_figure(per_seed_panels(STUDY, codes_only)).axes) == 1

@@ -58,7 +58,7 @@ def test_quick_experiment_writes_report_and_figures_and_resumes(compose_config, 
     assert all(record["networks"]["prior"]["epochs"] >= 1 for record in report["budgets"])
     assert all("fidelity/fid_ci_low" in method["seeds"]["0"] for method in report["methods"].values())
     for figure in ("fig1_tsne_clusters.png", "fig2_codebook_usage.png", "fig3_reconstructions.png", "fig4_samples.png",
-                   "fig5_prior_val_nll.png"):
+                   "fig5_prior_val_nll.png", "fig6_per_seed.png"):
         assert (out / figure).stat().st_size > 5000, figure
 
     # A third run does nothing but the report: every step is reused.

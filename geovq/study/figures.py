@@ -1,7 +1,7 @@
 """The figures of a study's report: the paper's Figures 1-4 (t-SNE of two clusterings, codebook
-usage, reconstructions, samples) and the priors' learning curves.
+usage, reconstructions, samples), the priors' learning curves and every seed's figures of merit.
 
-Figures 1-4 show the first seed; the learning curves show every seed.
+Figures 1-4 show the first seed; the learning curves and the per-seed figure show every seed.
 """
 
 from __future__ import annotations
@@ -62,16 +62,18 @@ def write_figures(pipe, study: Study, seeds: list[int], out_dir: Path, options: 
     save(usage_figure(usage), "fig2_codebook_usage.png")
     save(image_rows_figure(decoded), "fig3_reconstructions.png")
 
-    if not study.priors:
-        return files
-    # Figure 4: samples.
-    samples = {m.title: load_artifact(results[f"{seed}/{study.derived_step(name, 'sample')}"].output).payload["images"].float() / 255
-               for name, m in study.methods.items()}
-    save(sample_panels_figure(samples), "fig4_samples.png")
+    if study.priors:
+        # Figure 4: samples.
+        samples = {m.title: load_artifact(results[f"{seed}/{study.derived_step(name, 'sample')}"].output).payload["images"].float() / 255
+                   for name, m in study.methods.items()}
+        save(sample_panels_figure(samples), "fig4_samples.png")
 
-    # The priors' validation NLL per epoch, every seed.
-    curves = {m.title: prior_histories(pipe, study, name, seeds) for name, m in study.methods.items()}
-    save(learning_curves_figure(curves, "validation NLL (nats/token)", capped), "fig5_prior_val_nll.png")
+        # The priors' validation NLL per epoch, every seed.
+        curves = {m.title: prior_histories(pipe, study, name, seeds) for name, m in study.methods.items()}
+        save(learning_curves_figure(curves, "validation NLL (nats/token)", capped), "fig5_prior_val_nll.png")
+
+    # Every seed's test MSE (and FD) per method: the gaps between methods against the seeds' spread.
+    save(per_seed_figure(per_seed_panels(study, runs)), "fig6_per_seed.png")
     return files
 
 
@@ -149,4 +151,57 @@ def learning_curves_figure(curves: dict[str, list[list[float]]], ylabel: str, ma
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+# The per-seed figure's panels: (label, evaluation key). A key's 95% bootstrap interval, where the
+# evaluation has one, is f"{key}_ci_low" / f"{key}_ci_high" (the FD's).
+PER_SEED_PANELS = [("test MSE (all test images)", "recon/test_mse"), ("FD, samples vs test images [95% bootstrap]", "fidelity/fid")]
+
+
+def per_seed_panels(study: Study, runs: dict[str, dict[int, dict]]) -> dict[str, dict[str, list[tuple]]]:
+    """Per panel and method title: (seed, value, interval low, interval high) for each seed that
+    measured the panel's key (no FD without priors: its panel is left out)."""
+    panels = {}
+    for label, key in PER_SEED_PANELS:
+        points = {m.title: [(seed, run[key], run.get(f"{key}_ci_low"), run.get(f"{key}_ci_high"))
+                            for seed, run in runs[name].items() if isinstance(run.get(key), (int, float))]
+                  for name, m in study.methods.items()}
+        if any(points.values()):
+            panels[label] = points
+    return panels
+
+
+def per_seed_figure(panels: dict[str, dict[str, list[tuple]]]):
+    """One panel per figure of merit, a row per method: a marker per seed (the same marker and
+    colour for a seed in every row, its interval as a bar where it has one) and the mean over seeds
+    as a black tick. Two methods are told apart where their ticks lie further apart than their
+    seeds spread, which is what the report's paired intervals test."""
+    titles = list(next(iter(panels.values())))
+    seeds = sorted({point[0] for rows in panels.values() for points in rows.values() for point in points})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers = "osD^vP*Xh<>p"
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 0.55 * len(titles) + 1.4), sharey=True, squeeze=False)
+    for ax, (label, rows) in zip(axes[0], panels.items()):
+        for row, title in enumerate(titles):
+            points = rows.get(title, [])
+            for seed, value, low, high in points:
+                k = seeds.index(seed)
+                offset = (k - (len(seeds) - 1) / 2) * min(0.15, 0.6 / len(seeds))
+                xerr = None if low is None or high is None else [[value - low], [high - value]]
+                ax.errorbar(value, row + offset, xerr=xerr, fmt=markers[k % len(markers)], color=colors[k % len(colors)],
+                            ms=5, capsize=2, label=f"seed {seed}")
+            if points:
+                mean = float(np.mean([point[1] for point in points]))
+                ax.plot([mean, mean], [row - 0.3, row + 0.3], color="black", lw=1.5)
+        ax.set_title(label, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 4))  # MSEs as x 1e-3, not 0.0025 0.0050 ...
+    axes[0][0].set_yticks(range(len(titles)), titles, fontsize=9)
+    axes[0][0].invert_yaxis()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    one_per_seed = dict(zip(labels, handles))  # every row labels its seeds
+    fig.suptitle(f"every seed (n = {len(seeds)}), the mean over seeds as a black tick", fontsize=10)
+    fig.tight_layout()
+    fig.legend(one_per_seed.values(), one_per_seed.keys(), fontsize=8, loc="upper right", ncol=len(seeds), frameon=False)
     return fig
