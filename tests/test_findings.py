@@ -147,12 +147,28 @@ def test_the_per_seed_figure_shows_every_seed_of_every_method_with_the_fd_interv
     assert fd["A: K-Means"][1] == (1, 22.0, 21.5, 22.5)
     fig = per_seed_figure(panels)
     mse_axis, fd_axis = fig.axes
-    assert [label.get_text() for label in mse_axis.get_yticklabels()] == ["A: K-Means", "hybrid", "B: VQ-VAE"]
-    # 3 methods x 3 seeds, each an error bar; the FD's carry their bootstrap interval, the MSE's none.
+    titles = ["A: K-Means", "hybrid", "B: VQ-VAE"]
+    assert [label.get_text() for label in mse_axis.get_yticklabels()] == titles
+    # 3 methods x 3 seeds, each an error bar on its method's row, in its seed's colour in every row;
+    # the FD's bars span its bootstrap interval, the MSE's have none.
     assert len(mse_axis.containers) == len(fd_axis.containers) == 9
-    assert all(c.has_xerr for c in fd_axis.containers) and not any(c.has_xerr for c in mse_axis.containers)
-    assert sorted(text.get_text() for text in fig.legends[0].get_texts()) == ["seed 0", "seed 1", "seed 2"]
+    for i, container in enumerate(fd_axis.containers):
+        method, seed = ["A", "H", "B"][i // 3], i % 3
+        x, y = container.lines[0].get_xydata()[0]
+        assert x == FD[method][seed] and abs(y - i // 3) < 0.3
+        assert list(container.lines[2][0].get_segments()[0][:, 0]) == [FD[method][seed] - 0.5, FD[method][seed] + 0.5]
+        assert container.lines[0].get_color() == fd_axis.containers[seed].lines[0].get_color()
+    assert not any(c.has_xerr for c in mse_axis.containers)
+    # The black ticks: each method's mean over its seeds.
+    ticks = [line.get_xdata()[0] for line in fd_axis.lines if line.get_color() == "black"]
+    assert ticks == pytest.approx([sum(FD[m]) / 3 for m in ("A", "H", "B")])
+    assert [text.get_text() for text in fig.legends[0].get_texts()] == ["seed 0", "seed 1", "seed 2"]
     assert save_figure(fig, tmp_path / "fig6_per_seed.png").stat().st_size > 5000
+
+    # A seed without a finite FD is left out of its method's row, whose mean then says its n.
+    runs["B"][1]["fidelity/fid"] = float("nan")
+    fd_axis = per_seed_figure(per_seed_panels(STUDY, runs)).axes[1]
+    assert len(fd_axis.containers) == 8 and [t.get_text() for t in fd_axis.texts] == ["n = 2"]
 
     # A study without priors has no FD: its figure is the MSE panel alone.
     codes_only = {name: {seed: {"recon/test_mse": run["recon/test_mse"]} for seed, run in r.items()} for name, r in runs.items()}

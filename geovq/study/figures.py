@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
@@ -73,7 +74,9 @@ def write_figures(pipe, study: Study, seeds: list[int], out_dir: Path, options: 
         save(learning_curves_figure(curves, "validation NLL (nats/token)", capped), "fig5_prior_val_nll.png")
 
     # Every seed's test MSE (and FD) per method: the gaps between methods against the seeds' spread.
-    save(per_seed_figure(per_seed_panels(study, runs)), "fig6_per_seed.png")
+    panels = per_seed_panels(study, runs)
+    if panels:
+        save(per_seed_figure(panels), "fig6_per_seed.png")
     return files
 
 
@@ -160,48 +163,55 @@ PER_SEED_PANELS = [("test MSE (all test images)", "recon/test_mse"), ("FD, sampl
 
 
 def per_seed_panels(study: Study, runs: dict[str, dict[int, dict]]) -> dict[str, dict[str, list[tuple]]]:
-    """Per panel and method title: (seed, value, interval low, interval high) for each seed that
-    measured the panel's key (no FD without priors: its panel is left out)."""
+    """Per panel and method title: (seed, value, interval low, interval high) for each seed whose
+    value is a finite number (no FD without priors: its panel is left out, as is one of NaNs only)."""
     panels = {}
     for label, key in PER_SEED_PANELS:
         points = {m.title: [(seed, run[key], run.get(f"{key}_ci_low"), run.get(f"{key}_ci_high"))
-                            for seed, run in runs[name].items() if isinstance(run.get(key), (int, float))]
+                            for seed, run in runs[name].items() if finite(run.get(key))]
                   for name, m in study.methods.items()}
         if any(points.values()):
             panels[label] = points
     return panels
 
 
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def per_seed_figure(panels: dict[str, dict[str, list[tuple]]]):
     """One panel per figure of merit, a row per method: a marker per seed (the same marker and
     colour for a seed in every row, its interval as a bar where it has one) and the mean over seeds
-    as a black tick. Two methods are told apart where their ticks lie further apart than their
-    seeds spread, which is what the report's paired intervals test."""
+    as a black tick, with its n where a method lacks some seeds. Read a seed across the rows: the
+    report's findings compare methods seed by seed (paired), so a gap that every seed shows can be
+    separable even where the seeds of the two rows overlap."""
     titles = list(next(iter(panels.values())))
     seeds = sorted({point[0] for rows in panels.values() for points in rows.values() for point in points})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     markers = "osD^vP*Xh<>p"
+    style = {seed: {"marker": markers[k % len(markers)], "color": colors[k % len(colors)]} for k, seed in enumerate(seeds)}
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 0.55 * len(titles) + 1.4), sharey=True, squeeze=False)
     for ax, (label, rows) in zip(axes[0], panels.items()):
         for row, title in enumerate(titles):
             points = rows.get(title, [])
             for seed, value, low, high in points:
-                k = seeds.index(seed)
-                offset = (k - (len(seeds) - 1) / 2) * min(0.15, 0.6 / len(seeds))
+                offset = (seeds.index(seed) - (len(seeds) - 1) / 2) * min(0.15, 0.6 / len(seeds))
                 xerr = None if low is None or high is None else [[value - low], [high - value]]
-                ax.errorbar(value, row + offset, xerr=xerr, fmt=markers[k % len(markers)], color=colors[k % len(colors)],
-                            ms=5, capsize=2, label=f"seed {seed}")
+                ax.errorbar(value, row + offset, xerr=xerr, fmt=style[seed]["marker"], color=style[seed]["color"], ms=5, capsize=2)
             if points:
                 mean = float(np.mean([point[1] for point in points]))
                 ax.plot([mean, mean], [row - 0.3, row + 0.3], color="black", lw=1.5)
+                if len(points) < len(seeds):
+                    ax.annotate(f"n = {len(points)}", (mean, row - 0.3), fontsize=7, ha="center", va="bottom")
         ax.set_title(label, fontsize=10)
         ax.grid(axis="x", alpha=0.3)
         ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 4))  # MSEs as x 1e-3, not 0.0025 0.0050 ...
     axes[0][0].set_yticks(range(len(titles)), titles, fontsize=9)
     axes[0][0].invert_yaxis()
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    one_per_seed = dict(zip(labels, handles))  # every row labels its seeds
     fig.suptitle(f"every seed (n = {len(seeds)}), the mean over seeds as a black tick", fontsize=10)
     fig.tight_layout()
-    fig.legend(one_per_seed.values(), one_per_seed.keys(), fontsize=8, loc="upper right", ncol=len(seeds), frameon=False)
+    # Below the panels, where it covers neither a point nor the title (save_figure keeps it: bbox "tight").
+    handles = [Line2D([], [], linestyle="none", ms=5, **style[seed]) for seed in seeds]
+    fig.legend(handles, [f"seed {seed}" for seed in seeds], fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=min(len(seeds), 10), frameon=False)
     return fig
