@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from geovq.artifacts import MODEL_FILE, Artifact
 from geovq.callbacks.model_artifact import CHECKPOINT_STAGE, SaveBestModel
+from geovq.callbacks.plateau_step import PlateauStepInCheckpoint
 from geovq.callbacks.random_state import RandomStateInCheckpoint
 from geovq.callbacks.thread_share import thread_share_callbacks
 from geovq.checkpoint_io import AtomicCheckpointIO
@@ -64,9 +65,10 @@ def instantiate_list(section: DictConfig | None) -> list:
 
 def build_trainer(cfg: DictConfig, stage_callbacks: Iterable[Callback] = ()) -> L.Trainer:
     """The configured Trainer; the stage's own callbacks run before the configured ones. Every
-    checkpoint holds the random generators' states, so a resumed run ends as an unstopped one."""
+    checkpoint holds the random generators' states and the reduce-on-plateau step still owed for
+    its epoch, so a resumed run ends as an unstopped one."""
     check_trainer_config(cfg)
-    callbacks = [*stage_callbacks, *instantiate_list(cfg.get("callbacks")), RandomStateInCheckpoint(),
+    callbacks = [*stage_callbacks, *instantiate_list(cfg.get("callbacks")), RandomStateInCheckpoint(), PlateauStepInCheckpoint(),
                  *thread_share_callbacks()]
     if not cfg.trainer.get("enable_progress_bar", True):
         # Lightning refuses a progress bar callback next to enable_progress_bar=False.

@@ -5,6 +5,7 @@ consistent with the schedule."""
 from __future__ import annotations
 
 import io
+import logging
 
 import pytest
 import torch
@@ -135,3 +136,31 @@ def test_a_run_stopped_after_an_epoch_and_resumed_ends_as_one_never_stopped(prio
     weights = [load_artifact(tmp_path / name / "model.pt").payload["state_dict"] for name in ("whole", "stopped")]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+
+
+@pytest.mark.slow  # trains: the slow tier (CI runs both tiers)
+def test_a_run_stopped_where_its_schedule_lowers_the_rate_resumes_with_the_lower_rate(prior_cfg, tmp_path, caplog):
+    """Lightning steps a reduce-on-plateau schedule after the epoch's checkpoint is written, so a
+    run resumed from it would skip the reduction its last epoch caused and go on at the old rate
+    (geovq/callbacks/plateau_step.py replays it). A threshold no epoch can beat: the first epoch
+    sets the best figure, every later one halves the rate."""
+    never_improves = "model.scheduler.threshold=100"
+    whole = run_stage(prior_cfg("trainer.max_epochs=3", never_improves, name="whole"))
+    run_stage(prior_cfg("trainer.max_epochs=2", never_improves, name="stopped"))  # stopped after the first halving
+    resumed = run_stage(prior_cfg("trainer.max_epochs=3", never_improves, "ckpt_path=last", name="stopped"))
+    assert resumed["test/nll"] == whole["test/nll"]
+    weights = [load_artifact(tmp_path / name / "model.pt").payload["state_dict"] for name in ("whole", "stopped")]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+    rates = [torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["optimizer_states"][0]["param_groups"][0]["lr"]
+             for name in ("whole", "stopped")]
+    # Halved once, after epoch 2 (the checkpoint of epoch 3 is written before epoch 3's halving).
+    assert rates[0] == rates[1] == pytest.approx(1e-3 / 2)
+
+    # A checkpoint written before the step was kept in it cannot be resumed exactly, and says so.
+    checkpoint_file = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(checkpoint_file, weights_only=True)
+    checkpoint["callbacks"] = {key: value for key, value in checkpoint["callbacks"].items() if "PlateauStep" not in key}
+    torch.save(checkpoint, checkpoint_file)
+    with caplog.at_level(logging.WARNING, logger="geovq.callbacks.plateau_step"):
+        run_stage(prior_cfg("trainer.max_epochs=4", never_improves, "ckpt_path=last", name="stopped"))
+    assert "holds no pending reduce-on-plateau step" in caplog.text
