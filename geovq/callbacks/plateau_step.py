@@ -40,7 +40,8 @@ class PlateauStepInCheckpoint(Callback):
         self.pending = []
         for config in self._plateau_configs(trainer):
             value = trainer.callback_metrics.get(config.monitor)
-            self.pending.append(None if value is None else float(value))
+            owed = value is not None and (trainer.current_epoch + 1) % config.frequency == 0  # as the fit loop decides
+            self.pending.append(float(value) if owed else None)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.pending = []  # the fit loop has stepped the schedulers: nothing is owed any more
