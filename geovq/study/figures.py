@@ -24,7 +24,7 @@ from geovq.metrics.codebook import code_counts  # noqa: E402
 from geovq.models.decoding import code_decoder  # noqa: E402
 from geovq.models.inference import map_images  # noqa: E402
 from geovq.models.io import load_model  # noqa: E402
-from geovq.study.results import prior_histories  # noqa: E402
+from geovq.study.results import prior_histories, spread  # noqa: E402
 from geovq.study.spec import Study  # noqa: E402
 from geovq.viz.images import image_rows_figure, save_figure  # noqa: E402
 
@@ -199,7 +199,7 @@ def per_seed_figure(panels: dict[str, dict[str, list[tuple]]]):
                 xerr = None if low is None or high is None else [[value - low], [high - value]]
                 ax.errorbar(value, row + offset, xerr=xerr, fmt=style[seed]["marker"], color=style[seed]["color"], ms=5, capsize=2)
             if points:
-                mean = float(np.mean([point[1] for point in points]))
+                mean = spread([point[1] for point in points])[0]  # the report's mean over seeds
                 ax.plot([mean, mean], [row - 0.3, row + 0.3], color="black", lw=1.5)
                 if len(points) < len(seeds):
                     ax.annotate(f"n = {len(points)}", (mean, row - 0.3), fontsize=7, ha="center", va="bottom")
