@@ -124,9 +124,9 @@ class Running:
 def run_steps(requests: list[StepRequest], n_parallel: int, launcher: str = "fork",
               lend_idle_cores: bool = False) -> None:
     """Runs ``requests`` (declared inputs first), at most ``n_parallel`` at once, in
-    ``launch_order`` (seed by seed, the longest chain first), each started by ``launcher``
-    (``pipeline.step_launcher``: fork | subprocess); with ``lend_idle_cores``, the threads of a
-    place nothing can take go to the training steps running."""
+    ``launch_order`` (seed by seed; within a seed what trains nothing first, then the longest
+    chain), each started by ``launcher`` (``pipeline.step_launcher``: fork | subprocess); with
+    ``lend_idle_cores``, the threads of a place nothing can take go to the training steps running."""
     cores, gpus, start = available_cores(), visible_gpus(), step_starter(launcher)
     log.info("pipeline.parallel=%d: up to %d steps at once, %d thread(s) each (a step that runs alone: %d)%s%s",
              n_parallel, n_parallel, max(1, cores // n_parallel), cores,
@@ -193,10 +193,12 @@ def stop_processes(processes: list[StepProcess], grace_seconds: float = 60) -> N
 
 def launch_order(requests: list[StepRequest]) -> list[StepRequest]:
     """The requests seed by seed (the folder before the step's name, in the order declared; a step
-    of no seed, the classifier, with the first), within a seed the head of the longest chain of
-    waiting steps first (ties: as declared). A seed's samples and evaluations so run as soon as
-    its priors end, before the next seed's training: a multi-seed study that is stopped has
-    whole seeds to show, and two places stay busy either way."""
+    of no seed, the classifier, with the first). Within a seed the steps that train nothing
+    (quantize, sample, evaluate: seconds to minutes) come first, then the training steps, the head
+    of the longest chain of waiting steps first (ties: as declared). A prior's sample and
+    evaluation so run as soon as it ends, before the seed's next prior, and a seed's before the
+    next seed's training: a study that is stopped has every finished prior evaluated, and two
+    places stay busy either way."""
     lengths = chain_length(requests)
     seeds: dict[str, int] = {}
     for request in requests:
@@ -206,7 +208,7 @@ def launch_order(requests: list[StepRequest]) -> list[StepRequest]:
     def seed_index(request: StepRequest) -> int:
         return seeds[request.name.split("/", 1)[0]] if "/" in request.name else 0
 
-    return sorted(requests, key=lambda request: (seed_index(request), -lengths[request.name]))
+    return sorted(requests, key=lambda request: (seed_index(request), trains(request.stage), -lengths[request.name]))
 
 
 def chain_length(requests: list[StepRequest]) -> dict[str, int]:
