@@ -10,6 +10,12 @@ their validation NLL, so that a faster setting which learns worse shows.
     python bench/prior_step.py --codes outputs/experiments/quick/vqvae_ema/codes.pt
     python bench/prior_step.py --steps 20 --no-nll      # timings only, random codes
     python bench/prior_step.py --side-by-side          # one process on all cores vs one per core
+    python bench/prior_step.py --attention             # bf16's attention kernel vs float32 attention
+
+``--attention`` times experiment=paper's prior (d_model 64) in float32, in bf16 autocast as the
+model computes it (attention in float32 on a CPU: geovq.nn.transformer.attention), and in bf16
+with torch's bf16 attention kernel, in alternating rounds so that a slow spell of the machine hits
+each setting alike; each round's times are given as ratios to that round's float32 step.
 
 ``--side-by-side`` measures what ``pipeline.parallel`` buys: the training throughput of the
 experiment=paper prior in this process on all cores, against as many single-thread processes as
@@ -24,11 +30,14 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
+from unittest import mock
 
 import torch
+import torch.nn.functional as F
 
 from geovq.artifacts import load_code_grids
 from geovq.models.prior import TransformerPrior
+from geovq.nn import transformer
 from geovq.precision import cpu_has_native_bf16, fast_precision
 
 # The reference is the prior experiment=paper started from (d_model 128, dropout 0.1).
@@ -118,6 +127,9 @@ def main() -> None:
     parser.add_argument("--nll-only", action="store_true", help="skip the step timings")
     parser.add_argument("--side-by-side", action="store_true",
                         help="only compare one process on all cores with one single-thread process per core")
+    parser.add_argument("--attention", action="store_true",
+                        help="only compare float32 with bf16, its attention in float32 and in bf16 (--rounds rounds)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of --attention")
     parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                         help="bf16 settings: auto runs them only where the CPU computes bf16 natively "
                              "(emulated bf16 is 8-13x slower: the NLL comparison would take hours)")
@@ -133,10 +145,12 @@ def main() -> None:
         train = torch.randint(0, n_codes, (4096, 7, 7), generator=torch.Generator().manual_seed(0))
         val = train[:1000]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {n_codes} codes, {len(train)} training grids, "
-          f"CPU computes bf16 natively: {cpu_has_native_bf16()} (experiment=paper's priors: {fast_precision('cpu')})")
+          f"CPU computes bf16 natively: {cpu_has_native_bf16()} (experiment=paper's priors: {fast_precision('cpu', 'prior')})")
 
     if args.side_by_side:
         return side_by_side(train, n_codes, args.steps, with_bf16)
+    if args.attention:
+        return attention_precision(train, n_codes, args.steps, args.rounds)
     if not args.nll_only:
         timings(train, n_codes, args.steps, with_bf16)
     if not args.no_nll and args.codes:
@@ -178,6 +192,28 @@ def side_by_side(train: torch.Tensor, n_codes: int, steps: int, with_bf16: bool)
     print(f"\n{label(setting)}: one process, {torch.get_num_threads()} threads: {alone * 1e3:.0f} ms / step (1.00x); "
           f"{cores} single-thread processes at once: {', '.join(f'{s * 1e3:.0f}' for s in each)} ms / step, "
           f"{together * alone:.2f}x the steps per second")
+
+
+def attention_precision(train: torch.Tensor, n_codes: int, steps: int, rounds: int) -> None:
+    """experiment=paper's prior: float32, bf16 as the model runs it, bf16 with the bf16 attention
+    kernel (``attention`` swapped for plain scaled_dot_product_attention), alternating."""
+    settings = {
+        "float32": ("fp32", transformer.attention),
+        "bf16, attention in float32 (the model's)": ("bf16", transformer.attention),
+        "bf16, attention in bf16 (torch's kernel)": ("bf16", F.scaled_dot_product_attention),
+    }
+    times: dict[str, list[float]] = {name: [] for name in settings}
+    for _ in range(rounds):
+        for name, (precision, attention) in settings.items():
+            with mock.patch.object(transformer, "attention", attention):
+                times[name].append(step_seconds(dict(PAPER_PRIOR, precision=precision), train, n_codes, steps))
+    reference = times["float32"]
+    print(f"\nexperiment=paper's prior ({label(PAPER_PRIOR).split(', ', 1)[1]}); {rounds} alternating rounds of {steps} steps")
+    print("\n| setting | ms / step, each round | time vs float32, each round |")
+    print("|---|---|---|")
+    for name, seconds in times.items():
+        print(f"| {name} | {' / '.join(f'{s * 1e3:.0f}' for s in seconds)} | "
+              f"{' / '.join(f'{s / r:.2f}' for s, r in zip(seconds, reference))} |")
 
 
 def nll_comparison(train: torch.Tensor, val: torch.Tensor, n_codes: int, images: int, with_bf16: bool) -> None:

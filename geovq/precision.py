@@ -6,9 +6,11 @@ CPUs with AVX512-BF16 or AMX. Elsewhere the CPU emulates it, many times slower t
 (docs/design.md). Native is not enough either: whether bf16 pays depends on the model and its
 size, so the choice follows measurements of each model's training step at the study's sizes
 (``bench/train_step.py``; the figures and their dates: docs/benchmarks.md). On the bf16-native
-CPUs measured, the prior at d_model 64 ran slower in bf16 than in float32, the classifier (with
-channels_last) faster, and the GridVAE and VQ-VAE about the same: on a CPU bf16 is chosen only
-for the models in ``BF16_PAYS_ON_CPU``. On CUDA devices that support bf16 every model gets it
+CPUs measured, the classifier (with channels_last) ran faster in bf16, the GridVAE and VQ-VAE
+about the same (the VQ-VAE worse), and the prior at d_model 64 slower, until its attention moved
+to float32 (geovq/nn/transformer.py); its bf16 step is faster since, and it stays float32 until
+a bf16 prior is shown to reach the same NLL. On a CPU bf16 is chosen only for the models in
+``BF16_PAYS_ON_CPU``. On CUDA devices that support bf16 every model gets it
 (not yet measured per model).
 """
 

@@ -101,6 +101,36 @@ def test_cached_logits_match_full_forward():
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
 
 
+def test_attention_runs_in_float32_under_cpu_bf16_autocast(monkeypatch):
+    """torch's CPU attention kernel is several times slower in bf16 than in float32 at the prior's
+    size (bench/results/prior_attention_2026-12-07.txt): under bf16 autocast on a CPU the model
+    computes attention in float32, with and without the sampling cache, and the rest in bf16."""
+    real = F.scaled_dot_product_attention
+    seen = []
+
+    def recording(q, k, v, **kwargs):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return real(q, k, v, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    model = tiny_gpt().train()
+    codes = torch.randint(0, K, (4, 49), generator=torch.Generator().manual_seed(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(codes)
+    assert logits.dtype == torch.bfloat16  # the products around attention stay in bf16
+    assert len(seen) == 2 and set(seen) == {(torch.float32,) * 3}  # one call per layer
+    F.cross_entropy(logits.float().reshape(-1, K), codes.reshape(-1)).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    with torch.no_grad():
+        reference = model(codes)
+    torch.testing.assert_close(logits.float(), reference, rtol=0.05, atol=0.05)
+
+    seen.clear()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model.eval().generate(2, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert seen and set(seen) == {(torch.float32,) * 3}
+
+
 def test_generate_restores_training_mode_and_handles_batches():
     model = tiny_gpt(dropout=0.1).train()
     out = model.generate(5, generator=torch.Generator().manual_seed(0), batch_size=2)

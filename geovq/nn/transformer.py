@@ -54,6 +54,19 @@ class KVCache:
         return self.k[:, :, :end], self.v[:, :, :end]
 
 
+def attention(q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor:
+    """``F.scaled_dot_product_attention``, in float32 on a CPU when q, k, v are bf16 or float16
+    (autocast), the result cast back. torch's CPU flash-attention kernel is 6-8x slower backward
+    and forward in bf16 than in float32 at the prior's size (49 positions, head size 16, batch
+    128: 90-110 ms against 14-18 ms), which made the whole bf16 step slower than float32's
+    (bench/results/prior_attention_2026-12-07.txt); the matrix products around it keep bf16."""
+    if q.device.type != "cpu" or q.dtype == torch.float32:
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    with torch.autocast("cpu", enabled=False):
+        y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kwargs)
+    return y.to(q.dtype)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, d_model: int, n_head: int, dropout: float):
         super().__init__()
@@ -73,15 +86,15 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.append(k, v)
         dropout_p = self.dropout if self.training else 0.0
         if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+            y = attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         elif length == 1:
             # One new query after the cached prefix: it may see every position, no mask needed.
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+            y = attention(q, k, v, dropout_p=dropout_p)
         else:
             # Several new queries after a cached prefix: is_causal would align the triangle to the
             # top-left, so spell out that query i sees positions <= past + i.
             mask = torch.ones(length, past + length, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            y = attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         y = y.transpose(1, 2).reshape(batch, length, d_model)
         return self.resid_dropout(self.proj(y))
 
