@@ -15,7 +15,8 @@ their validation NLL, so that a faster setting which learns worse shows.
 ``--attention`` times experiment=paper's prior (d_model 64) in float32, in bf16 autocast as the
 model computes it (attention in float32 on a CPU: geovq.nn.transformer.attention), and in bf16
 with torch's bf16 attention kernel, in alternating rounds so that a slow spell of the machine hits
-each setting alike; each round's times are given as ratios to that round's float32 step.
+each setting alike (each round starts with the next one); each round's times are given as ratios
+to that round's float32 step.
 
 ``--side-by-side`` measures what ``pipeline.parallel`` buys: the training throughput of the
 experiment=paper prior in this process on all cores, against as many single-thread processes as
@@ -150,6 +151,8 @@ def main() -> None:
     if args.side_by_side:
         return side_by_side(train, n_codes, args.steps, with_bf16)
     if args.attention:
+        if not with_bf16:
+            parser.error("--attention compares bf16 settings, which this CPU only emulates (--bf16 on forces them)")
         return attention_precision(train, n_codes, args.steps, args.rounds)
     if not args.nll_only:
         timings(train, n_codes, args.steps, with_bf16)
@@ -203,12 +206,16 @@ def attention_precision(train: torch.Tensor, n_codes: int, steps: int, rounds: i
         "bf16, attention in bf16 (torch's kernel)": ("bf16", F.scaled_dot_product_attention),
     }
     times: dict[str, list[float]] = {name: [] for name in settings}
-    for _ in range(rounds):
-        for name, (precision, attention) in settings.items():
+    names = list(settings)
+    for round_ in range(rounds):
+        # Each round starts with another setting, so that a drift within rounds favours none.
+        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+            precision, attention = settings[name]
             with mock.patch.object(transformer, "attention", attention):
                 times[name].append(step_seconds(dict(PAPER_PRIOR, precision=precision), train, n_codes, steps))
     reference = times["float32"]
-    print(f"\nexperiment=paper's prior ({label(PAPER_PRIOR).split(', ', 1)[1]}); {rounds} alternating rounds of {steps} steps")
+    print(f"\nexperiment=paper's prior ({label(PAPER_PRIOR).split(', ', 1)[1]}); {rounds} rounds of {steps} steps, "
+          "each round starting with the next setting")
     print("\n| setting | ms / step, each round | time vs float32, each round |")
     print("|---|---|---|")
     for name, seconds in times.items():

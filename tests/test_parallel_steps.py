@@ -134,20 +134,30 @@ def test_a_multi_seed_study_finishes_seed_by_seed(tmp_path):
 
 
 def test_a_finished_prior_is_sampled_and_evaluated_before_the_next_prior_starts(tmp_path):
-    """A study stopped while its seed's second prior trains has the first prior's samples and
-    evaluation: the short steps that train nothing go before the long ones."""
+    """Two places, three priors of a seed: when the first prior ends, its sample takes the free
+    place before the third prior (an hour of training), so a study stopped then has the first
+    prior's samples and evaluation. (The classifier, which every evaluation reads, is trained
+    once, with the first seed: seed 1 finds it done.)"""
     pipe = FakePipe(tmp_path)
     declared = [StepRequest(pipe, "classifier", "classifier", [])]
-    for method in ("A", "B"):
-        declared += [StepRequest(pipe, f"codes_{method}", "vqvae", []),
-                     StepRequest(pipe, f"prior_{method}", "prior", [], {"stage.codes": f"codes_{method}"}),
-                     StepRequest(pipe, f"sample_{method}", "sample", [], {"stage.prior": f"prior_{method}"}),
-                     StepRequest(pipe, f"evaluate_{method}", "evaluate", [],
-                                 {"stage.samples": f"sample_{method}", "stage.classifier": "classifier"})]
-    pipe.results.update(classifier=object(), codes_A=object(), codes_B=object(), prior_A=object())
-    pending = [request for request in launch_order(declared) if request.name not in pipe.results]
-    start_ready_steps(pending, {}, [], n_parallel=1, cores=1, gpus=[], start=None)
-    assert [name for name, _ in pipe.launched] == ["sample_A"]  # not prior_B, an hour of training
+    for method in ("A", "B", "C"):
+        declared += [StepRequest(pipe, f"seed_1/codes_{method}", "vqvae", []),
+                     StepRequest(pipe, f"seed_1/prior_{method}", "prior", [], {"stage.codes": f"seed_1/codes_{method}"}),
+                     StepRequest(pipe, f"seed_1/sample_{method}", "sample", [], {"stage.prior": f"seed_1/prior_{method}"}),
+                     StepRequest(pipe, f"seed_1/evaluate_{method}", "evaluate", [],
+                                 {"stage.samples": f"seed_1/sample_{method}", "stage.classifier": "classifier"})]
+    pipe.results.update({"classifier": object(), **{f"seed_1/codes_{m}": object() for m in "ABC"}})
+    pending, plans, running = [r for r in launch_order(declared) if r.name not in pipe.results], {}, []
+    start_ready_steps(pending, plans, running, n_parallel=2, cores=2, gpus=[], start=None)
+    assert [name for name, _ in pipe.launched] == ["seed_1/prior_A", "seed_1/prior_B"]
+    running[:] = [job for job in running if job.plan.name != "seed_1/prior_A"]  # prior A ends, B trains on
+    pipe.results["seed_1/prior_A"] = object()
+    start_ready_steps(pending, plans, running, n_parallel=2, cores=2, gpus=[], start=None)
+    assert [name for name, _ in pipe.launched][2:] == ["seed_1/sample_A"]  # not prior C
+    running[:] = [job for job in running if job.plan.name != "seed_1/sample_A"]
+    pipe.results["seed_1/sample_A"] = object()
+    start_ready_steps(pending, plans, running, n_parallel=2, cores=2, gpus=[], start=None)
+    assert [name for name, _ in pipe.launched][3:] == ["seed_1/evaluate_A"]
 
 
 def test_steps_side_by_side_share_the_cores_and_a_lone_step_gets_them_all(tmp_path):

@@ -109,8 +109,9 @@ def test_attention_runs_in_float32_under_cpu_bf16_autocast(monkeypatch):
     seen = []
 
     def recording(q, k, v, **kwargs):
-        seen.append((q.dtype, k.dtype, v.dtype))
-        return real(q, k, v, **kwargs)
+        y = real(q, k, v, **kwargs)
+        seen.append((q.dtype, k.dtype, v.dtype, y.dtype))  # y: what the kernel computed in (autocast or not)
+        return y
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
     model = tiny_gpt().train()
@@ -118,17 +119,26 @@ def test_attention_runs_in_float32_under_cpu_bf16_autocast(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(codes)
     assert logits.dtype == torch.bfloat16  # the products around attention stay in bf16
-    assert len(seen) == 2 and set(seen) == {(torch.float32,) * 3}  # one call per layer
+    assert len(seen) == 2 and set(seen) == {(torch.float32,) * 4}  # one call per layer
     F.cross_entropy(logits.float().reshape(-1, K), codes.reshape(-1)).backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     with torch.no_grad():
         reference = model(codes)
     torch.testing.assert_close(logits.float(), reference, rtol=0.05, atol=0.05)
 
+    # Sampling's cache: a prefix, several new positions after it (a mask), then one at a time.
+    from geovq.nn.transformer import KVCache
+
     seen.clear()
+    model.eval()
+    tokens = torch.cat([torch.full((4, 1), model.start_token), codes[:, :-1]], dim=1)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        model.eval().generate(2, temperature=1.0, generator=torch.Generator().manual_seed(0))
-    assert seen and set(seen) == {(torch.float32,) * 3}
+        caches = [KVCache(49) for _ in model.blocks]
+        model._logits(tokens[:, :5], 0, caches)
+        model._logits(tokens[:, 5:9], 5, caches)
+        model._logits(tokens[:, 9:10], 9, caches)
+        model.generate(2, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert len(seen) > 6 and set(seen) == {(torch.float32,) * 4}
 
 
 def test_generate_restores_training_mode_and_handles_batches():

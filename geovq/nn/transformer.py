@@ -60,8 +60,12 @@ def attention(q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor:
     and forward in bf16 than in float32 at the prior's size (49 positions, head size 16, batch
     128: 90-110 ms against 14-18 ms), which made the whole bf16 step slower than float32's
     (bench/results/prior_attention_2026-12-07.txt); the matrix products around it keep bf16."""
-    if q.device.type != "cpu" or q.dtype == torch.float32:
+    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16):
         return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    mask = kwargs.get("attn_mask")
+    if mask is not None and mask.is_floating_point():  # an additive mask must match the queries' dtype
+        kwargs["attn_mask"] = mask.float()
+    # Autocast would cast the float32 inputs back to bf16 for this op: off around it.
     with torch.autocast("cpu", enabled=False):
         y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kwargs)
     return y.to(q.dtype)

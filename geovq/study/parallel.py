@@ -197,8 +197,11 @@ def launch_order(requests: list[StepRequest]) -> list[StepRequest]:
     (quantize, sample, evaluate: seconds to minutes) come first, then the training steps, the head
     of the longest chain of waiting steps first (ties: as declared). A prior's sample and
     evaluation so run as soon as it ends, before the seed's next prior, and a seed's before the
-    next seed's training: a study that is stopped has every finished prior evaluated, and two
-    places stay busy either way."""
+    next seed's training: a study that is stopped has the finished priors evaluated, and two
+    places stay busy either way. Except the first seed's: the classifier that every evaluation
+    reads is the end of a short chain, so it trains after that seed's priors have started, where
+    it fills the place a prior leaves idle at the end (first would cost about its own time, 2-4
+    minutes, on a one-seed study's wall time); the first seed's samples wait for it."""
     lengths = chain_length(requests)
     seeds: dict[str, int] = {}
     for request in requests:
