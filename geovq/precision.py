@@ -6,11 +6,10 @@ CPUs with AVX512-BF16 or AMX. Elsewhere the CPU emulates it, many times slower t
 (docs/design.md). Native is not enough either: whether bf16 pays depends on the model and its
 size, so the choice follows measurements of each model's training step at the study's sizes
 (``bench/train_step.py``; the figures and their dates: docs/benchmarks.md). On the bf16-native
-CPUs measured, the classifier (with channels_last) ran faster in bf16, the GridVAE and VQ-VAE
-about the same (the VQ-VAE worse), and the prior at d_model 64 slower, until its attention moved
-to float32 (geovq/nn/transformer.py); its bf16 step is faster since, and it stays float32 until
-a bf16 prior is shown to reach the same NLL. On a CPU bf16 is chosen only for the models in
-``BF16_PAYS_ON_CPU``. On CUDA devices that support bf16 every model gets it
+CPUs measured, the classifier (with channels_last) and the prior (its attention in float32:
+geovq/nn/transformer.py) ran faster in bf16 and reached the same accuracy and NLL, the GridVAE
+and VQ-VAE about the same speed (the VQ-VAE worse): on a CPU bf16 is chosen only for the models
+in ``BF16_PAYS_ON_CPU``. On CUDA devices that support bf16 every model gets it
 (not yet measured per model).
 """
 
@@ -23,7 +22,7 @@ import torch
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 # Models whose training step measured faster in bf16 autocast than in float32 on a bf16-native CPU.
-BF16_PAYS_ON_CPU = frozenset({"classifier"})
+BF16_PAYS_ON_CPU = frozenset({"classifier", "prior"})
 # The model names the resolver knows (a typo is an error, not silently float32).
 MODELS = frozenset({"grid_vae", "vqvae", "classifier", "prior"})
 
