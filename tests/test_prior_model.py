@@ -103,7 +103,7 @@ def test_cached_logits_match_full_forward():
 
 def test_attention_runs_in_float32_under_cpu_bf16_autocast(monkeypatch):
     """torch's CPU attention kernel is several times slower in bf16 than in float32 at the prior's
-    size (bench/results/prior_attention_2026-12-07.txt): under bf16 autocast on a CPU the model
+    size (docs/benchmarks.md): under bf16 autocast on a CPU the model
     computes attention in float32, with and without the sampling cache, and the rest in bf16."""
     real = F.scaled_dot_product_attention
     seen = []

@@ -56,10 +56,10 @@ class KVCache:
 
 def attention(q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor:
     """``F.scaled_dot_product_attention``, in float32 on a CPU when q, k, v are bf16 or float16
-    (autocast), the result cast back. torch's CPU flash-attention kernel is 6-8x slower backward
-    and forward in bf16 than in float32 at the prior's size (49 positions, head size 16, batch
-    128: 90-110 ms against 14-18 ms), which made the whole bf16 step slower than float32's
-    (bench/results/prior_attention_2026-12-07.txt); the matrix products around it keep bf16."""
+    (autocast), the result cast back. torch's CPU flash-attention kernel is several times slower
+    in bf16 than in float32 at the prior's size (49 positions, head size 16), enough to make the
+    whole bf16 step slower than float32's; the matrix products around it keep bf16
+    (``bench/prior_step.py --attention``; the figures: docs/benchmarks.md)."""
     if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16):
         return F.scaled_dot_product_attention(q, k, v, **kwargs)
     mask = kwargs.get("attn_mask")
