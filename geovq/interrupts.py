@@ -53,9 +53,16 @@ def _raise_interrupted(signum, frame) -> None:
         return
     # Later signals (a second Ctrl-C while child processes are being stopped) are ignored: the
     # first one is already unwinding the run, and a second exception would cut its clean-up short.
+    # A handler that does nothing, not SIG_IGN: a signal that arrived with this one (a study's
+    # SIGINT and SIGTERM together) is already pending in Python, and Python reports a pending
+    # signal whose handler became SIG_IGN as "OSError: Signal 15 ignored due to race condition".
     for stop in STOP_SIGNALS:
-        signal.signal(stop, signal.SIG_IGN)
+        signal.signal(stop, _ignore_later_signal)
     raise RunInterrupted(signum)
+
+
+def _ignore_later_signal(signum, frame) -> None:
+    pass
 
 
 def _distributed() -> bool:
