@@ -23,6 +23,11 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # run: it must die as a plain worker would, not raise RunInterrupted (one traceback per worker).
 _run_pid: int | None = None
 
+# Set by the first stop signal of a run. Lightning's signal connector puts back the handlers it
+# found (this module's) while the run unwinds, so the flag, not the handler in place, says that a
+# later signal has nothing left to stop.
+_stopping = False
+
 
 class RunInterrupted(BaseException):
     """The run was stopped by a signal. A BaseException, like KeyboardInterrupt, so that no
@@ -42,9 +47,12 @@ class RunInterrupted(BaseException):
 
 
 def _raise_interrupted(signum, frame) -> None:
+    global _stopping
     if os.getpid() != _run_pid:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
+        return
+    if _stopping:
         return
     if signum == signal.SIGTERM and _distributed():
         # Every rank must stop at the same step, or the others wait forever in a collective:
@@ -56,9 +64,16 @@ def _raise_interrupted(signum, frame) -> None:
     # A handler that does nothing, not SIG_IGN: a signal that arrived with this one (a study's
     # SIGINT and SIGTERM together) is already pending in Python, and Python reports a pending
     # signal whose handler became SIG_IGN as "OSError: Signal 15 ignored due to race condition".
+    _stopping = True
+    ignore_later_signals()
+    raise RunInterrupted(signum)
+
+
+def ignore_later_signals() -> None:
+    """From now on SIGINT and SIGTERM do nothing: for a process that is reporting its
+    interruption and exiting, where a second signal would only replace that report by another."""
     for stop in STOP_SIGNALS:
         signal.signal(stop, _ignore_later_signal)
-    raise RunInterrupted(signum)
 
 
 def _ignore_later_signal(signum, frame) -> None:
@@ -78,8 +93,9 @@ def signals_interrupt():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    global _run_pid
+    global _run_pid, _stopping
     _run_pid = os.getpid()
+    _stopping = False
     previous = {stop: signal.getsignal(stop) for stop in STOP_SIGNALS}
     for stop in STOP_SIGNALS:
         signal.signal(stop, _raise_interrupted)

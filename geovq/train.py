@@ -22,7 +22,7 @@ from geovq.config_check import check_settings, ignored_overrides
 from geovq.console import route_warnings_to_log
 from geovq.errors import GeovqError
 from geovq.hydra_callbacks import launch_rank
-from geovq.interrupts import as_interruption, signals_interrupt
+from geovq.interrupts import as_interruption, ignore_later_signals, signals_interrupt
 from geovq.outcome import finished_lines, interrupted_line
 from geovq.precision import fast_precision
 from geovq.run_folder import write_completion
@@ -84,6 +84,7 @@ def main(cfg: DictConfig) -> dict | float | None:
     except BaseException as err:
         stop = as_interruption(err)
         if stop is not None:  # Ctrl-C / SIGTERM: one line, and never the exit status of a success
+            ignore_later_signals()  # a study's SIGTERM after its SIGINT must not replace that line
             print(interrupted_line(cfg, stop.signal_name), file=sys.stderr)
             raise SystemExit(stop.exit_code) from None
         if not isinstance(err, Exception):

@@ -268,6 +268,19 @@ def test_a_second_signal_arriving_with_the_first_is_ignored_without_a_traceback(
     assert "race condition" not in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_later_signal_stops_nothing_even_where_lightning_put_the_run_handler_back():
+    """Lightning's signal connector restores the handlers it found (the run's) while the run
+    unwinds; a study's SIGTERM arriving then must not raise a second interruption."""
+    from geovq.interrupts import RunInterrupted, _raise_interrupted, signals_interrupt
+
+    with signals_interrupt():
+        with pytest.raises(RunInterrupted) as first:
+            signal.raise_signal(signal.SIGINT)
+        signal.signal(signal.SIGTERM, _raise_interrupted)  # what Lightning's teardown does
+        signal.raise_signal(signal.SIGTERM)  # raises RunInterrupted again without the flag
+    assert first.value.signal_name == "SIGINT"
+
+
 def test_a_step_process_that_exits_0_without_finishing_is_not_recorded(data_root, tmp_path):
     """Exit status 0 is not enough (Lightning exits 0 on SIGTERM): a step counts only when its
     process wrote back this run's token, so an earlier run's metrics are never recorded anew."""
