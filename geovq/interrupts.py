@@ -61,9 +61,6 @@ def _raise_interrupted(signum, frame) -> None:
         return
     # Later signals (a second Ctrl-C while child processes are being stopped) are ignored: the
     # first one is already unwinding the run, and a second exception would cut its clean-up short.
-    # A handler that does nothing, not SIG_IGN: a signal that arrived with this one (a study's
-    # SIGINT and SIGTERM together) is already pending in Python, and Python reports a pending
-    # signal whose handler became SIG_IGN as "OSError: Signal 15 ignored due to race condition".
     _stopping = True
     ignore_later_signals()
     raise RunInterrupted(signum)
@@ -72,6 +69,9 @@ def _raise_interrupted(signum, frame) -> None:
 def ignore_later_signals() -> None:
     """From now on SIGINT and SIGTERM do nothing: for a process that is reporting its
     interruption and exiting, where a second signal would only replace that report by another."""
+    # A handler that does nothing, not SIG_IGN: a signal that arrived with the first (a study's
+    # SIGINT and SIGTERM together) is already pending in Python, and Python reports a pending
+    # signal whose handler became SIG_IGN as "OSError: Signal 15 ignored due to race condition".
     for stop in STOP_SIGNALS:
         signal.signal(stop, _ignore_later_signal)
 
