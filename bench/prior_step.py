@@ -10,11 +10,12 @@ their validation NLL, so that a faster setting which learns worse shows.
     python bench/prior_step.py --codes outputs/experiments/quick/vqvae_ema/codes.pt
     python bench/prior_step.py --steps 20 --no-nll      # timings only, random codes
     python bench/prior_step.py --side-by-side          # one process on all cores vs one per core
-    python bench/prior_step.py --attention             # bf16's attention kernel vs float32 attention
+    python bench/prior_step.py --attention             # how the bf16 step computes its attention
 
-``--attention`` times experiment=paper's prior (d_model 64) in float32, in bf16 autocast as the
-model computes it (attention in float32 on a CPU: geovq.nn.transformer.attention), and in bf16
-with torch's bf16 attention kernel, in alternating rounds so that a slow spell of the machine hits
+``--attention`` times experiment=paper's prior (d_model 64) in float32, and in bf16 autocast with
+its attention computed three ways: as the model computes it on a CPU (from matrix products in
+bf16: geovq.nn.transformer.attention), by torch's kernel in float32 (the model's way until
+2026-12-07) and by torch's kernel in bf16, in alternating rounds so that a slow spell of the machine hits
 each setting alike (each round starts with the next one); each round's times are given as ratios
 to that round's float32 step.
 
@@ -202,7 +203,8 @@ def attention_precision(train: torch.Tensor, n_codes: int, steps: int, rounds: i
     kernel (``attention`` swapped for plain scaled_dot_product_attention), alternating."""
     settings = {
         "float32": ("fp32", transformer.attention),
-        "bf16, attention in float32 (the model's)": ("bf16", transformer.attention),
+        "bf16, attention by matrix products in bf16 (the model's)": ("bf16", transformer.attention),
+        "bf16, attention in float32 (torch's kernel; the model's until 2026-12-07)": ("bf16", transformer.attention_in_float32),
         "bf16, attention in bf16 (torch's kernel)": ("bf16", F.scaled_dot_product_attention),
     }
     times: dict[str, list[float]] = {name: [] for name in settings}

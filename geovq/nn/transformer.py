@@ -55,20 +55,46 @@ class KVCache:
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor:
-    """``F.scaled_dot_product_attention``, in float32 on a CPU when q, k, v are bf16 or float16
-    (autocast), the result cast back. torch's CPU flash-attention kernel is several times slower
-    in bf16 than in float32 at the prior's size (49 positions, head size 16), enough to make the
-    whole bf16 step slower than float32's; the matrix products around it keep bf16
-    (``bench/prior_step.py --attention``; the figures: docs/benchmarks.md)."""
+    """``F.scaled_dot_product_attention``, but not torch's CPU kernel under reduced-precision
+    autocast. That kernel is several times slower in bf16 than in float32 at the prior's size (49
+    positions, head size 16), enough to make the whole bf16 step slower than float32's. On a CPU,
+    bf16 attention is computed from its matrix products instead (``attention_by_matmuls``: faster
+    than the float32 kernel there), and float16, whose products a CPU rarely computes natively, in
+    float32 by the kernel, the result cast back (``bench/prior_step.py --attention``; the figures:
+    docs/benchmarks.md)."""
     if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16):
         return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    if q.dtype == torch.bfloat16:
+        return attention_by_matmuls(q, k, v, **kwargs)
+    return attention_in_float32(q, k, v, **kwargs)
+
+
+def attention_in_float32(q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor:
+    """``F.scaled_dot_product_attention`` computed in float32, the result cast back to q's dtype."""
     mask = kwargs.get("attn_mask")
     if mask is not None and mask.is_floating_point():  # an additive mask must match the queries' dtype
         kwargs["attn_mask"] = mask.float()
-    # Autocast would cast the float32 inputs back to bf16 for this op: off around it.
+    # Autocast would cast the float32 inputs back to bf16 / float16 for this op: off around it.
     with torch.autocast("cpu", enabled=False):
         y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kwargs)
     return y.to(q.dtype)
+
+
+def attention_by_matmuls(
+    q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0, is_causal: bool = False
+) -> Tensor:
+    """softmax(q k^T / sqrt(d) + mask) v in plain torch ops, with ``F.scaled_dot_product_attention``'s
+    arguments and meaning: ``is_causal`` lets query i see keys <= i (the triangle aligned to the top
+    left), a boolean ``attn_mask`` marks the keys a query may see, a float one is added."""
+    scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)
+    if is_causal:
+        attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask.to(scores.dtype)
+    weights = scores.softmax(dim=-1)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, dropout_p)
+    return weights @ v
 
 
 class CausalSelfAttention(nn.Module):
