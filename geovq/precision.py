@@ -6,8 +6,8 @@ CPUs with AVX512-BF16 or AMX. Elsewhere the CPU emulates it, many times slower t
 (docs/design.md). Native is not enough either: whether bf16 pays depends on the model and its
 size, so the choice follows measurements of each model's training step at the study's sizes
 (``bench/train_step.py``; the figures and their dates: docs/benchmarks.md). On the bf16-native
-CPUs measured, the classifier (with channels_last) and the prior (its attention in float32:
-geovq/nn/transformer.py) ran faster in bf16 and reached the same accuracy and NLL, the GridVAE
+CPUs measured, the classifier (with channels_last) and the prior (its attention kept off torch's
+slow bf16 kernel: geovq/nn/transformer.py) ran faster in bf16 and reached the same accuracy and NLL, the GridVAE
 and VQ-VAE about the same speed (the VQ-VAE worse): on a CPU bf16 is chosen only for the models
 in ``BF16_PAYS_ON_CPU``. On CUDA devices that support bf16 every model gets it
 (not yet measured per model).

@@ -94,7 +94,7 @@ def test_bf16_is_chosen_only_where_the_cpu_computes_it(tmp_path, flags, native):
 
 def test_experiment_paper_asks_for_the_fast_precision_of_the_prior(make_cfg):
     """The paper's priors (d_model 64) train in bf16 where the CPU computes it (faster, with its
-    attention in float32, and the same NLL), else in float32."""
+    attention kept off torch's slow bf16 kernel, and the same NLL), else in float32."""
     prior = OmegaConf.to_container(make_cfg("experiment=paper", tiny=False).pipeline, resolve=True)["prior"]
     expected = "bf16-mixed" if cpu_has_native_bf16() else "32-true"
     assert f"trainer.precision={expected}" in prior or torch.cuda.is_available()
