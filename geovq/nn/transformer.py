@@ -58,9 +58,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor:
     """``F.scaled_dot_product_attention``, but not torch's CPU kernel under reduced-precision
     autocast. That kernel is several times slower in bf16 than in float32 at the prior's size (49
     positions, head size 16), enough to make the whole bf16 step slower than float32's. On a CPU,
-    bf16 attention is computed from its matrix products instead (``attention_by_matmuls``: faster
-    than the float32 kernel there), and float16, whose products a CPU rarely computes natively, in
-    float32 by the kernel, the result cast back (``bench/prior_step.py --attention``; the figures:
+    bf16 attention is computed from its matrix products instead (``attention_by_matmuls``: less
+    CPU time than the kernel in float32 in a profile and in a study, not separable in the step
+    benchmark), and float16, whose products a CPU rarely computes natively, in float32 by the
+    kernel, the result cast back (``bench/prior_step.py --attention``; the figures:
     docs/benchmarks.md)."""
     if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16):
         return F.scaled_dot_product_attention(q, k, v, **kwargs)
@@ -90,7 +91,10 @@ def attention_by_matmuls(
     if is_causal:
         attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
     if attn_mask is not None:
-        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask.to(scores.dtype)
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        else:
+            scores = scores + attn_mask.to(scores.dtype)
     weights = scores.softmax(dim=-1)
     if dropout_p > 0.0:
         weights = F.dropout(weights, dropout_p)
