@@ -199,8 +199,8 @@ def side_by_side(train: torch.Tensor, n_codes: int, steps: int, with_bf16: bool)
 
 
 def attention_precision(train: torch.Tensor, n_codes: int, steps: int, rounds: int) -> None:
-    """experiment=paper's prior: float32, bf16 as the model runs it, bf16 with the bf16 attention
-    kernel (``attention`` swapped for plain scaled_dot_product_attention), alternating."""
+    """experiment=paper's prior: float32, bf16 as the model runs it, bf16 with torch's kernel in
+    float32 (``attention_in_float32``) and in bf16 (plain scaled_dot_product_attention), alternating."""
     settings = {
         "float32": ("fp32", transformer.attention),
         "bf16, attention by matrix products in bf16 (the model's)": ("bf16", transformer.attention),
