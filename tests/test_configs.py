@@ -104,7 +104,8 @@ def test_experiment_paper_asks_for_the_fast_precision_of_the_prior(make_cfg):
 
 
 @pytest.mark.parametrize(("native", "model", "expected"), [
-    (True, "classifier", "bf16-mixed"), (True, "prior", "bf16-mixed"), (True, "grid_vae", "32-true"),
+    (True, "classifier", "bf16-mixed"), (True, "prior", "bf16-mixed"), (True, "grid_vae", "bf16-mixed"),
+    (True, "vqvae", "32-true"), (False, "grid_vae", "32-true"),
     (True, None, "bf16-mixed"), (False, "classifier", "32-true"), (False, "prior", "32-true"), (False, None, "32-true"),
 ])
 def test_bf16_is_chosen_per_model_where_it_measured_faster(monkeypatch, native, model, expected):
@@ -123,6 +124,13 @@ def test_the_classifier_trains_in_the_fast_precision_and_channels_last_in_bf16(m
     cfg = make_cfg("stage=classifier", tiny=False)
     assert cfg.trainer.precision == fast_precision(cfg.trainer.accelerator, "classifier")
     assert cfg.callbacks.channels_last._target_.endswith("ChannelsLastInBf16")
+
+
+def test_the_gridvae_trains_in_its_fast_precision_unless_told_otherwise(make_cfg):
+    """stage=vae (and every study's GridVAE) asks the resolver; a command-line precision wins."""
+    assert make_cfg("stage=vae", tiny=False).trainer.precision == fast_precision("cpu", "grid_vae")
+    assert make_cfg("stage=vae", "trainer.precision=32-true", tiny=False).trainer.precision == "32-true"
+    assert make_cfg("experiment=rate_distortion", tiny=False).trainer.precision == fast_precision("cpu", "grid_vae")
 
 
 def test_wandb_groups_the_runs_of_a_sweep(make_cfg):
