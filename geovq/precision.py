@@ -8,8 +8,8 @@ size, so the choice follows measurements of each model's training step at the st
 (``bench/train_step.py``; the figures and their dates: docs/benchmarks.md). On the bf16-native
 CPUs measured, the classifier (with channels_last), the prior (its attention kept off torch's
 slow bf16 kernel: geovq/nn/transformer.py) and the GridVAE ran as fast or faster in bf16 and reached
-the same accuracy, NLL and MSE; the VQ-VAE reconstructed worse in bf16: on a CPU bf16 is chosen
-only for the models in ``BF16_PAYS_ON_CPU``. On CUDA devices that support bf16 every model gets it
+float32's accuracy, NLL and MSE within seed noise; the VQ-VAE reconstructed worse in bf16: on a CPU
+bf16 is chosen only for the models in ``BF16_PAYS_ON_CPU``. On CUDA devices that support bf16 every model gets it
 (not yet measured per model).
 """
 
