@@ -119,6 +119,31 @@ def test_attention_by_matmuls_matches_torchs_kernel(mask):
     torch.testing.assert_close(attention_by_matmuls(q, k, v, **kwargs), F.scaled_dot_product_attention(q, k, v, **kwargs))
 
 
+
+def test_attention_by_matmuls_masks_by_adding_without_changing_a_bit():
+    """The mask is added as 0 / -inf (one pass over the scores) instead of masked_fill's copy and
+    fill: in bf16, the prior's training precision on CPU, the output and every gradient are the
+    masked_fill formula's to the bit, so the change moved no study figure."""
+    from geovq.nn.transformer import attention_by_matmuls
+
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(3, 4, 49, 16, generator=gen).bfloat16().requires_grad_() for _ in range(3))
+    grad = torch.randn(3, 4, 49, 16, generator=gen).bfloat16()
+    causal = torch.ones(49, 49, dtype=torch.bool).tril()
+
+    def by_masked_fill(q, k, v):
+        scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)
+        return scores.masked_fill(~causal, float("-inf")).softmax(dim=-1) @ v
+
+    results = []
+    for attend in (by_masked_fill, lambda q, k, v: attention_by_matmuls(q, k, v, is_causal=True),
+                   lambda q, k, v: attention_by_matmuls(q, k, v, attn_mask=causal)):
+        out = attend(q, k, v)
+        dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad)
+        results.append((out, dq, dk, dv))
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
 def test_attention_avoids_torchs_cpu_kernel_under_bf16_autocast(monkeypatch):
     """torch's CPU attention kernel is several times slower in bf16 than in float32 at the prior's
     size (docs/benchmarks.md): under bf16 autocast on a CPU the model computes attention from its

@@ -92,9 +92,11 @@ def attention_by_matmuls(
         attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attn_mask, float("-inf"))
-        else:
-            scores = scores + attn_mask.to(scores.dtype)
+            # Masked out as -inf added, not by masked_fill: the same scores to the bit (x + 0 = x),
+            # but one pass over them instead of a copy and a fill (the prior's bf16 step: docs/benchmarks.md).
+            attn_mask = torch.zeros(attn_mask.shape, dtype=scores.dtype, device=q.device).masked_fill(
+                ~attn_mask, float("-inf"))
+        scores = scores + attn_mask.to(scores.dtype)
     weights = scores.softmax(dim=-1)
     if dropout_p > 0.0:
         weights = F.dropout(weights, dropout_p)
