@@ -119,30 +119,51 @@ def test_attention_by_matmuls_matches_torchs_kernel(mask):
     torch.testing.assert_close(attention_by_matmuls(q, k, v, **kwargs), F.scaled_dot_product_attention(q, k, v, **kwargs))
 
 
-
-def test_attention_by_matmuls_masks_by_adding_without_changing_a_bit():
+@pytest.mark.parametrize("past", [0, 39])
+def test_attention_by_matmuls_masks_by_adding_without_changing_a_bit(past):
     """The mask is added as 0 / -inf (one pass over the scores) instead of masked_fill's copy and
     fill: in bf16, the prior's training precision on CPU, the output and every gradient are the
-    masked_fill formula's to the bit, so the change moved no study figure."""
+    masked_fill formula's to the bit, for the training step's causal triangle (past=0) and for
+    sampling's cache (10 new queries after 39 cached positions). The mask change alone moves no
+    figure (the flattened cross-entropy beside it does, by float32 rounding: next test)."""
     from geovq.nn.transformer import attention_by_matmuls
 
     gen = torch.Generator().manual_seed(1)
-    q, k, v = (torch.randn(3, 4, 49, 16, generator=gen).bfloat16().requires_grad_() for _ in range(3))
-    grad = torch.randn(3, 4, 49, 16, generator=gen).bfloat16()
-    causal = torch.ones(49, 49, dtype=torch.bool).tril()
+    q = torch.randn(3, 4, 49 - past, 16, generator=gen).bfloat16().requires_grad_()
+    k, v = (torch.randn(3, 4, 49, 16, generator=gen).bfloat16().requires_grad_() for _ in range(2))
+    grad = torch.randn(3, 4, 49 - past, 16, generator=gen).bfloat16()
+    visible = torch.ones(49 - past, 49, dtype=torch.bool).tril(diagonal=past)
 
     def by_masked_fill(q, k, v):
         scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)
-        return scores.masked_fill(~causal, float("-inf")).softmax(dim=-1) @ v
+        return scores.masked_fill(~visible, float("-inf")).softmax(dim=-1) @ v
 
+    attends = [by_masked_fill, lambda q, k, v: attention_by_matmuls(q, k, v, attn_mask=visible)]
+    if past == 0:
+        attends.append(lambda q, k, v: attention_by_matmuls(q, k, v, is_causal=True))
     results = []
-    for attend in (by_masked_fill, lambda q, k, v: attention_by_matmuls(q, k, v, is_causal=True),
-                   lambda q, k, v: attention_by_matmuls(q, k, v, attn_mask=causal)):
+    for attend in attends:
         out = attend(q, k, v)
-        dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad)
-        results.append((out, dq, dk, dv))
+        results.append((out, *torch.autograd.grad(out, (q, k, v), grad)))
     for other in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+def test_token_nll_is_cross_entropy_per_token_in_raster_order():
+    """token_nll flattens the logits to (tokens, K) for speed: the per-token NLL of each grid
+    cell, in raster order, as cross_entropy over the B x K x L logits gives it (to float32
+    rounding), for grids and for flat sequences alike."""
+    prior = TransformerPrior(n_codes=K, grid_size=7, n_layer=1, n_head=2, d_model=16)
+    grids = torch.randint(0, K, (5, 7, 7), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = F.cross_entropy(prior(grids).transpose(1, 2), grids.view(5, 49), reduction="none")
+        torch.testing.assert_close(prior.token_nll(grids), expected, rtol=0, atol=1e-5)
+        torch.testing.assert_close(prior.token_nll(grids.view(5, 49)), expected, rtol=0, atol=1e-5)
+        # a non-contiguous grid (transposed) is read in its own raster order
+        flipped = grids.transpose(1, 2)
+        expected_flipped = F.cross_entropy(prior(flipped).transpose(1, 2), flipped.reshape(5, 49), reduction="none")
+        torch.testing.assert_close(prior.token_nll(flipped), expected_flipped, rtol=0, atol=1e-5)
+
 
 def test_attention_avoids_torchs_cpu_kernel_under_bf16_autocast(monkeypatch):
     """torch's CPU attention kernel is several times slower in bf16 than in float32 at the prior's

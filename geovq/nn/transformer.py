@@ -92,8 +92,9 @@ def attention_by_matmuls(
         attn_mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
-            # Masked out as -inf added, not by masked_fill: the same scores to the bit (x + 0 = x),
-            # but one pass over them instead of a copy and a fill (the prior's bf16 step: docs/benchmarks.md).
+            # Masked out as -inf added, not by masked_fill: for finite scores the same to the bit
+            # (x + 0 = x), but for the 2-D masks used here one pass over the scores instead of a
+            # copy and a fill (the prior's bf16 step: docs/benchmarks.md).
             attn_mask = torch.zeros(attn_mask.shape, dtype=scores.dtype, device=q.device).masked_fill(
                 ~attn_mask, float("-inf"))
         scores = scores + attn_mask.to(scores.dtype)
