@@ -95,8 +95,7 @@ def attention_by_matmuls(
             # Masked out as -inf added, not by masked_fill: for finite scores the same to the bit
             # (x + 0 = x), but for the 2-D masks used here one pass over the scores instead of a
             # copy and a fill (the prior's bf16 step: docs/benchmarks.md).
-            attn_mask = torch.zeros(attn_mask.shape, dtype=scores.dtype, device=q.device).masked_fill(
-                ~attn_mask, float("-inf"))
+            attn_mask = scores.new_zeros(attn_mask.shape).masked_fill_(~attn_mask, float("-inf"))
         scores = scores + attn_mask.to(scores.dtype)
     weights = scores.softmax(dim=-1)
     if dropout_p > 0.0:
