@@ -8,7 +8,8 @@ by measurement on GridVAE latents (``bench/quantize.py --ann-study``, 2 cores, r
 (NN-descent) 0.9985 / 8-14 s (38 s in a fresh process, numba compiling), hnswlib (HNSW, M=10,
 ef_construction=40, ef=32) 0.991 / 10 s, faiss HNSWFlat 0.996 / 16 s, faiss IVFFlat 0.991 / 10 s;
 on 1M, pynndescent 0.998 in 119 s (compilation included) against hnswlib 0.987 in 146 s. So
-``library="pynndescent"`` by default, ``"hnswlib"`` as the other choice.
+``library="pynndescent"`` by default, ``"hnswlib"`` as the other choice (its index is now built by
+one thread, for the same graph in every run: docs/full_graph.md).
 
 Approximate neighbours are never used silently: the recall@k of the returned lists is measured
 on a random sample of nodes against exact neighbours (brute force, exact distances), reported
@@ -149,8 +150,12 @@ def build_hnsw(points: np.ndarray, *, m: int, ef_construction: int, random_state
     index = hnswlib.Index(space="l2", dim=points.shape[1])
     index.init_index(max_elements=points.shape[0], ef_construction=ef_construction, M=m,
                      random_seed=0 if random_state is None else int(random_state))
-    index.set_num_threads(n_jobs)
+    # Inserted by one thread: with several, the order in which points join the graph follows the
+    # threads' timing, so the index (its recall, the graph, the codebook) changed from run to run
+    # under the same seed. The queries, each independent of the others, then use n_jobs threads.
+    index.set_num_threads(1)
     index.add_items(np.ascontiguousarray(points, dtype=np.float32), np.arange(points.shape[0]))
+    index.set_num_threads(n_jobs)
     return index, f"hnswlib {version('hnswlib')}", time.perf_counter() - start
 
 
