@@ -87,6 +87,14 @@ def cpu_description() -> tuple[str, list[str]]:
     return name, [flag for flag in CPU_FLAGS if flag in flags]
 
 
+def cpu_kind() -> str:
+    """``amx`` or ``bf16cpu`` where the CPU computes bf16 natively (with AMX, or AVX512-BF16 only),
+    else "" (the name's suffix of a saved table)."""
+    if not cpu_has_native_bf16():
+        return ""
+    return "amx" if "amx_bf16" in cpu_description()[1] else "bf16cpu"
+
+
 def native_precisions(device: str) -> list[str]:
     if device == "cuda":
         return ["fp32", "bf16"] if torch.cuda.is_bf16_supported() else ["fp32"]
@@ -365,7 +373,8 @@ def main() -> None:
     parser.add_argument("--overwrite", action="store_true", help="--save replaces today's file of this machine kind")
     parser.add_argument("--note", default="", help="a line for the results file (e.g. what else was running)")
     parser.add_argument("--save", action="store_true",
-                        help="write the table to bench/results/train_step_<date>.txt (_cuda.txt on a GPU)")
+                        help="write the table to bench/results/train_step_<date>.txt (_amx.txt on a CPU with AMX, _bf16cpu.txt "
+                             "with AVX512-BF16 only, _cuda.txt on a GPU)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -433,8 +442,9 @@ def main() -> None:
     print("\n" + "\n".join(lines[len(header):]))
     if args.save:
         RESULTS.mkdir(exist_ok=True)
-        # One file per day and kind of machine: a bf16-native CPU's table does not replace an AVX2 one's.
-        machine = args.device if args.device != "cpu" else "bf16cpu" if cpu_has_native_bf16() else ""
+        # One file per day and kind of machine: a bf16-native CPU's table does not replace an AVX2
+        # one's, nor an AMX CPU's (a higher bf16 peak) an AVX512-BF16 one's.
+        machine = args.device if args.device != "cpu" else cpu_kind()
         path = RESULTS / f"train_step_{now:%Y-%m-%d}{'_' + machine if machine else ''}.txt"
         if path.exists() and not args.overwrite:
             path = path.with_name(f"{path.stem}_{now:%H%M}.txt")

@@ -47,3 +47,16 @@ def test_before_and_after_compares_each_models_study_setting_then_and_now(monkey
     assert bench.before_and_after(rows, peak, "cpu")[-1] == expected
     assert bench.study_settings("prior", "cpu")[1] == (("bf16", False) if native else ("fp32", False))
     assert bench.study_settings("classifier", "cpu")[1] == (("bf16", True) if native else ("fp32", False))
+
+
+@pytest.mark.parametrize(("native", "flags", "kind"), [
+    (True, ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"], "amx"),
+    (True, ["avx2", "avx512f", "avx512_bf16"], "bf16cpu"),
+    (True, ["avx512_bf16", "amx_tile"], "bf16cpu"),  # AMX tiles without bf16 in them: not an AMX-BF16 CPU
+    (False, ["avx2", "fma"], ""),
+])
+def test_cpu_kind_tells_amx_from_avx512_bf16_only_from_emulated_bf16(monkeypatch, native, flags, kind):
+    bench = _bench()
+    monkeypatch.setattr(bench, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(bench, "cpu_description", lambda: ("some CPU", flags))
+    assert bench.cpu_kind() == kind
