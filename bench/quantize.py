@@ -462,15 +462,11 @@ def ann_study(X, n, args):
     print(f"{'exact k-d tree (principal axes), 20k queries':<44}{'':8}{time.perf_counter() - t:8.1f}"
           f"{(time.perf_counter() - t) * len(P) / 20000:8.1f}{1:9.4f}  (total extrapolated to all queries)", flush=True)
     try:
-        import hnswlib
+        from geovq.quantize.ann_graph import build_hnsw  # as the library builds it: one thread, queried on n_jobs
 
         for M, efc, ef in ((10, 40, 32), (12, 60, 40), (16, 100, 40), (8, 40, 20)):
             t = time.perf_counter()
-            index = hnswlib.Index(space="l2", dim=P.shape[1])
-            index.init_index(max_elements=len(P), ef_construction=efc, M=M, random_seed=0)
-            index.set_num_threads(n_jobs)
-            index.add_items(P)
-            tb = time.perf_counter() - t
+            index, _, tb = build_hnsw(P, m=M, ef_construction=efc, random_state=0, n_jobs=n_jobs)
             index.set_ef(ef)
             labels, _ = index.knn_query(P, k=k + 1)
             report(f"hnswlib M={M} ef_construction={efc} ef={ef}", tb, time.perf_counter() - t - tb, labels)

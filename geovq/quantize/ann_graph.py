@@ -9,7 +9,8 @@ by measurement on GridVAE latents (``bench/quantize.py --ann-study``, 2 cores, r
 ef_construction=40, ef=32) 0.991 / 10 s, faiss HNSWFlat 0.996 / 16 s, faiss IVFFlat 0.991 / 10 s;
 on 1M, pynndescent 0.998 in 119 s (compilation included) against hnswlib 0.987 in 146 s. So
 ``library="pynndescent"`` by default, ``"hnswlib"`` as the other choice (its index is now built by
-one thread, for the same graph in every run: docs/full_graph.md).
+one thread, for the same graph in every run on one machine; the hnswlib times here predate that:
+docs/full_graph.md).
 
 Approximate neighbours are never used silently: the recall@k of the returned lists is measured
 on a random sample of nodes against exact neighbours (brute force, exact distances), reported
